@@ -1,0 +1,10 @@
+"""The challenge server: http-01, tls-alpn-01 and dns-01 responses from Redis.
+
+It runs as its own process (``python -m challenge_srv`` or ``wec challenge-server``), one
+file per challenge type over one store, like letsencrypt/challtestsrv:
+
+    store.py       the Redis key schema (shared with the requesters) and the store
+    http01.py      http-01 responder                 tlsalpn01.py   tls-alpn-01 responder
+    dns.py         DNS over UDP and TCP              management.py  pebble-challtestsrv API
+    history.py     request history (in memory)       server.py      arguments, listeners, main
+"""

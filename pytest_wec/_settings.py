@@ -1,0 +1,386 @@
+"""Options: every setting is a triple ``--wec-x`` / ``wec_x`` (ini) / ``WEC_X`` (env).
+
+The table :data:`OPTIONS` drives both registration (``pytest_addoption``) and resolution.
+Precedence: command line, then environment, then ini file, then the default given here
+(the one place defaults live). Resolution happens once, into the frozen :class:`Settings`
+kept in ``config.stash``; a bad value is a :class:`ConfigError` that names its source and
+what is allowed, which the plugin turns into ``pytest.UsageError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pytest_wec.errors import ConfigError
+
+__all__ = [
+    "LIMIT_RESOURCES",
+    "OPTIONS",
+    "KeyAlg",
+    "Option",
+    "Settings",
+    "StackMode",
+    "parse_duration",
+    "parse_stages",
+    "resolve",
+]
+
+
+class StackMode(enum.Enum):
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+class KeyAlg(enum.Enum):
+    ES256 = "ES256"
+    ES384 = "ES384"
+    RS256 = "RS256"  # RSA 2048
+    RS256_3072 = "RS256-3072"
+    RS256_4096 = "RS256-4096"
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
+                       r"(?:(\d+(?:\.\d+)?)ms)?$")
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``1h30m``, ``250ms`` or plain seconds -> seconds."""
+    t = text.strip().lower()
+    try:
+        value = float(t)
+    except ValueError:
+        m = _DURATION.match(t)
+        if not t or m is None or not any(m.groups()):
+            raise ValueError("expected a duration such as 90s, 10m or 1h30m") from None
+        h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+        value = h * 3600 + mi * 60 + s + ms / 1000
+    if value < 0 or value != value:
+        raise ValueError("expected a duration such as 90s, 10m or 1h30m")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError("expected a whole number >= 1") from None
+    if n < 1:
+        raise ValueError("expected a whole number >= 1")
+    return n
+
+
+def _names(text: str) -> int:
+    n = _positive_int(text)
+    if n > 100:
+        raise ValueError("expected a number of names from 1 to 100")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError("expected a number > 0") from None
+    if not v > 0 or v == float("inf"):
+        raise ValueError("expected a number > 0")
+    return v
+
+
+def _positive_duration(text: str) -> float:
+    v = parse_duration(text)
+    if v <= 0:
+        raise ValueError("expected a duration > 0 such as 30s")
+    return v
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(f"expected a URL ({' or '.join(s + '://...' for s in schemes)})")
+        return text
+
+    return parse
+
+
+def _db_url(text: str) -> str:
+    if "://" not in text:
+        return text  # a SQLite file path
+    scheme = text.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise ValueError("expected a SQLite file path, sqlite:///PATH or postgresql://...")
+    return text
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _enum(cls: type[enum.Enum]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        for member in cls:
+            if member.value.lower() == text.lower():
+                return member
+        raise ValueError(f"expected one of {', '.join(m.value for m in cls)}")
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _domain(text: str) -> str:
+    t = text.strip().lower().rstrip(".")
+    labels = t.split(".")
+    if len(labels) < 2 or not all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", x)
+                                  for x in labels):
+        raise ValueError("expected a DNS domain such as wec.example.com")
+    return t
+
+
+def _text(text: str) -> str:
+    return text
+
+
+Stage = tuple[float, float]  # (duration in seconds, target load or rate at its end)
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    """``30s:10,5m:200,30s:0`` -> ((30.0, 10.0), (300.0, 200.0), (30.0, 0.0))."""
+    stages: list[Stage] = []
+    for part in text.split(","):
+        dur, sep, target = part.strip().partition(":")
+        if not sep:
+            raise ValueError("expected stages such as 30s:10,5m:200,30s:0 (duration:target)")
+        try:
+            seconds = parse_duration(dur)
+            value = float(target)
+        except ValueError:
+            raise ValueError(
+                "expected stages such as 30s:10,5m:200,30s:0 (duration:target)") from None
+        if seconds <= 0 or not value >= 0 or value == float("inf"):
+            raise ValueError("each stage needs a duration > 0 and a target >= 0")
+        stages.append((seconds, value))
+    return tuple(stages)
+
+
+def _mix(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, weight = part.strip().partition("=")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = -1.0
+        if not sep or not name.strip() or not w >= 0 or w == float("inf"):
+            raise ValueError("expected chain weights such as new_order=5,revoke_certificate=1")
+        out[name.strip()] = w
+    return out
+
+
+LIMIT_RESOURCES = ("accounts", "authorizations", "certificates", "orders")
+
+
+def _limits(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        name = name.strip()
+        if not sep or name not in LIMIT_RESOURCES or not value.strip().isdigit():
+            raise ValueError(f"expected limits such as accounts=1000,certificates=20000 "
+                             f"(resources: {', '.join(LIMIT_RESOURCES)})")
+        out[name] = int(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name (``x`` in ``--wec-x``), parser, default and help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = "VALUE"
+    flag: bool = False  # a command-line switch without a value
+
+    @property
+    def cli(self) -> str:
+        return "--wec-" + self.name
+
+    @property
+    def ini(self) -> str:
+        return "wec_" + self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "WEC_" + self.name.replace("-", "_").upper()
+
+    @property
+    def field(self) -> str:
+        return self.name.replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("directory", _url("https", "http"), None,
+           "ACME directory URL of an external CA (default: start the embedded Pebble)", "URL"),
+    Option("ca-bundle", _text, None, "PEM file of CAs to trust for --wec-directory", "PATH"),
+    Option("insecure", _bool, False, "do not verify the CA's TLS certificate", flag=True),
+    Option("pebble-bin", _text, None, "the pebble binary to start (default: pebble on PATH)",
+           "PATH"),
+    Option("redis", _url("redis", "rediss", "unix"), None,
+           "Redis URL to use instead of starting redis-server", "URL"),
+    Option("challtestsrv", _url("http", "https"), None,
+           "publish challenges through this challtestsrv management API "
+           "(e.g. Boulder's chall-test-srv) instead of the embedded challenge server", "URL"),
+    Option("db", _db_url, None,
+           "state DB: a SQLite file path or postgresql://... (default: state.db in the run dir)",
+           "URL"),
+    Option("domain", _domain, "wec.example.com", "base domain for random names", "DOMAIN"),
+    Option("names", _names, 1, "names per order, 1 to 100", "N"),
+    Option("challenge", _choice("http-01", "dns-01", "tls-alpn-01"), "http-01",
+           "challenge type chains answer by default", "TYPE"),
+    Option("account-key", _enum(KeyAlg), KeyAlg.ES256,
+           "account key: ES256, ES384, RS256 (RSA 2048), RS256-3072, RS256-4096", "ALG"),
+    Option("cert-key", _choice("ec256", "ec384", "rsa2048"), "ec256",
+           "certificate key type for CSRs", "KIND"),
+    Option("transport", _choice("aiohttp", "httpx"), "aiohttp", "HTTP transport", "NAME"),
+    Option("timeout", _positive_duration, 30.0, "timeout of each HTTP request", "DURATION"),
+    Option("out", _text, None, "run directory (default: wec-results/<run id>/)", "DIR"),
+    Option("stack", _enum(StackMode), StackMode.AUTO,
+           "start the embedded stack: auto (when chains run), on, off", "MODE"),
+    Option("token", _text, None,
+           "token callers of the challenge server's management API must present", "TOKEN"),
+    Option("listen", _text, "127.0.0.1",
+           "address the embedded challenge server binds (the CA must reach it)", "HOST"),
+    # load mode
+    Option("load", _positive_int, None,
+           "chains in flight across all workers (closed model); with --wec-rate, the cap",
+           "N"),
+    Option("rate", _positive_float, None,
+           "chain starts per second across all workers (open model)", "R"),
+    Option("stages", parse_stages, None,
+           "ramps of the load (or rate with --wec-rate), e.g. 30s:10,5m:200,30s:0", "SPEC"),
+    Option("duration", _positive_duration, 60.0, "how long a load run lasts", "DURATION"),
+    Option("grace", parse_duration, 30.0,
+           "how long chains in flight may finish after the end; then they are cancelled",
+           "DURATION"),
+    Option("mix", _mix, None, "chain weights, e.g. new_order=5,revoke_certificate=1", "SPEC"),
+    Option("limit", _limits, None,
+           "hard limits past which producing chains stop, e.g. accounts=1000", "SPEC"),
+    Option("log-format", _choice("jsonl", "msgpack"), "jsonl", "results log format", "FMT"),
+)
+
+_BY_FIELD = {o.field: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of a run, resolved once."""
+
+    directory: str | None = None
+    ca_bundle: str | None = None
+    insecure: bool = False
+    pebble_bin: str | None = None
+    redis: str | None = None
+    challtestsrv: str | None = None
+    db: str | None = None
+    domain: str = "wec.example.com"
+    names: int = 1
+    challenge: str = "http-01"
+    account_key: KeyAlg = KeyAlg.ES256
+    cert_key: str = "ec256"
+    transport: str = "aiohttp"
+    timeout: float = 30.0
+    out: str | None = None
+    stack: StackMode = StackMode.AUTO
+    token: str | None = None
+    listen: str = "127.0.0.1"
+    load: int | None = None
+    rate: float | None = None
+    stages: tuple[Stage, ...] | None = None
+    duration: float = 60.0
+    grace: float = 30.0
+    mix: Mapping[str, float] | None = None
+    limit: Mapping[str, int] | None = None
+    log_format: str = "jsonl"
+    #: where each non-default value came from, for the report header
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def load_mode(self) -> bool:
+        return self.load is not None or self.rate is not None or self.stages is not None
+
+    @property
+    def model(self) -> str:
+        return "open" if self.rate is not None else "closed"
+
+    @property
+    def run_length(self) -> float:
+        """Seconds of load: the stages' sum when given, else --wec-duration."""
+        return sum(d for d, _ in self.stages) if self.stages else self.duration
+
+
+def resolve(
+    cli: Mapping[str, Any],
+    ini: Callable[[str], Any],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every option from the command line, environment and ini, in that order.
+
+    *cli* maps option fields to raw strings (or None when not given, True for flags);
+    *ini* returns the raw ini value or None.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        raw: Any = cli.get(opt.field)
+        where = opt.cli
+        if raw is None or raw is False:
+            raw = env.get(opt.env)
+            where = f"environment variable {opt.env}"
+            if raw is None:
+                raw = ini(opt.ini)
+                where = f"ini option {opt.ini}"
+                if raw in (None, "", []):
+                    continue
+        if raw is True:
+            values[opt.field] = True
+            sources[opt.field] = where
+            continue
+        text = str(raw).strip()
+        try:
+            values[opt.field] = opt.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}, got {text!r}") from None
+        sources[opt.field] = where
+    if values.get("insecure") and values.get("ca_bundle"):
+        raise ConfigError("--wec-insecure and --wec-ca-bundle exclude each other")
+    if values.get("ca_bundle") and not os.path.isfile(values["ca_bundle"]):
+        raise ConfigError(f"{sources['ca_bundle']}: no such file, got {values['ca_bundle']!r}")
+    settings = Settings(**values, sources=sources)
+    return settings
+
+
+def option(field: str) -> Option:
+    return _BY_FIELD[field]

@@ -1,0 +1,137 @@
+"""An asyncio ACME (RFC 8555) client built for load: cheap per request, fully observed.
+
+::
+
+    network = AcmeNetwork(url, AiohttpTransport(ssl=make_ssl_context(insecure=True)))
+    acme = network.client("newAccount", chain_id, observer)
+    account = await acme.new_account(AccountKey.generate("ES256"))
+    order = await acme.new_order(account, ["example.com"])
+
+:class:`AcmeNetwork` (directory, nonces, transport) is shared by every chain of
+a worker; :class:`AcmeClient` is a per-chain view whose every HTTP exchange
+becomes a :class:`~pytest_wec.results.RequestResult`. Errors form one
+hierarchy under :class:`AcmeError` (see ``_errors``).
+"""
+
+from __future__ import annotations
+
+from ._aiohttp import AiohttpTransport
+from ._ari import RenewalInfo, cert_id
+from ._client import AcmeClient
+from ._csr import (
+    CERT_KEY_KINDS,
+    cert_key_from_pem,
+    cert_key_to_pem,
+    generate_cert_key,
+    make_csr,
+)
+from ._errors import (
+    AcmeBodyTooLarge,
+    AcmeConnectError,
+    AcmeError,
+    AcmeHttpError,
+    AcmeNotSupported,
+    AcmePollTimeout,
+    AcmeProblem,
+    AcmeProtocolError,
+    AcmeTimeout,
+    AcmeTransportError,
+    AcmeUnexpectedStatus,
+)
+from ._fakeca import FakeCA
+from ._httpx import HttpxTransport
+from ._jws import (
+    AccountKey,
+    JwsSigner,
+    b64url,
+    b64url_decode,
+    dns01_txt_value,
+    external_account_binding,
+    jwk_public_key,
+    key_authorization,
+    key_change_jws,
+    sign_jws,
+    tls_alpn01_digest,
+    verify_signature,
+)
+from ._jws_josepy import josepy_sign
+from ._messages import (
+    Account,
+    Authorization,
+    Certificate,
+    Challenge,
+    Directory,
+    Identifier,
+    IdentifierLike,
+    Order,
+)
+from ._network import AcmeNetwork
+from ._nonces import NoncePool
+from ._transport import (
+    DEFAULT_MAX_BODY,
+    USER_AGENT,
+    Headers,
+    MockHandler,
+    MockTransport,
+    Request,
+    Response,
+    Transport,
+    make_ssl_context,
+)
+
+__all__ = [
+    "CERT_KEY_KINDS",
+    "DEFAULT_MAX_BODY",
+    "USER_AGENT",
+    "Account",
+    "AccountKey",
+    "AcmeBodyTooLarge",
+    "AcmeClient",
+    "AcmeConnectError",
+    "AcmeError",
+    "AcmeHttpError",
+    "AcmeNetwork",
+    "AcmeNotSupported",
+    "AcmePollTimeout",
+    "AcmeProblem",
+    "AcmeProtocolError",
+    "AcmeTimeout",
+    "AcmeTransportError",
+    "AcmeUnexpectedStatus",
+    "AiohttpTransport",
+    "Authorization",
+    "Certificate",
+    "Challenge",
+    "Directory",
+    "FakeCA",
+    "Headers",
+    "HttpxTransport",
+    "Identifier",
+    "IdentifierLike",
+    "JwsSigner",
+    "MockHandler",
+    "MockTransport",
+    "NoncePool",
+    "Order",
+    "RenewalInfo",
+    "Request",
+    "Response",
+    "Transport",
+    "b64url",
+    "b64url_decode",
+    "cert_id",
+    "cert_key_from_pem",
+    "cert_key_to_pem",
+    "dns01_txt_value",
+    "external_account_binding",
+    "generate_cert_key",
+    "josepy_sign",
+    "jwk_public_key",
+    "key_authorization",
+    "key_change_jws",
+    "make_csr",
+    "make_ssl_context",
+    "sign_jws",
+    "tls_alpn01_digest",
+    "verify_signature",
+]

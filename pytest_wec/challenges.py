@@ -1,0 +1,207 @@
+"""Challenge publishers: how a worker puts challenge responses where the CA will look for them.
+
+Runs in the requester (an xdist worker, or the controller without ``-n``).
+
+    ChallengePublisher        the seam (Protocol) chains publish through
+     ├── RedisPublisher       writes the challenge server's Redis store directly (fast path;
+     │                        the key schema is ``challenge_srv.store.Keys``)
+     └── ChallTestSrvPublisher  speaks the pebble-challtestsrv management API over HTTP
+                              (Boulder's chall-test-srv, Debian's pebble-challtestsrv, or
+                              this project's challenge server)
+
+Errors:
+
+    WecError
+     └── ChallengePublishError   a publish or removal failed, was refused or timed out
+
+Every call is bounded by the publisher's ``timeout`` (seconds). Hosts are DNS names or IP
+literals as in the ACME identifier; ``set_txt``/``clear_txt`` take the full
+``_acme-challenge.`` name (RFC 8555 §8.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from challenge_srv.store import (
+    CHALLENGE_TTL,
+    ChallengeStore,
+    Keys,
+    connect,
+    redact_url,
+    tlsalpn_host,
+)
+from pytest_wec.errors import WecError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "ChallTestSrvPublisher",
+    "ChallengePublishError",
+    "ChallengePublisher",
+    "RedisPublisher",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class ChallengePublishError(WecError):
+    """Challenge data could not be published or removed (the message says where and why)."""
+
+
+class ChallengePublisher(Protocol):
+    """Publishes challenge responses (RFC 8555 §8.3 http-01, §8.4 dns-01, RFC 8737)."""
+
+    async def add_http01(self, token: str, key_authz: str) -> None: ...
+
+    async def del_http01(self, token: str) -> None: ...
+
+    async def add_tlsalpn01(self, host: str, key_authz: str) -> None: ...
+
+    async def del_tlsalpn01(self, host: str) -> None: ...
+
+    async def set_txt(self, host: str, value: str) -> None: ...
+
+    async def clear_txt(self, host: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RedisPublisher:
+    """Writes the challenge store in Redis; the challenge server serves it at once.
+
+    Challenge entries expire after ``ttl`` seconds even if never removed.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        namespace: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ttl: int = CHALLENGE_TTL,
+    ) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.timeout = timeout
+        self.keys = Keys(namespace)
+        self._redis = connect(redis_url, timeout=timeout)
+        self._store = ChallengeStore(self._redis, self.keys, ttl=ttl)
+
+    async def _call(self, what: str, op: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await op
+        except TimeoutError:
+            raise ChallengePublishError(
+                f"{what}: Redis {redact_url(self.redis_url)} did not answer within "
+                f"{self.timeout:g}s"
+            ) from None
+        except Exception as exc:
+            raise ChallengePublishError(
+                f"{what}: Redis {redact_url(self.redis_url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def add_http01(self, token: str, key_authz: str) -> None:
+        await self._call(f"add http-01 {token}", self._store.add_http01(token, key_authz))
+
+    async def del_http01(self, token: str) -> None:
+        await self._call(f"delete http-01 {token}", self._store.del_http01(token))
+
+    async def add_tlsalpn01(self, host: str, key_authz: str) -> None:
+        await self._call(f"add tls-alpn-01 {host}", self._store.add_tlsalpn01(host, key_authz))
+
+    async def del_tlsalpn01(self, host: str) -> None:
+        await self._call(f"delete tls-alpn-01 {host}", self._store.del_tlsalpn01(host))
+
+    async def set_txt(self, host: str, value: str) -> None:
+        await self._call(f"set TXT {host}", self._store.add_txt(host, value))
+
+    async def clear_txt(self, host: str) -> None:
+        await self._call(f"clear TXT {host}", self._store.clear_txt(host))
+
+    async def aclose(self) -> None:
+        try:
+            await self._redis.aclose()
+        except Exception as exc:  # closing must not mask the caller's outcome
+            log.debug("closing the Redis publisher: %s", exc)
+
+
+class ChallTestSrvPublisher:
+    """Publishes through a pebble-challtestsrv compatible management API.
+
+    Hosts are sent the way pebble-challtestsrv matches them: TXT hosts fully qualified
+    (with the trailing dot), tls-alpn-01 IP hosts as their reverse-DNS name (RFC 8738 §6).
+    With ``token``, every request carries ``Authorization: Bearer <token>``.
+    """
+
+    def __init__(
+        self, management_url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.management_url = management_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            import aiohttp
+
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), headers=headers
+            )
+        return self._session
+
+    async def _post(self, path: str, body: dict[str, Any]) -> None:
+        import aiohttp
+
+        url = self.management_url + path
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._client().post(url, data=json.dumps(body)) as resp:
+                    text = await resp.text(errors="replace")
+                    status = resp.status
+        except TimeoutError:
+            raise ChallengePublishError(f"POST {url}: no answer within {self.timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise ChallengePublishError(f"POST {url}: {type(exc).__name__}: {exc}") from exc
+        if status != 200:
+            detail = text.strip().splitlines()[0][:200] if text.strip() else "(empty body)"
+            raise ChallengePublishError(f"POST {url}: HTTP {status}: {detail}")
+
+    async def add_http01(self, token: str, key_authz: str) -> None:
+        await self._post("/add-http01", {"token": token, "content": key_authz})
+
+    async def del_http01(self, token: str) -> None:
+        await self._post("/del-http01", {"token": token})
+
+    async def add_tlsalpn01(self, host: str, key_authz: str) -> None:
+        await self._post("/add-tlsalpn01", {"host": tlsalpn_host(host), "content": key_authz})
+
+    async def del_tlsalpn01(self, host: str) -> None:
+        await self._post("/del-tlsalpn01", {"host": tlsalpn_host(host)})
+
+    async def set_txt(self, host: str, value: str) -> None:
+        await self._post("/set-txt", {"host": _fqdn(host), "value": value})
+
+    async def clear_txt(self, host: str) -> None:
+        await self._post("/clear-txt", {"host": _fqdn(host)})
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _fqdn(host: str) -> str:
+    return host.strip().rstrip(".").lower() + "."

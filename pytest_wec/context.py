@@ -1,0 +1,305 @@
+"""ChainContext: what a chain gets as its ``wec`` fixture, once or under load.
+
+It holds the per-chain ACME client view (every exchange recorded as a RequestResult), the
+challenge publisher, the state store, and the flows chains share: make or take an account,
+authorize an order through a challenge, issue a certificate, take a stored certificate.
+
+In ``once`` mode (an integration run) a chain that needs an account or a certificate and
+finds none in the state DB makes one; in ``load`` mode it raises :class:`NoContext` and the
+chain run counts as skipped (the picker chooses chains whose needs exist, but a claim can
+still lose a race).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pytest_wec.results import RequestResult
+
+if TYPE_CHECKING:
+    from pytest_wec.worker import WorkerRuntime
+
+__all__ = ["ChainContext", "Issued", "NoContext"]
+
+CLAIM_TTL = 300.0
+POLL_TIMEOUT = 60.0
+
+
+class NoContext(Exception):  # noqa: N818 - reads as "no context"
+    """The state DB holds nothing this chain needs (load mode)."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate issued by a chain (and stored in the state DB)."""
+
+    cert_id: int | None
+    account: Any
+    order: Any
+    names: tuple[str, ...]
+    pem: str
+    key_pem: bytes
+    cert: x509.Certificate
+    alternates: tuple[str, ...]
+
+
+def _key_alg(settings: Any) -> tuple[str, int | None]:
+    value: str = settings.account_key.value
+    if value.startswith("RS256"):
+        bits = int(value.split("-", 1)[1]) if "-" in value else 2048
+        return "RS256", bits
+    return value, None
+
+
+class ChainContext:
+    """One chain run's view of the worker runtime."""
+
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        name: str,
+        *,
+        mode: str = "once",
+        chain_id: str | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.mode = mode
+        self.chain_id = chain_id or secrets.token_hex(8)
+        self.requests: list[RequestResult] = []
+        self.certificates = 0
+        self.client = runtime.network.client(name, self.chain_id, self.requests.append)
+        self.settings = runtime.settings
+        self.directory = runtime.directory
+        self.store = runtime.store
+        self.publisher = runtime.publisher
+        self._account_ids: dict[str, int] = {}
+        self._claims: list[tuple[str, int]] = []
+
+    # -- small helpers -----------------------------------------------------------------
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.runtime.info
+
+    @property
+    def pebble(self) -> Any:
+        """Pebble's management API client, when the CA is Pebble; else None."""
+        return self.runtime.pebble
+
+    def random_names(self, n: int | None = None, *, wildcard: bool = False) -> list[str]:
+        """*n* (default ``--wec-names``) random names under ``--wec-domain``."""
+        count = self.settings.names if n is None else n
+        names = [f"{secrets.token_hex(6)}.{self.settings.domain}" for _ in range(count)]
+        if wildcard:
+            names[0] = "*." + names[0]
+        return names
+
+    def new_key(self) -> Any:
+        from pytest_wec.acme import AccountKey
+
+        alg, bits = _key_alg(self.settings)
+        return AccountKey.generate(alg, bits=bits) if bits else AccountKey.generate(alg)
+
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.runtime.db(fn, *args, **kwargs)
+
+    # -- accounts ----------------------------------------------------------------------
+    async def new_account(self, *, key: Any = None, contact: tuple[str, ...] = ()) -> Any:
+        """newAccount with a fresh key (RFC 8555 §7.3); stored in the state DB."""
+        key = key or self.new_key()
+        account = await self.client.new_account(key, contact=contact, tos_agreed=True)
+        row_id = await self.db(
+            self.store.add_account, self.directory, account.url, key.to_pem(), key.alg,
+            contact=",".join(contact),
+        )
+        self._account_ids[account.url] = row_id
+        return account
+
+    def account_id(self, account: Any) -> int | None:
+        return self._account_ids.get(account.url)
+
+    def _account_from_row(self, row: Any) -> Any:
+        from pytest_wec.acme import Account, AccountKey
+
+        key = AccountKey.from_pem(row.key_pem, alg=row.alg)
+        self._account_ids[row.url] = row.id
+        return Account(url=row.url, key=key, body={"status": row.status})
+
+    async def take_account(self, *, exclusive: bool = False) -> Any:
+        """An account of this CA from the state DB (claimed when *exclusive*).
+
+        Once: makes one when none exists. Load: :class:`NoContext` when none is free.
+        """
+        if exclusive:
+            row = await self.db(self.store.claim_account, self.directory, self.runtime.holder,
+                                CLAIM_TTL)
+            if row is not None:
+                self._claims.append(("account", row.id))
+        else:
+            row = await self.db(self.store.pick_account, self.directory)
+        if row is None:
+            if self.mode == "load":
+                raise NoContext("no account in the state DB")
+            return await self.new_account()
+        return self._account_from_row(row)
+
+    # -- orders and authorizations -------------------------------------------------------
+    @staticmethod
+    def identifiers(names: list[str]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for n in names:
+            try:
+                ipaddress.ip_address(n)
+                out.append(("ip", n))
+            except ValueError:
+                out.append(("dns", n))
+        return out
+
+    async def authorize(self, account: Any, order: Any, challenge: str | None = None) -> list[
+        Any
+    ]:
+        """Answer every pending authorization of *order* with *challenge* and wait.
+
+        Returns the final authorizations (RFC 8555 §7.5). Challenge data is published before
+        the challenge is answered and removed afterwards.
+        """
+        from pytest_wec.acme import key_authorization
+
+        kind = challenge or self.settings.challenge
+        done = []
+        for url in order.authorizations:
+            authz = await self.client.get_authorization(account, url)
+            if authz.status == "valid":
+                done.append(authz)
+                continue
+            chall = authz.challenge(kind)
+            ident = authz.identifier
+            if chall is None:
+                offered = ", ".join(c.type for c in authz.challenges)
+                raise AssertionError(f"the CA offers no {kind} challenge for "
+                                     f"{ident.value} (offered: {offered})")
+            key_authz = key_authorization(chall.token, account.key)
+            unpublish = await self._publish(kind, ident.value, chall.token, key_authz)
+            try:
+                await self.client.answer_challenge(account, chall.url)
+                authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT)
+            finally:
+                await unpublish()
+            done.append(authz)
+            if authz.status == "valid":
+                await self.db(
+                    self.store.add_authorization, self.directory, self.account_id(account),
+                    url, ident.type, ident.value, kind, authz.status,
+                    expires=authz.body.get("expires"),
+                )
+        return done
+
+    async def _publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
+        from pytest_wec.acme import dns01_txt_value
+
+        pub = self.publisher
+        if kind == "http-01":
+            await pub.add_http01(token, key_authz)
+
+            async def undo() -> None:
+                await pub.del_http01(token)
+        elif kind == "dns-01":
+            host = "_acme-challenge." + ident.removeprefix("*.")
+            await pub.set_txt(host, dns01_txt_value(key_authz))
+
+            async def undo() -> None:
+                await pub.clear_txt(host)
+        elif kind == "tls-alpn-01":
+            await pub.add_tlsalpn01(ident, key_authz)
+
+            async def undo() -> None:
+                await pub.del_tlsalpn01(ident)
+        else:
+            raise ValueError(f"unknown challenge type {kind!r}")
+        return undo
+
+    async def order(self, account: Any, names: list[str], **kwargs: Any) -> Any:
+        """newOrder for *names* (RFC 8555 §7.4), recorded in the state DB."""
+        order = await self.client.new_order(account, self.identifiers(names), **kwargs)
+        await self.db(self.store.add_order, self.directory, self.account_id(account), order.url,
+                      order.status, names)
+        return order
+
+    # -- certificates ------------------------------------------------------------------
+    async def issue(
+        self,
+        account: Any | None = None,
+        names: list[str] | None = None,
+        *,
+        challenge: str | None = None,
+        cert_key: str | None = None,
+        replaces: str | None = None,
+    ) -> Issued:
+        """Order, authorize, finalize, poll and download (RFC 8555 §7.4); store the result."""
+        from pytest_wec.acme import generate_cert_key, make_csr
+
+        account = account or await self.take_account()
+        names = names or self.random_names()
+        kw: dict[str, Any] = {"replaces": replaces} if replaces else {}
+        order = await self.order(account, names, **kw)
+        await self.authorize(account, order, challenge)
+        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT, until="ready")
+        if order.status != "ready":
+            raise AssertionError(f"order is {order.status}, not ready, after its "
+                                 f"authorizations: {order.body.get('error')}")
+        key = generate_cert_key(cert_key or self.settings.cert_key)
+        order = await self.client.finalize(account, order, make_csr(names, key))
+        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT)
+        if order.status != "valid" or not order.certificate:
+            raise AssertionError(f"order is {order.status} after finalize: "
+                                 f"{order.body.get('error')}")
+        cert = await self.client.download_certificate(account, order.certificate)
+        self.certificates += 1
+        parsed = x509.load_pem_x509_certificate(cert.pem.encode())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        cert_id = await self.db(
+            self.store.add_certificate, self.directory, self.account_id(account), order.url,
+            cert.pem, key_pem, format(parsed.serial_number, "x"), names,
+            parsed.not_valid_after_utc,
+        )
+        return Issued(cert_id, account, order, tuple(names), cert.pem, key_pem, parsed,
+                      tuple(cert.alternates))
+
+    async def take_certificate(self, *, not_renewed: bool = False) -> Any:
+        """Claim an unrevoked certificate of this CA; once mode issues one when none exist."""
+        row = await self.db(self.store.claim_certificate, self.directory, self.runtime.holder,
+                            CLAIM_TTL, not_renewed=not_renewed)
+        if row is None:
+            if self.mode == "load":
+                raise NoContext("no unrevoked certificate in the state DB")
+            issued = await self.issue()
+            row = await self.db(self.store.get_certificate, issued.cert_id)
+            await self.db(self.store.claim_certificate_id, row.id, self.runtime.holder,
+                          CLAIM_TTL)
+        self._claims.append(("certificate", row.id))
+        return row
+
+    async def account_of(self, row: Any) -> Any:
+        acc = await self.db(self.store.get_account, row.account_id)
+        return self._account_from_row(acc)
+
+    # -- end -----------------------------------------------------------------------------
+    async def finish(self) -> None:
+        """Release every claim this chain run holds."""
+        for kind, row_id in self._claims:
+            await self.db(self.store.release, kind, row_id, self.runtime.holder)
+        self._claims.clear()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,187 @@
+"""The controller: one per run (the xdist controller when ``-n`` is given).
+
+It owns the run directory and the embedded stack, hands the stack's addresses to xdist
+workers through ``workerinput``, prints the effective settings in the report header and
+reports at the end. Workers print nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_wec._settings import Settings, StackMode
+from pytest_wec.errors import StackError
+
+log = logging.getLogger(__name__)
+
+_CHAIN_SOURCE = re.compile(
+    rb"^(?:@chain\(|@pytest_wec\.chain\(|from pytest_wec(?:\.chain)? import [^\n]*\bchain\b)",
+    re.MULTILINE,
+)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _paths_of_args(config: pytest.Config) -> list[Path]:
+    paths: list[Path] = []
+    args = config.args or [str(config.invocation_params.dir)]
+    for arg in args:
+        base = arg.split("::", 1)[0]
+        if config.option.pyargs:
+            import importlib.util
+
+            try:
+                spec = importlib.util.find_spec(base)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is not None and spec.origin:
+                origin = Path(spec.origin)
+                paths.append(origin.parent if origin.name == "__init__.py" else origin)
+                continue
+        p = Path(base)
+        if not p.is_absolute():
+            p = Path(config.invocation_params.dir) / p
+        paths.append(p)
+    return paths
+
+
+def args_hold_chains(config: pytest.Config, limit: int = 5000) -> bool:
+    """Whether the files pytest was pointed at define wec chains (a cheap text scan)."""
+    seen = 0
+    for path in _paths_of_args(config):
+        files = [path] if path.is_file() else (path.rglob("*.py") if path.is_dir() else [])
+        for f in files:
+            seen += 1
+            if seen > limit:
+                return False
+            if any(part.startswith(".") or part in ("node_modules", "__pycache__")
+                   for part in f.parts[-4:]):
+                continue
+            try:
+                if _CHAIN_SOURCE.search(f.read_bytes()):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+class WecController:
+    """The run's state on the controller process."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.run_id = new_run_id()
+        self._run_dir: Path | None = None
+        self.stack: Any = None  # pytest_wec.stack.Stack, imported lazily
+        self.stack_error: str | None = None
+
+    # -- run directory and stack -------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            if self.settings.out:
+                d = Path(self.settings.out)
+            else:
+                d = Path(self.config.invocation_params.dir) / "wec-results" / self.run_id
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                probe = d / ".wec-write-probe"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise pytest.UsageError(
+                    f"--wec-out: cannot write to {d}: {exc.strerror or exc}") from None
+            self._run_dir = d
+        return self._run_dir
+
+    def wants_stack(self) -> bool:
+        mode = self.settings.stack
+        if mode is StackMode.OFF:
+            return False
+        if mode is StackMode.ON:
+            return True
+        return args_hold_chains(self.config)
+
+    def ensure_stack(self) -> dict[str, Any]:
+        """Start the stack once; return its plain-data info."""
+        if self.stack is None:
+            if self.stack_error is not None:
+                raise StackError(self.stack_error)
+            from pytest_wec.stack import Stack
+
+            try:
+                self.stack = Stack.start(self.settings, self.run_dir, self.run_id)
+            except StackError as exc:
+                self.stack_error = str(exc)
+                raise
+        info: dict[str, Any] = dict(self.stack.info)
+        return info
+
+    def stop_stack(self) -> None:
+        if self.stack is not None:
+            self.stack.stop()
+
+    # -- hooks -----------------------------------------------------------------------------
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        s = self.settings
+        ca = s.directory or "embedded Pebble"
+        lines = [
+            f"wec: run {self.run_id}; CA {ca}; challenge {s.challenge}; domain {s.domain}; "
+            f"account key {s.account_key.value}; cert key {s.cert_key}; "
+            f"transport {s.transport}; stack {s.stack.value}",
+        ]
+        given = ", ".join(f"{k} from {v}" for k, v in sorted(s.sources.items()))
+        if given:
+            lines.append(f"wec: settings given: {given}")
+        return lines
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # With xdist the stack must be up before workers are configured; without it the
+        # fixtures start it on first use, in this same process.
+        if _xdist_active(self.config) and self.wants_stack():
+            try:
+                self.ensure_stack()
+            except StackError as exc:
+                raise pytest.UsageError(f"wec stack: {exc}") from None
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.stop_stack()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.stack is not None:
+            terminalreporter.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
+
+
+def _xdist_active(config: pytest.Config) -> bool:
+    n = getattr(config.option, "numprocesses", None)
+    tx = getattr(config.option, "tx", None)
+    dist = getattr(config.option, "dist", "no")
+    return bool(n) or bool(tx) or (dist not in (None, "no"))
+
+
+class XdistHooks:
+    """xdist-only hooks, registered only when xdist is present (``-p no:xdist`` works)."""
+
+    def __init__(self, controller: WecController) -> None:
+        self.controller = controller
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        c = self.controller
+        node.workerinput["wec_run_id"] = c.run_id
+        node.workerinput["wec_stack"] = dict(c.stack.info) if c.stack is not None else None
+        node.workerinput["wec_stack_error"] = c.stack_error
+        node.workerinput["wec_run_dir"] = str(c.run_dir) if c._run_dir is not None else None
+        node.workerinput["wec_environ_pid"] = os.getpid()

@@ -1,0 +1,79 @@
+"""Fixtures the plugin gives chains: ``wec`` (a ChainContext) and what stands behind it.
+
+Heavy imports happen inside the fixtures, so that a pytest run that uses none of them
+pays nothing for the plugin.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from pytest_wec.errors import StackError
+
+
+@pytest.fixture(scope="session")
+def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The stack's addresses: from ``workerinput`` on an xdist worker, else started here."""
+    config = request.config
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        info = workerinput.get("wec_stack")
+        if info is None:
+            err = workerinput.get("wec_stack_error")
+            pytest.fail(
+                f"wec stack failed to start: {err}" if err else
+                "the wec stack was not started for this xdist run (the controller saw no "
+                "chains in the paths given); pass --wec-stack=on",
+                pytrace=False,
+            )
+        return dict(info)
+    controller = config.pluginmanager.get_plugin("wec-controller")
+    try:
+        return dict(controller.ensure_stack())
+    except StackError as exc:
+        pytest.fail(f"wec stack: {exc}", pytrace=False)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def wec_runtime(
+    request: pytest.FixtureRequest, wec_stack_info: dict[str, Any]
+) -> AsyncIterator[Any]:
+    """The worker runtime shared by every chain of this process."""
+    from pytest_wec.plugin import SETTINGS_KEY
+    from pytest_wec.worker import WorkerRuntime
+
+    settings = request.config.stash[SETTINGS_KEY]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    runtime = await WorkerRuntime(settings, wec_stack_info, worker).start()
+    try:
+        yield runtime
+    finally:
+        await runtime.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def wec(request: pytest.FixtureRequest, wec_runtime: Any) -> AsyncIterator[Any]:
+    """The chain's context: ACME client, publisher, state DB and the shared flows."""
+    from pytest_wec._chain import chain_info
+    from pytest_wec.context import ChainContext
+
+    info = chain_info(getattr(request.node, "function", None))
+    ctx = ChainContext(wec_runtime, info.name if info else request.node.name, mode="once")
+    try:
+        yield ctx
+    finally:
+        await ctx.finish()
+
+
+@pytest.fixture(scope="session")
+def wec_settings(request: pytest.FixtureRequest) -> Any:
+    from pytest_wec.plugin import SETTINGS_KEY
+
+    return request.config.stash[SETTINGS_KEY]
+
+

@@ -1,0 +1,323 @@
+"""End-of-run outputs from an :class:`~pytest_wec.aggregator.Aggregator` (controller).
+
+``build_summary``         summary.json (schema 1): run, totals, chains, endpoints, errors,
+                          state, generator, timeline
+``build_benchmark_json``  benchmark.json in pytest-benchmark's saved-run format, so that
+                          ``pytest-benchmark compare`` reads runs side by side
+``format_tables``         the terminal tables printed in ``pytest_terminal_summary``
+``format_progress``       the live line
+``write_json_atomic``     temp file + rename, so a reader never sees half a file
+
+Latencies in summary.json are milliseconds, in benchmark.json seconds (pytest-benchmark's
+unit). Every percentile is read from a merged HDR histogram.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pytest_wec.aggregator import Aggregator, Histogram, index_range, short_error_type
+
+__all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "format_progress",
+           "format_tables", "timeline", "write_json_atomic"]
+
+SCHEMA = 1
+_RUN_KEYS = ("id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
+             "rate", "stages")
+_STATE_KEYS = ("accounts", "authorizations", "certificates", "revoked")
+
+
+def _duration(agg: Aggregator, run_info: Mapping[str, Any]) -> float:
+    if isinstance(run_info.get("duration_s"), int | float):
+        return float(run_info["duration_s"])
+    started, ended = run_info.get("started"), run_info.get("ended")
+    if isinstance(started, int | float) and isinstance(ended, int | float):
+        return max(float(ended) - float(started), 0.0)
+    if agg.last_end is not None:
+        return max(agg.last_end - agg.started, 0.0)
+    return 0.0
+
+
+def _rate(n: int, duration: float) -> float:
+    return round(n / duration, 3) if duration > 0 else 0.0
+
+
+def _entry(count: int, ok: int, failed: int, hist: Histogram, duration: float) -> dict[str, Any]:
+    return {"count": count, "ok": ok, "failed": failed, "per_s": _rate(count, duration),
+            "latency_ms": hist.summary_ms()}
+
+
+def build_summary(agg: Aggregator, run_info: Mapping[str, Any],
+                  state_counts: Mapping[str, int], generator: Mapping[str, Any],
+                  thresholds: Sequence[Any] | None) -> dict[str, Any]:
+    """summary.json. ``run_info`` supplies the ``run`` keys (``started``/``ended`` in epoch
+    seconds give ``duration_s``); ``generator`` values win over the aggregator's own."""
+    duration = _duration(agg, run_info)
+    run = {k: run_info.get(k) for k in _RUN_KEYS}
+    run["duration_s"] = round(duration, 3)
+    if run["ended"] is None and agg.last_end is not None:
+        run["ended"] = agg.last_end
+    run["model"] = str(getattr(run["model"], "value", run["model"]) or "closed")
+    open_model = run["model"] == "open"
+    chains: dict[str, Any] = {}
+    for name, cs in sorted(agg.chains.items()):
+        entry = _entry(cs.count, cs.ok, cs.failed, cs.latency, duration)
+        entry.update(cancelled=cs.cancelled, skipped=cs.skipped)
+        if open_model:
+            entry["latency_from_scheduled_ms"] = cs.from_scheduled.summary_ms()
+        chains[name] = entry
+    endpoints = {ep: _entry(es.count, es.ok, es.failed, es.latency, duration)
+                 for ep, es in sorted(agg.endpoints.items())}
+    n_chains = sum(c.count for c in agg.chains.values())
+    n_requests = sum(e.count for e in agg.endpoints.values())
+    totals = {
+        "chains": n_chains,
+        "chains_ok": sum(c.ok for c in agg.chains.values()),
+        "chains_failed": sum(c.failed for c in agg.chains.values()),
+        "requests": n_requests,
+        "requests_failed": sum(e.failed for e in agg.endpoints.values()),
+        "chains_per_s": _rate(n_chains, duration),
+        "requests_per_s": _rate(n_requests, duration),
+        "certificates_issued": agg.certificates,
+        "dropped_starts": agg.dropped_starts,
+        "cancelled": sum(c.cancelled for c in agg.chains.values()),
+        "skipped": sum(c.skipped for c in agg.chains.values()),
+        "results_lost": agg.dropped_results,
+    }
+    errors = [{"chain": c, "endpoint": e, "type": t, "count": n, "example": ex}
+              for (c, e, t), (n, ex) in agg.errors.items()]
+    errors.sort(key=lambda r: (-r["count"], r["chain"], r["endpoint"] or "", r["type"]))
+    state = {k: int(state_counts.get(k, 0)) for k in _STATE_KEYS}
+    state.update({k: v for k, v in state_counts.items() if k not in state})
+    gen = agg.generator_stats()
+    gen.update(generator)
+    return {"schema": SCHEMA, "run": run, "totals": totals, "chains": chains,
+            "endpoints": endpoints, "errors": errors, "state": state, "generator": gen,
+            "thresholds": list(thresholds or []), "timeline": timeline(agg)}
+
+
+def timeline(agg: Aggregator) -> list[dict[str, Any]]:
+    """Per second of the run (by completion): counts and p50/p95/p99 of chains and requests."""
+    if not agg.seconds:
+        return []
+    out = []
+    empty = Histogram()
+    for t in range(max(agg.seconds) + 1):
+        s = agg.seconds.get(t)
+        if s is None:
+            out.append({"t": t, "chains": 0, "ok": 0, "failed": 0, "requests": 0,
+                        "requests_failed": 0, "chain_ms": _p3(empty), "request_ms": _p3(empty)})
+            continue
+        out.append({"t": t, "chains": s.chains, "ok": s.ok, "failed": s.failed,
+                    "requests": s.requests, "requests_failed": s.requests_failed,
+                    "chain_ms": _p3(s.chain_latency), "request_ms": _p3(s.request_latency)})
+    return out
+
+
+def _p3(h: Histogram) -> dict[str, float]:
+    ms = h.summary_ms((50, 95, 99))
+    return {"p50": ms["p50"], "p95": ms["p95"], "p99": ms["p99"]}
+
+
+# -- benchmark.json --------------------------------------------------------------------------
+
+
+def _bench_stats(h: Histogram) -> dict[str, Any]:
+    """pytest-benchmark's ``stats`` (seconds) from a histogram, at HDR precision."""
+    q1, median, q3 = (v / 1e6 for v in h.percentiles((25, 50, 75)))
+    q1, median, q3 = (min(max(v, h.min / 1e6), h.max / 1e6) for v in (q1, median, q3))
+    mean = h.mean() / 1e6
+    var = 0.0
+    for i, n in h.counts.items():
+        low, high = index_range(i)
+        var += ((low + high) / 2e6 - mean) ** 2 * n
+    stddev = (var / (h.total - 1)) ** 0.5 if h.total > 1 else 0.0
+    iqr = q3 - q1
+    lo_fence, hi_fence = (q1 - 1.5 * iqr) * 1e6, (q3 + 1.5 * iqr) * 1e6
+    iqr_out = _count_outside(h, lo_fence, hi_fence)
+    sd_out = _count_outside(h, (mean - stddev) * 1e6, (mean + stddev) * 1e6)
+    ld, hd = _bounds_within(h, lo_fence, hi_fence)
+    total = h.sum / 1e6
+    return {"min": h.min / 1e6, "max": h.max / 1e6, "mean": mean, "stddev": stddev,
+            "rounds": h.total, "median": median, "iqr": iqr, "q1": q1, "q3": q3,
+            "iqr_outliers": iqr_out, "stddev_outliers": sd_out,
+            "outliers": f"{sd_out};{iqr_out}", "ld15iqr": ld / 1e6, "hd15iqr": hd / 1e6,
+            "ops": h.total / total if total else 0.0, "total": total, "iterations": 1}
+
+
+def _count_outside(h: Histogram, low: float, high: float) -> int:
+    out = 0
+    for i, n in h.counts.items():
+        lo, hi = index_range(i)
+        if hi < low or lo > high:
+            out += n
+    return out
+
+
+def _bounds_within(h: Histogram, low: float, high: float) -> tuple[int, int]:
+    ranges = [index_range(i) for i in h.counts]
+    lows = [lo for lo, hi in ranges if hi >= low]
+    highs = [hi for lo, hi in ranges if lo <= high]
+    return (max(min(lows), h.min) if lows else h.min, min(max(highs), h.max) if highs else h.max)
+
+
+def _bench(group: str, name: str, count: int, ok: int, failed: int, h: Histogram,
+           duration: float, options: dict[str, Any]) -> dict[str, Any]:
+    p90, p95, p99, p999 = (min(v, h.max) / 1e6 for v in h.percentiles((90, 95, 99, 99.9)))
+    return {
+        "group": group, "name": name, "fullname": f"wec::{group}::{name}",
+        "params": None, "param": None,
+        "extra_info": {"count": count, "ok": ok, "failed": failed,
+                       "per_s": _rate(count, duration), "p90": p90, "p95": p95, "p99": p99,
+                       "p999": p999},
+        "options": options, "stats": _bench_stats(h),
+    }
+
+
+def _machine_info() -> dict[str, Any]:
+    return {"node": platform.node(), "processor": platform.processor(),
+            "machine": platform.machine(), "python_compiler": platform.python_compiler(),
+            "python_implementation": platform.python_implementation(),
+            "python_implementation_version": platform.python_version(),
+            "python_version": platform.python_version(), "python_build": platform.python_build(),
+            "release": platform.release(), "system": platform.system(),
+            "cpu": {"count": os.cpu_count()}}
+
+
+def _commit_info() -> dict[str, Any]:
+    try:
+        from pytest_benchmark.utils import get_commit_info
+    except ImportError:
+        return {"id": "unknown", "time": None, "author_time": None, "dirty": False,
+                "project": "pytest-wec", "branch": "(unknown)"}
+    return dict(get_commit_info("pytest-wec"))  # type: ignore[no-untyped-call]
+
+
+def build_benchmark_json(agg: Aggregator, run_info: Mapping[str, Any],
+                         machine_info: Mapping[str, Any] | None = None, *,
+                         commit_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One benchmark per chain (group ``chain``) and per endpoint (group ``endpoint``);
+    latency in seconds as ``stats``, count, throughput and p90..p99.9 in ``extra_info``."""
+    try:
+        from pytest_benchmark import __version__ as version
+    except ImportError:
+        version = "5.0.0"
+    duration = _duration(agg, run_info)
+    model = run_info.get("model")
+    options = {"model": str(getattr(model, "value", model) or "closed"),
+               "load": run_info.get("load"), "rate": run_info.get("rate"),
+               "run": run_info.get("id"), "timer": "wall"}
+    benchmarks = [_bench("chain", name, cs.count, cs.ok, cs.failed, cs.latency, duration, options)
+                  for name, cs in sorted(agg.chains.items()) if cs.count]
+    benchmarks += [_bench("endpoint", ep, es.count, es.ok, es.failed, es.latency, duration,
+                          options)
+                   for ep, es in sorted(agg.endpoints.items()) if es.count]
+    started = run_info.get("started")
+    when = dt.datetime.fromtimestamp(started if isinstance(started, int | float)
+                                     else agg.started, dt.UTC)
+    return {"machine_info": dict(machine_info) if machine_info is not None else _machine_info(),
+            "commit_info": dict(commit_info) if commit_info is not None else _commit_info(),
+            "benchmarks": benchmarks, "datetime": when.isoformat(), "version": version}
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` through a temp file and a rename."""
+    path = Path(path)
+    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:  # created with the umask's mode, unlike mkstemp's 0600
+            fh.write(data + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- terminal --------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Numbers right-aligned, text left-aligned."""
+    right = [isinstance(v, int | float) for v in rows[0]] if rows else [False] * len(header)
+    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for r in cells:
+        parts = [c.rjust(w) if right[i] else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    return "-" if v is None else str(v)
+
+
+def format_tables(summary: Mapping[str, Any]) -> str:
+    """Chains and endpoints (count, ok, failed, per s, p50, p95, p99, max in ms), errors."""
+    t = summary["totals"]
+    run = summary["run"]
+    lines = [f"wec run {run.get('id') or ''}: {t['chains']} chains ({t['chains_failed']} failed"
+             f", {t.get('cancelled', 0)} cancelled, {t.get('skipped', 0)} skipped) in "
+             f"{_clock(run.get('duration_s') or 0)}, {t['chains_per_s']:.2f} chains/s, "
+             f"{t['requests']} requests ({t['requests_failed']} failed), "
+             f"{t['certificates_issued']} certificates, {t['dropped_starts']} dropped starts"]
+    if t.get("results_lost"):
+        lines.append(f"warning: {t['results_lost']} chain results lost on the way to the "
+                     "controller")
+    header = ("count", "ok", "failed", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    for title, key in (("chain", "chains"), ("endpoint", "endpoints")):
+        rows: list[tuple[Any, ...]] = []
+        for name, e in summary[key].items():
+            lat = e["latency_ms"]
+            rows.append((name, e["count"], e["ok"], e["failed"], float(e["per_s"]),
+                         float(lat["p50"]), float(lat["p95"]), float(lat["p99"]),
+                         float(lat["max"])))
+        if rows:
+            lines += ["", *_table((title, *header), rows)]
+    if summary["errors"]:
+        rows = [(e["count"], short_error_type(e["type"]), e["chain"], e["endpoint"] or "(chain)",
+                 _clip(e["example"], 70)) for e in summary["errors"]]
+        lines += ["", *_table(("errors", "type", "chain", "endpoint", "example"), rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def format_progress(agg: Aggregator, now: float, *, duration_s: float | None = None,
+                    in_flight: int = 0, window_s: int = 10) -> str:
+    """The live line: elapsed/duration, in flight, chains/s and p95 over the last
+    ``window_s`` seconds, ok and failed so far."""
+    elapsed = max(now - agg.started, 0.0)
+    count, hist = agg.window(now, window_s)
+    span = min(window_s, int(elapsed)) or 1
+    ok = sum(c.ok for c in agg.chains.values())
+    failed = sum(c.failed for c in agg.chains.values())
+    p95 = hist.summary_ms((95,))["p95"] if hist.total else None
+    total = f"/{_clock(duration_s)}" if duration_s else ""
+    p95_text = f"{p95:,.1f} ms" if p95 is not None else "-"
+    return (f"wec {_clock(elapsed)}{total}  in flight {in_flight}  {count / span:.1f} chains/s"
+            f"  ok {ok}  failed {failed}  p95 {p95_text}")

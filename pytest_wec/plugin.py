@@ -1,0 +1,64 @@
+"""pytest hooks and option registration only; nothing heavy is imported here.
+
+The run's state lives in one object registered in ``pytest_configure``: the
+:class:`~pytest_wec.controller.WecController` on the controller (or in a run without
+xdist), nothing but settings on an xdist worker.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_wec._settings import OPTIONS, Settings, resolve
+from pytest_wec.errors import ConfigError
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("wec", "wile-e-coyote: ACME CA load testing")
+    for opt in OPTIONS:
+        help_text = f"{opt.help} (ini {opt.ini}, env {opt.env})"
+        if opt.flag:
+            group.addoption(opt.cli, action="store_true", default=None, dest="wec_" + opt.field,
+                            help=help_text)
+            parser.addini(opt.ini, help=opt.help, type="bool", default=None)
+        else:
+            group.addoption(opt.cli, action="store", default=None, dest="wec_" + opt.field,
+                            metavar=opt.metavar, help=help_text)
+            parser.addini(opt.ini, help=opt.help, default=None)
+
+
+def _resolve(config: pytest.Config) -> Settings:
+    cli = {opt.field: config.getoption("wec_" + opt.field) for opt in OPTIONS}
+
+    def ini(name: str) -> object:
+        try:
+            return config.getini(name)
+        except ValueError:
+            return None
+
+    try:
+        return resolve(cli, ini)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "wec_chain(name, needs, produces): an ACME test chain")
+    settings = _resolve(config)
+    config.stash[SETTINGS_KEY] = settings
+    from pytest_wec import fixtures
+
+    config.pluginmanager.register(fixtures, "wec-fixtures")
+    if hasattr(config, "workerinput"):
+        return
+    from pytest_wec.controller import WecController
+
+    controller = WecController(config, settings)
+    config.pluginmanager.register(controller, "wec-controller")
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_wec.controller import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(controller), "wec-xdist")

@@ -1,0 +1,73 @@
+"""Result records: what every HTTP exchange and every chain run produce.
+
+These are plain data (``TypedDict``) so that they cross process boundaries as
+msgpack or JSON, never pickled objects (DESIGN.md, "Results").
+
+``RequestResult``: one HTTP exchange with the CA.
+``ChainResult``: one run of a chain, with the requests it made.
+
+Times: ``started`` and ``scheduled`` are epoch seconds (``time.time()``);
+``took`` is seconds measured with ``time.perf_counter()``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, TypedDict
+
+__all__ = [
+    "ENDPOINTS",
+    "ChainResult",
+    "RequestObserver",
+    "RequestResult",
+]
+
+#: ACME resource names used as ``RequestResult["endpoint"]`` (never a URL with ids).
+ENDPOINTS = (
+    "directory",
+    "newNonce",
+    "newAccount",
+    "newOrder",
+    "authz",
+    "challenge",
+    "finalize",
+    "order",
+    "certificate",
+    "revokeCert",
+    "keyChange",
+    "account",
+    "renewalInfo",
+    "other",
+)
+
+
+class RequestResult(TypedDict):
+    chain_id: str
+    chain: str
+    endpoint: str
+    method: str
+    status: int  # HTTP status; 0 when no response arrived
+    started: float  # epoch seconds
+    took: float  # seconds
+    ok: bool
+    error: str | None  # error class, e.g. "timeout", "connect", "problem", "badBody"
+    problem: str | None  # ACME problem type, e.g. "urn:ietf:params:acme:error:badNonce"
+
+
+class ChainResult(TypedDict):
+    chain_id: str
+    chain: str
+    worker: str
+    scheduled: float  # intended start (epoch seconds); == started in the closed model
+    started: float  # epoch seconds
+    took: float  # seconds from the real start
+    ok: bool
+    outcome: str  # "ok" | "failed" | "cancelled" | "skipped" (context missing, e.g. no account)
+    error: str | None  # "ExceptionClass: message" or an ACME "type :: detail"
+    certificates: int  # certificates issued by this chain run
+    requests: list[RequestResult]
+
+
+class RequestObserver(Protocol):
+    """Receives every RequestResult the ACME client produces."""
+
+    def __call__(self, result: RequestResult, /) -> None: ...

@@ -1,0 +1,296 @@
+"""The load runner (worker side): chains as asyncio tasks under a load model.
+
+    LoadPlan            this worker's exact share of the load, rate and stages
+    run_chain()         one chain run -> ChainResult (ok, failed, skipped or cancelled)
+    LoadRunner.run()    the closed model (chains in flight) or the open model (starts per
+                        second, with a cap; a start over the cap is counted as dropped)
+
+Every loop is bounded by the run's deadline and the grace period: at the end no chain
+starts, chains in flight may finish within the grace, then they are cancelled and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_wec._chain import ChainInfo
+from pytest_wec._settings import Settings, Stage
+from pytest_wec.context import ChainContext, NoContext
+from pytest_wec.results import ChainResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadPlan", "LoadRunner", "run_chain", "split_int"]
+
+ChainFn = Callable[[ChainContext], Awaitable[None]]
+#: open model without --wec-load: the cap on chains in flight per worker
+DEFAULT_OPEN_CAP = 10_000
+
+
+def split_int(total: int, index: int, n: int) -> int:
+    """Worker *index* of *n*'s share of *total*; the shares sum to *total* exactly."""
+    return total // n + (1 if index < total % n else 0)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """One worker's share of the run's load model."""
+
+    model: str  # "closed" | "open"
+    index: int
+    workers: int
+    load: int | None  # total chains in flight (closed) or cap (open)
+    rate: float | None  # total starts per second (open)
+    stages: tuple[Stage, ...] | None
+    duration: float
+    grace: float
+
+    @classmethod
+    def from_settings(cls, s: Settings, index: int, workers: int) -> LoadPlan:
+        return cls(s.model, index, workers, s.load, s.rate, s.stages, s.run_length, s.grace)
+
+    def total_target(self, elapsed: float) -> float:
+        """The run's target (load or rate) at *elapsed* seconds, ramps linear per stage."""
+        if not self.stages:
+            value = self.rate if self.model == "open" else self.load
+            return float(value or 0)
+        start = 0.0
+        t0 = 0.0
+        for dur, target in self.stages:
+            if elapsed < t0 + dur:
+                return start + (target - start) * (elapsed - t0) / dur
+            t0 += dur
+            start = target
+        return start
+
+    def target(self, elapsed: float) -> float:
+        """This worker's share of the target at *elapsed*."""
+        total = self.total_target(elapsed)
+        if self.model == "open":
+            return total / self.workers
+        return float(split_int(round(total), self.index, self.workers))
+
+    def cap(self) -> int:
+        if self.model == "open":
+            if self.load is None:
+                return DEFAULT_OPEN_CAP
+            return max(split_int(self.load, self.index, self.workers), 0)
+        return 1 << 30
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if name == "AcmeProblem":
+        return text.splitlines()[0] if text else name
+    first = text.splitlines()[0] if text else ""
+    return f"{name}: {first}"[:500] if first else name
+
+
+async def run_chain(
+    runtime: Any,
+    name: str,
+    fn: ChainFn,
+    *,
+    worker: str,
+    scheduled: float | None = None,
+) -> ChainResult:
+    """Run chain *fn* once with a fresh context; never raises (but for cancellation)."""
+    ctx = ChainContext(runtime, name, mode="load", chain_id=secrets.token_hex(8))
+    started = time.time()
+    t0 = time.perf_counter()
+    outcome, error = "ok", None
+    try:
+        await fn(ctx)
+    except NoContext as exc:
+        outcome, error = "skipped", f"NoContext: {exc}"
+    except asyncio.CancelledError:
+        outcome, error = "cancelled", "cancelled at the end of the grace period"
+    except Exception as exc:  # noqa: BLE001 - a chain's failure is a result, not a crash
+        outcome, error = "failed", _error_text(exc)
+    finally:
+        try:
+            await asyncio.shield(ctx.finish())
+        except BaseException:  # noqa: BLE001
+            log.debug("releasing claims of %s failed", ctx.chain_id, exc_info=True)
+    return ChainResult(
+        chain_id=ctx.chain_id,
+        chain=name,
+        worker=worker,
+        scheduled=started if scheduled is None else scheduled,
+        started=started,
+        took=time.perf_counter() - t0,
+        ok=outcome == "ok",
+        outcome=outcome,
+        error=error,
+        certificates=ctx.certificates,
+        requests=ctx.requests,
+    )
+
+
+class LoadRunner:
+    """Drives this worker's share of the load until the deadline, then the grace."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        chains: Mapping[str, tuple[ChainInfo, ChainFn]],
+        plan: LoadPlan,
+        *,
+        emit: Callable[[ChainResult], None],
+        choose: Callable[[], str | None],
+        worker: str,
+        on_drop: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.runtime = runtime
+        self.chains = chains
+        self.plan = plan
+        self.emit = emit
+        self.choose = choose
+        self.worker = worker
+        self.on_drop = on_drop
+        self.in_flight = 0
+        self.started = 0
+        self.finished = 0
+        self.dropped = 0
+        self.nothing_to_run = 0
+        self.t_start = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.lags: list[float] = []  # open model schedule lag, seconds (bounded below)
+        self._stop = asyncio.Event()
+        self.target_override: float | None = None
+
+    def stop(self) -> None:
+        """End early (Ctrl-C, a dashboard stop): no new chain starts."""
+        self._stop.set()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t_start
+
+    def current_target(self) -> float:
+        if self.target_override is not None:
+            return self.target_override
+        return self.plan.target(self.elapsed())
+
+    async def _one(self, name: str, scheduled: float | None) -> None:
+        self.in_flight += 1
+        try:
+            info_fn = self.chains[name]
+            result = await run_chain(self.runtime, name, info_fn[1], worker=self.worker,
+                                     scheduled=scheduled)
+            self.emit(result)
+        finally:
+            self.in_flight -= 1
+            self.finished += 1
+
+    def _spawn(self, name: str, scheduled: float | None) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._one(name, scheduled))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.started += 1
+        return task
+
+    async def run(self) -> None:
+        self.t_start = time.monotonic()
+        deadline = self.t_start + self.plan.duration
+        try:
+            if self.plan.model == "open":
+                await self._open(deadline)
+            else:
+                await self._closed(deadline)
+        finally:
+            await self._drain()
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep up to *seconds*; True when stopped meanwhile."""
+        if seconds <= 0:
+            return self._stop.is_set()
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _closed(self, deadline: float) -> None:
+        """Closed model: keep the target number of chains in flight."""
+        users: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+
+        async def user() -> None:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if self.in_flight > self.current_target():
+                    return
+                name = self.choose()
+                if name is None:
+                    self.nothing_to_run += 1
+                    if await self._wait(0.2):
+                        return
+                    continue
+                self.started += 1
+                await self._one(name, None)
+
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            users = {u for u in users if not u.done()}
+            want = int(self.current_target())
+            for _ in range(want - len(users)):
+                t = loop.create_task(user())
+                users.add(t)
+                self.tasks.add(t)
+                t.add_done_callback(self.tasks.discard)
+            if await self._wait(min(0.05, max(deadline - time.monotonic(), 0))):
+                break
+
+    async def _open(self, deadline: float) -> None:
+        """Open model: starts on schedule at the target rate; over the cap is a drop."""
+        cap = self.plan.cap()
+        wall0 = time.time()
+        mono0 = self.t_start
+        # spread the workers' phases over one interval
+        rate0 = max(self.current_target(), 1e-9)
+        next_at = mono0 + (self.plan.index / self.plan.workers) / rate0
+        while not self._stop.is_set():
+            if next_at >= deadline:
+                break
+            delay = next_at - time.monotonic()
+            if delay > 0 and await self._wait(delay):
+                break
+            now = time.monotonic()
+            scheduled_wall = wall0 + (next_at - mono0)
+            if len(self.lags) < 200_000:
+                self.lags.append(now - next_at)
+            if self.in_flight >= cap:
+                self.dropped += 1
+                self.on_drop(1)
+            else:
+                name = self.choose()
+                if name is None:
+                    self.nothing_to_run += 1
+                else:
+                    self._spawn(name, scheduled_wall)
+            rate = self.current_target()
+            if rate <= 0:
+                # a stage at rate 0: look again shortly
+                next_at = max(next_at, time.monotonic()) + 0.05
+                continue
+            next_at += 1.0 / rate
+
+    async def _drain(self) -> None:
+        """Let chains in flight finish within the grace, then cancel them."""
+        pending = {t for t in self.tasks if not t.done()}
+        if pending:
+            _done, still = await asyncio.wait(pending, timeout=self.plan.grace)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=10)
+
+
+def weighted_choice(rng: random.Random, names: list[str], weights: list[float]) -> str:
+    return rng.choices(names, weights)[0]

@@ -1,0 +1,120 @@
+"""The embedded stack, started once per run by the controller process.
+
+    Stack.start(settings, run_dir, run_id) -> Stack    redis-server, challenge server, Pebble
+    stack.info                                           plain data for xdist workers
+    stack.stop()                                         everything, idempotent
+
+Only what the user did not give by URL is started: ``--wec-redis`` replaces redis-server,
+``--wec-challtestsrv`` the challenge server, ``--wec-directory`` Pebble.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+from typing import TypedDict
+
+from pytest_wec._settings import Settings
+from pytest_wec.stack._challsrv import start_challenge_server
+from pytest_wec.stack._pebble import start_pebble
+from pytest_wec.stack._procs import ManagedProcess, find_binary
+from pytest_wec.stack._redis import start_redis
+
+__all__ = ["Stack", "StackInfo"]
+
+log = logging.getLogger(__name__)
+
+
+class StackInfo(TypedDict):
+    """What a worker needs to reach the stack (crosses process boundaries as plain data)."""
+
+    run_id: str
+    run_dir: str
+    directory: str
+    ca_bundle: str | None
+    insecure: bool
+    redis_url: str | None
+    namespace: str
+    challtestsrv: str | None  # management API to publish through; None: Redis publisher
+    pebble_management: str | None
+    dns: str | None  # the challenge server's DNS address, host:port
+    embedded: bool  # the CA is the embedded Pebble
+
+
+class Stack:
+    """The processes of one run; :meth:`stop` ends them all (also at interpreter exit)."""
+
+    def __init__(self, info: StackInfo, procs: list[ManagedProcess]) -> None:
+        self.info = info
+        self.procs = procs
+        atexit.register(self.stop)
+
+    @classmethod
+    def start(cls, settings: Settings, run_dir: Path, run_id: str) -> Stack:
+        procs: list[ManagedProcess] = []
+        try:
+            return cls._start(settings, run_dir, run_id, procs)
+        except BaseException:
+            for p in reversed(procs):
+                p.stop()
+            raise
+
+    @classmethod
+    def _start(
+        cls, settings: Settings, run_dir: Path, run_id: str, procs: list[ManagedProcess]
+    ) -> Stack:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # every binary first: a missing one fails before anything starts
+        if settings.redis is None:
+            find_binary("redis-server")
+        if settings.directory is None:
+            find_binary("pebble", settings.pebble_bin)
+        redis_url = settings.redis
+        if redis_url is None:
+            proc, redis_url = start_redis(run_dir)
+            procs.append(proc)
+        challtestsrv = settings.challtestsrv
+        http_port, tls_port, dns = 5002, 5001, "127.0.0.1:8053"
+        if challtestsrv is None:
+            proc, srv = start_challenge_server(
+                run_dir, redis_url=redis_url, namespace=run_id, listen=settings.listen,
+                token=settings.token,
+            )
+            procs.append(proc)
+            http_port, tls_port, dns = srv.port("http01"), srv.port("tlsalpn01"), srv.address(
+                "dns01")
+        directory = settings.directory
+        ca_bundle = settings.ca_bundle
+        pebble_mgmt: str | None = None
+        if directory is None:
+            proc, pebble = start_pebble(
+                run_dir, http_port=http_port, tls_port=tls_port, dns_server=dns,
+                binary=settings.pebble_bin,
+            )
+            procs.append(proc)
+            directory, ca_bundle, pebble_mgmt = (
+                pebble.directory, str(pebble.ca_bundle), pebble.management)
+        info = StackInfo(
+            run_id=run_id,
+            run_dir=str(run_dir),
+            directory=directory,
+            ca_bundle=ca_bundle,
+            insecure=settings.insecure,
+            redis_url=redis_url,
+            namespace=run_id,
+            challtestsrv=challtestsrv,
+            pebble_management=pebble_mgmt,
+            dns=dns if challtestsrv is None else None,
+            embedded=settings.directory is None,
+        )
+        log.info("stack up: %s", info)
+        return cls(info, procs)
+
+    def alive(self) -> dict[str, bool]:
+        return {p.name: p.alive() for p in self.procs}
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        atexit.unregister(self.stop)

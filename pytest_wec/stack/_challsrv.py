@@ -1,0 +1,69 @@
+"""The challenge server (``python -m challenge_srv``) as a child process of the stack.
+
+It binds port 0 everywhere and reports ``listening KIND HOST:PORT`` lines, then ``ready``,
+on its stdout; the ports are read from those lines.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from pytest_wec.stack._procs import ManagedProcess
+
+__all__ = ["ChallengeServerInfo", "start_challenge_server"]
+
+_LISTEN = re.compile(r"^listening (\S+) \[?([^\]\s]+?)\]?:(\d+)\s*$")
+
+
+class ChallengeServerInfo:
+    def __init__(self, listeners: dict[str, tuple[str, int]]) -> None:
+        self.listeners = listeners
+
+    def port(self, kind: str) -> int:
+        for name, (_, port) in self.listeners.items():
+            if name == kind or name.startswith(kind):
+                return port
+        raise KeyError(kind)
+
+    def address(self, kind: str) -> str:
+        for name, (host, port) in self.listeners.items():
+            if name == kind or name.startswith(kind):
+                return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise KeyError(kind)
+
+    @property
+    def management_url(self) -> str:
+        return "http://" + self.address("management")
+
+
+def start_challenge_server(
+    run_dir: Path,
+    *,
+    redis_url: str,
+    namespace: str,
+    listen: str = "127.0.0.1",
+    token: str | None = None,
+    timeout: float = 15.0,
+) -> tuple[ManagedProcess, ChallengeServerInfo]:
+    host = f"[{listen}]" if ":" in listen else listen
+    argv = [
+        sys.executable, "-m", "challenge_srv",
+        "--http01", f"{host}:0",
+        "--tlsalpn01", f"{host}:0",
+        "--dns01", f"{host}:0",
+        "--management", "127.0.0.1:0",
+        "--redis", redis_url,
+        "--namespace", namespace,
+    ]
+    if token:
+        argv += ["--token", token]
+    proc = ManagedProcess("challenge-server", argv, run_dir / "challenge-server.log")
+    lines = proc.wait_line(lambda line: line.strip() == "ready", timeout, "printing 'ready'")
+    listeners: dict[str, tuple[str, int]] = {}
+    for line in lines:
+        m = _LISTEN.match(line.strip())
+        if m:
+            listeners[m.group(1)] = (m.group(2), int(m.group(3)))
+    return proc, ChallengeServerInfo(listeners)

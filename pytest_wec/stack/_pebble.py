@@ -1,0 +1,152 @@
+"""Pebble (Debian's ``pebble`` package) with a generated TLS certificate and config.
+
+The WFE's TLS certificate is issued by a small CA generated here; the CA's certificate
+is written as ``pebble-ca.pem`` in the run directory and used as the client's CA bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import ssl
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pytest_wec.stack._procs import ManagedProcess, find_binary, free_port
+
+__all__ = ["PEBBLE_DEFAULT_ENV", "PebbleInfo", "start_pebble", "write_tls_material"]
+
+#: Defaults for load; any PEBBLE_* variable in the user's environment overrides them.
+PEBBLE_DEFAULT_ENV: Mapping[str, str] = {
+    "PEBBLE_VA_NOSLEEP": "1",
+    "PEBBLE_WFE_NONCEREJECT": "0",
+    "PEBBLE_ALTERNATE_ROOTS": "1",
+}
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_tls_material(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1",
+                                                                    "::1")) -> tuple[Path, Path,
+                                                                                     Path]:
+    """A CA and a server certificate for *hosts*; returns (ca.pem, cert.pem, key.pem)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wec test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_path = directory / "pebble-ca.pem"
+    cert_path = directory / "pebble-cert.pem"
+    key_path = directory / "pebble-key.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(_pem_key(key))
+    return ca_path, cert_path, key_path
+
+
+class PebbleInfo:
+    def __init__(self, directory: str, management: str, ca_bundle: Path) -> None:
+        self.directory = directory
+        self.management = management
+        self.ca_bundle = ca_bundle
+
+
+def _get_ok(url: str, ca: Path) -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:  # noqa: S310
+        return bool(resp.status == 200)
+
+
+def start_pebble(
+    run_dir: Path,
+    *,
+    http_port: int,
+    tls_port: int,
+    dns_server: str,
+    binary: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+    strict: bool = False,
+) -> tuple[ManagedProcess, PebbleInfo]:
+    """Start Pebble with its http-01/tls-alpn-01 ports and DNS pointing at our server."""
+    exe = find_binary("pebble", binary)
+    ca, cert, key = write_tls_material(run_dir)
+    acme_port, mgmt_port = free_port(), free_port()
+    config = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{acme_port}",
+            "managementListenAddress": f"127.0.0.1:{mgmt_port}",
+            "certificate": str(cert),
+            "privateKey": str(key),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+    cfg_path = run_dir / "pebble-config.json"
+    cfg_path.write_text(json.dumps(config, indent=2))
+    env = dict(os.environ if environ is None else environ)
+    for name, value in PEBBLE_DEFAULT_ENV.items():
+        env.setdefault(name, value)
+    argv = [exe, "-config", str(cfg_path), "-dnsserver", dns_server]
+    if strict:
+        argv.append("-strict")
+    proc = ManagedProcess("pebble", argv, run_dir / "pebble.log", env=env, cwd=run_dir)
+    directory = f"https://127.0.0.1:{acme_port}/dir"
+    proc.wait_ready(lambda: _get_ok(directory, ca), timeout, f"GET {directory} answering 200")
+    return proc, PebbleInfo(directory, f"https://127.0.0.1:{mgmt_port}", ca)

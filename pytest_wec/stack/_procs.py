@@ -1,0 +1,171 @@
+"""Child processes of the stack: start, wait for readiness, stop, leave nothing behind.
+
+Every child runs in its own session (so a stop reaches its whole process group), writes
+its output to a log file in the run directory, and on Linux is asked to die with its
+parent (``PR_SET_PDEATHSIG``), so that even a SIGKILLed controller leaves no process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from pytest_wec.errors import StackError
+
+__all__ = ["INSTALL_HINTS", "ManagedProcess", "find_binary", "free_port", "wait_for_port"]
+
+log = logging.getLogger(__name__)
+
+#: How each binary the stack starts is installed on Debian/Ubuntu.
+INSTALL_HINTS = {
+    "pebble": "sudo apt-get install pebble",
+    "pebble-challtestsrv": "sudo apt-get install pebble",
+    "redis-server": "sudo apt-get install redis-server",
+}
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def find_binary(name: str, given: str | None = None) -> str:
+    """The path of *name* (or of *given*), or a StackError naming it and how to install it."""
+    candidate = given or name
+    path = shutil.which(candidate)
+    if path is None:
+        hint = INSTALL_HINTS.get(Path(candidate).name, "")
+        how = f"; install it with: {hint}" if hint else ""
+        raise StackError(f"{candidate}: not found{' on PATH' if given is None else ''}{how}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on *host* right now (the caller binds it soon after)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class ManagedProcess:
+    """One child process with its log file; :meth:`stop` kills its whole process group."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        log.debug("starting %s: %s", name, " ".join(self.argv))
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        except OSError as exc:
+            self._log.close()
+            raise StackError(f"{name}: cannot start {self.argv[0]}: {exc}") from exc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll *check* until it is true; a StackError with the log's tail otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise StackError(
+                    f"{self.name} exited with status {self.proc.returncode} before {what}; "
+                    f"its log ({self.log_path}) ends:\n{self.tail()}"
+                )
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise StackError(
+            f"{self.name}: not ready ({what}) within {timeout:g}s; "
+            f"its log ({self.log_path}) ends:\n{self.tail()}"
+        )
+
+    def wait_line(self, pattern: Callable[[str], bool], timeout: float, what: str) -> list[str]:
+        """Wait until a line of the log satisfies *pattern*; return the log's lines so far."""
+        found: list[str] = []
+
+        def check() -> bool:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+            if any(pattern(line) for line in lines):
+                found[:] = lines
+                return True
+            return False
+
+        self.wait_ready(check, timeout, what)
+        return found
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to the process group, SIGKILL after *timeout*; idempotent."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout)
+        else:
+            # The leader is gone; make sure nothing it started lingers.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if not self._log.closed:
+            self._log.close()

@@ -1,0 +1,225 @@
+"""The engine under the store: connections, short transactions, retries, error translation.
+
+SQLite: WAL, ``busy_timeout`` so that concurrent writers (threads and processes) wait
+instead of failing, and writes begin with ``BEGIN IMMEDIATE`` so a transaction that reads
+before it writes never meets a stale snapshot. The file is created 0600 (SQLite creates its
+``-wal`` and ``-shm`` files with the same mode).
+
+PostgreSQL: psycopg 3, READ COMMITTED, ``pool_pre_ping`` (the server may restart during a
+long run); deadlocks and serialisation failures are retried.
+
+Statement parameters are kept out of error messages and logs (``hide_parameters``): they
+include private keys.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event, insert, inspect, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from pytest_wec.state._exceptions import (
+    StateError,
+    StateSchemaError,
+    StateUnavailableError,
+)
+from pytest_wec.state._models import SCHEMA_VERSION, Base, MetaRow
+from pytest_wec.state._url import Target, mask_url
+
+__all__ = ["Database", "default_pool_size"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_MS = 30_000
+_RETRIES = 4
+_RETRY_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+_SCHEMA_LOCK = 0x77656300  # advisory lock id: schema creation, one process at a time
+
+
+def default_pool_size() -> int:
+    """As many connections as ``asyncio.to_thread`` has threads by default."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def _create_sqlite_file(target: Target, create: bool) -> None:
+    path = target.sqlite_path
+    assert path is not None
+    if path.exists():
+        return
+    if not create:
+        raise StateSchemaError(f"state DB {target.shown}: no such file (and create=False)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateUnavailableError(
+            f"state DB {target.shown}: cannot create its directory: {exc}"
+        ) from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another process was first
+    except OSError as exc:
+        raise StateUnavailableError(f"state DB {target.shown}: cannot create it: {exc}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _sqlite_engine(target: Target, pool_size: int) -> Engine:
+    engine = create_engine(
+        target.url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        hide_parameters=True,
+        connect_args={"check_same_thread": False, "timeout": _BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # transactions are begun below, not by sqlite3
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("wec_write", True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _postgres_engine(target: Target, pool_size: int, connect_timeout: float) -> Engine:
+    if importlib.util.find_spec("psycopg") is None:
+        raise StateUnavailableError(
+            f"state DB {target.shown}: PostgreSQL needs psycopg 3 "
+            "(pip install 'pytest-wec[postgres]')"
+        )
+    connect_args: dict[str, Any] = {"application_name": "pytest-wec"}
+    if "connect_timeout" not in target.url.query:
+        connect_args["connect_timeout"] = max(1, round(connect_timeout))
+    return create_engine(
+        target.url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args=connect_args,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())  # one line
+    return mask_url(text) or type(orig).__name__
+
+
+class Database:
+    """One engine and its pool; every store call is one :meth:`run` of a short transaction."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        create: bool,
+        pool_size: int | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.target = target
+        size = pool_size or default_pool_size()
+        if target.is_sqlite:
+            _create_sqlite_file(target, create)
+            self.engine = _sqlite_engine(target, size)
+        else:
+            self.engine = _postgres_engine(target, size, connect_timeout)
+        self.is_postgres = not target.is_sqlite
+        try:
+            self._prepare(create)
+        except StateUnavailableError as exc:
+            self.engine.dispose()
+            raise StateUnavailableError(f"cannot open {exc}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
+        log.info("state DB %s ready (pool %d)", target.shown, size)
+
+    def _prepare(self, create: bool) -> None:
+        def setup(conn: Connection) -> None:
+            if create:
+                if self.is_postgres:  # concurrent CREATE TABLE from several workers races
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+                Base.metadata.create_all(conn)
+                stored = conn.execute(
+                    select(MetaRow.value).where(MetaRow.key == "schema_version")
+                ).scalar()
+                if stored is None:
+                    conn.execute(
+                        insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION))
+                    )
+                    return
+            else:
+                if not inspect(conn).has_table(MetaRow.__tablename__):
+                    raise StateSchemaError(
+                        f"state DB {self.target.shown} has no wec tables (and create=False)"
+                    )
+                stored = conn.execute(
+                    select(MetaRow.value).where(MetaRow.key == "schema_version")
+                ).scalar()
+            if stored != str(SCHEMA_VERSION):
+                raise StateSchemaError(
+                    f"state DB {self.target.shown} has schema version {stored}, this "
+                    f"pytest-wec uses {SCHEMA_VERSION}; give a new state DB"
+                )
+
+        self.run(setup, write=create)
+
+    def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run *fn* in one transaction; retry deadlocks; raise :class:`StateError`."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.engine.connect() as conn:
+                    if not self.is_postgres:
+                        conn.execution_options(wec_write=write)
+                    with conn.begin():
+                        return fn(conn)
+            except DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate in _RETRY_SQLSTATES and attempt < _RETRIES:
+                    log.debug("state DB: retrying after %s (attempt %d)", sqlstate, attempt)
+                    time.sleep(random.uniform(0.001, 0.01) * attempt)
+                    continue
+                raise self._translate(exc) from None
+            except PoolTimeoutError as exc:
+                raise StateUnavailableError(
+                    f"state DB {self.target.shown}: no free connection in the pool: "
+                    f"{_reason(exc)}"
+                ) from None
+            except SQLAlchemyError as exc:
+                raise StateError(f"state DB {self.target.shown}: {_reason(exc)}") from None
+
+    def _translate(self, exc: DBAPIError) -> StateError:
+        if isinstance(exc, IntegrityError):
+            return StateError(f"state DB {self.target.shown} rejected a write: {_reason(exc)}")
+        return StateUnavailableError(f"state DB {self.target.shown}: {_reason(exc)}")
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,536 @@
+"""The state DB on SQLite (a file in tmp_path) and PostgreSQL (a database of its own).
+
+The PostgreSQL cases create a uniquely named database on 127.0.0.1:5432 as user postgres
+and drop it at the end; they are skipped when no server answers within 2 s.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_wec.errors import ConfigError
+from pytest_wec.state import (
+    AccountStatus,
+    AuthorizationStatus,
+    Counts,
+    Kind,
+    SqlStateStore,
+    StateSchemaError,
+    StateStore,
+    StateUnavailableError,
+    StateURLError,
+    make_store,
+)
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+DIR_A = "https://ca-a.test/dir"
+DIR_B = "https://ca-b.test/dir"
+KEY = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHNlY3JldA==\n-----END PRIVATE KEY-----\n"
+
+
+class Clock:
+    """A settable clock for claim expiry."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, connect_timeout=2, autocommit=True)
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL reachable on 127.0.0.1:5432 within 2 s: {exc}")
+    name = f"wec_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _drop_tables(url: str) -> None:
+    from sqlalchemy import create_engine
+
+    from pytest_wec.state._models import Base
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        Base.metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "run" / "state.db")
+        return
+    url = request.getfixturevalue("pg_database")
+    try:
+        yield url
+    finally:
+        _drop_tables(url)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: Clock) -> Iterator[SqlStateStore]:
+    with SqlStateStore(db_url, clock=clock, pool_size=4) as s:
+        yield s
+
+
+def _account(store: SqlStateStore, directory: str = DIR_A, n: int = 1) -> int:
+    return store.add_account(directory, f"{directory}/acct/{n}-{uuid.uuid4().hex[:6]}", KEY)
+
+
+def _cert(store: SqlStateStore, account_id: int, directory: str = DIR_A, **kw: Any) -> int:
+    values: dict[str, Any] = {"not_after": time.time() + 86400, **kw}
+    return store.add_certificate(
+        directory, account_id, f"{directory}/order/1", "CHAIN", KEY, uuid.uuid4().int >> 64,
+        ["a.example"], **values,
+    )
+
+
+def _authz(store: SqlStateStore, account_id: int, directory: str = DIR_A, **kw: Any) -> int:
+    values: dict[str, Any] = {"expires": time.time() + 3600, **kw}
+    return store.add_authorization(
+        directory, account_id, f"{directory}/authz/{uuid.uuid4().hex[:6]}", "dns",
+        "a.example", values.pop("challenge_type", "http-01"),
+        values.pop("status", AuthorizationStatus.VALID), **values,
+    )
+
+
+# -- rows in and out ---------------------------------------------------------------------
+
+
+def test_add_and_read_back(store: SqlStateStore) -> None:
+    assert isinstance(store, StateStore)
+    acc = store.add_account(DIR_A, "https://a/acct/1", KEY.encode(), "RS256",
+                            contact="mailto:a@example.com, mailto:b@example.com")
+    order = store.add_order(DIR_A, acc, "https://a/order/1", "ready", ["a.example"])
+    authz = store.add_authorization(DIR_A, acc, "https://a/authz/1", "dns", "a.example",
+                                    "dns-01", "valid", expires="2099-01-01T00:00:00.123456789Z")
+    not_after = datetime(2099, 6, 1, tzinfo=UTC)
+    cert = store.add_certificate(DIR_A, acc, "https://a/order/1", b"CHAIN", KEY, "00:AB:cd",
+                                 ["a.example", "b.example"], not_after)
+
+    account = store.get_account(acc)
+    assert account is not None
+    assert (account.url, account.key_pem, account.alg, account.status) == (
+        "https://a/acct/1", KEY, "RS256", AccountStatus.VALID)
+    assert account.contact == ("mailto:a@example.com", "mailto:b@example.com")
+    assert "PRIVATE KEY" not in repr(account)
+    o = store.get_order(order)
+    assert o is not None and o.status == "ready" and o.names == ("a.example",)
+    a = store.get_authorization(authz)
+    assert a is not None and a.challenge_type == "dns-01"
+    assert a.expires == pytest.approx(datetime(2099, 1, 1, tzinfo=UTC).timestamp() + 0.123456)
+    c = store.get_certificate(cert)
+    assert c is not None
+    assert (c.serial, c.pem_chain, c.names, c.revoked, c.renewed) == (
+        "abcd", "CHAIN", ("a.example", "b.example"), False, False)
+    assert c.not_after == not_after.timestamp()
+    assert "PRIVATE KEY" not in repr(c)
+    assert store.get_account(10_000) is None and store.get_certificate(10_000) is None
+
+
+def test_status_updates(store: SqlStateStore) -> None:
+    acc = _account(store)
+    cert = _cert(store, acc)
+    renewal = _cert(store, acc)
+    order = store.add_order(DIR_A, acc, "https://a/order/9")
+    authz = _authz(store, acc)
+    assert store.mark_certificate_revoked(cert, reason=4)
+    assert store.mark_certificate_renewed(cert, replaced_by=renewal)
+    c = store.get_certificate(cert)
+    assert c is not None and (c.revoked, c.reason, c.renewed, c.replaced_by) == (
+        True, 4, True, renewal)
+    assert store.mark_order_status(order, "valid")
+    assert store.mark_authorization_status(authz, AuthorizationStatus.DEACTIVATED)
+    assert store.update_account_key(acc, b"NEWKEY", "ES384")
+    account = store.get_account(acc)
+    assert account is not None and (account.key_pem, account.alg) == ("NEWKEY", "ES384")
+    assert store.mark_account_status(acc, "deactivated")
+    assert store.claim_account(DIR_A, "h", 60) is None
+    assert not store.mark_account_status(10_000, AccountStatus.VALID)
+    assert not store.mark_certificate_revoked(10_000)
+    with pytest.raises(ValueError):
+        store.mark_account_status(acc, "bogus")
+
+
+# -- claims -------------------------------------------------------------------------------
+
+
+def test_exclusive_claim_and_release(store: SqlStateStore) -> None:
+    acc = _account(store)
+    got = store.claim_account(DIR_A, "h1", 60)
+    assert got is not None and got.id == acc
+    assert store.claim_account(DIR_A, "h2", 60) is None
+    assert store.claim_account(DIR_A, "h2", 60, exclusive=False) is None
+    assert store.pick_account(DIR_A) is None
+    assert not store.release(Kind.ACCOUNT, acc, "h2")  # not h2's
+    assert store.release("account", acc, "h1")
+    assert not store.release("account", acc, "h1")  # already released
+    again = store.claim_account(DIR_A, "h2", 60)
+    assert again is not None and again.id == acc
+
+
+def test_shared_use_keeps_exclusive_claimers_away(store: SqlStateStore) -> None:
+    acc = _account(store)
+    assert store.claim_account(DIR_A, "s1", 60, exclusive=False) is not None
+    shared = store.claim_account(DIR_A, "s2", 60, exclusive=False)
+    assert shared is not None and shared.id == acc
+    assert store.pick_account(DIR_A) is not None  # picking records nothing, blocks nothing
+    assert store.claim_account(DIR_A, "x", 60) is None
+    assert store.release(Kind.ACCOUNT, acc, "s1")
+    assert store.claim_account(DIR_A, "x", 60) is None  # s2 still uses it
+    assert store.release_all("s2") == 1
+    assert store.claim_account(DIR_A, "x", 60) is not None
+
+
+def test_claims_lapse_after_ttl(store: SqlStateStore, clock: Clock) -> None:
+    acc = _account(store)
+    cert = _cert(store, acc)
+    authz = _authz(store, acc)
+    assert store.claim_account(DIR_A, "dead-worker", 10) is not None
+    assert store.claim_certificate(DIR_A, "dead-worker", 10) is not None
+    assert store.claim_authorization(DIR_A, "dead-worker", 10) is not None
+    clock.now += 9
+    assert store.claim_account(DIR_A, "w2", 10) is None
+    assert store.claim_certificate(DIR_A, "w2", 10) is None
+    clock.now += 2  # past every claim_expires
+    got = store.claim_account(DIR_A, "w2", 10)
+    assert got is not None and got.id == acc
+    c = store.claim_certificate(DIR_A, "w2", 10)
+    assert c is not None and c.id == cert
+    z = store.claim_authorization(DIR_A, "w2", 10)
+    assert z is not None and z.id == authz
+    # the late release of the dead holder frees nothing of w2's
+    assert not store.release(Kind.CERTIFICATE, cert, "dead-worker")
+    assert store.release_all("dead-worker") == 0
+    assert store.claim_certificate(DIR_A, "w3", 10) is None
+    # a lapsed share no longer keeps an exclusive claimer away
+    store.release_all("w2")
+    assert store.claim_account(DIR_A, "sharer", 10, exclusive=False) is not None
+    assert store.claim_account(DIR_A, "x", 10) is None
+    clock.now += 11
+    assert store.claim_account(DIR_A, "x", 10) is not None
+
+
+def test_authorization_claim_filters(store: SqlStateStore, clock: Clock) -> None:
+    acc, other = _account(store), _account(store, n=2)
+    _authz(store, acc, expires=clock.now - 1)  # expired
+    _authz(store, acc, status="pending")
+    _authz(store, acc, directory=DIR_B)
+    wanted = _authz(store, other, challenge_type="tls-alpn-01")
+    assert store.claim_authorization(DIR_A, "h", 60, account_id=acc) is None
+    assert store.claim_authorization(DIR_A, "h", 60, challenge_type="dns-01") is None
+    got = store.claim_authorization(DIR_A, "h", 60, account_id=other,
+                                    challenge_type="tls-alpn-01")
+    assert got is not None and got.id == wanted
+    assert store.claim_authorization(DIR_A, "h2", 60) is None
+    store.release(Kind.AUTHORIZATION, wanted, "h")
+    store.mark_account_status(other, AccountStatus.DEACTIVATED)
+    assert store.claim_authorization(DIR_A, "h", 60) is None  # its account is gone
+
+
+def test_certificate_claim_filters(store: SqlStateStore, clock: Clock) -> None:
+    acc = _account(store)
+    revoked, renewed = _cert(store, acc), _cert(store, acc)
+    _cert(store, acc, not_after=clock.now - 1)
+    store.mark_certificate_revoked(revoked, 1)
+    store.mark_certificate_renewed(renewed)
+    assert store.claim_certificate(DIR_A, "h", 60, not_renewed=True) is None
+    got = store.claim_certificate(DIR_A, "h", 60)
+    assert got is not None and got.id == renewed
+    assert store.claim_certificate(DIR_A, "h", 60) is None
+    any_cert = store.claim_certificate(DIR_A, "h", 60, unrevoked=False)
+    assert any_cert is not None and any_cert.id == revoked
+    assert store.claim_certificate(DIR_A, "h", 60, unrevoked=False, unexpired=False) is not None
+    assert store.claim_certificate_id(revoked, "other", 60) is None  # held by h
+    store.release_all("h")
+    by_id = store.claim_certificate_id(revoked, "other", 60)
+    assert by_id is not None and by_id.revoked
+
+
+def test_release_all(store: SqlStateStore) -> None:
+    a1, a2 = _account(store), _account(store, n=2)
+    _cert(store, a1)
+    _authz(store, a1)
+    assert store.claim_account(DIR_A, "h", 60) is not None
+    assert store.claim_account(DIR_A, "h", 60, exclusive=False) is not None
+    assert store.claim_certificate(DIR_A, "h", 60) is not None
+    assert store.claim_authorization(DIR_A, "h", 60) is not None
+    assert store.release_all("h") == 4
+    assert store.release_all("h") == 0
+    held = {store.claim_account(DIR_A, "x", 60), store.claim_account(DIR_A, "x", 60)}
+    assert {a.id for a in held if a is not None} == {a1, a2}
+
+
+def test_picks_spread_over_free_rows(store: SqlStateStore) -> None:
+    ids = {_account(store, n=i) for i in range(40)}
+    seen = {a.id for a in (store.pick_account(DIR_A) for _ in range(120)) if a is not None}
+    assert seen <= ids
+    assert len(seen) >= 10  # not always the first row
+
+
+# -- counts and directories ---------------------------------------------------------------
+
+
+def test_counts(store: SqlStateStore, clock: Clock) -> None:
+    assert store.counts(DIR_A) == Counts()
+    a1, a2 = _account(store), _account(store, n=2)
+    _account(store, DIR_B)
+    gone = _account(store, n=3)
+    store.mark_account_status(gone, AccountStatus.DEACTIVATED)
+    c1, _c2 = _cert(store, a1), _cert(store, a2)
+    _cert(store, gone)  # of a deactivated account: not counted
+    _cert(store, a1, not_after=clock.now - 5)  # expired
+    store.mark_certificate_revoked(c1, 0)
+    _authz(store, a1)
+    _authz(store, a1, expires=clock.now - 5)
+    _authz(store, a2, status="invalid")
+    store.add_order(DIR_A, a1, "https://a/order/1", names=["a.example"])
+    store.add_order(DIR_A, a2, "https://a/order/2", names=["b.example"])
+    assert store.claim_account(DIR_A, "h", 60) is not None  # claimed rows still count
+    assert store.counts(DIR_A) == Counts(
+        accounts=2, authorizations=1, certificates=1, revoked=1, orders=2)
+    assert store.counts(DIR_B) == Counts(accounts=1)
+    assert store.counts("https://nowhere.test/dir") == Counts()
+
+
+def test_mark_directory_dead(store: SqlStateStore) -> None:
+    a1 = _account(store)
+    _account(store, n=2)
+    b1 = _account(store, DIR_B)
+    _cert(store, a1)
+    _authz(store, a1)
+    assert store.mark_directory_dead(DIR_A) == 2
+    assert store.mark_directory_dead(DIR_A) == 0
+    assert store.counts(DIR_A) == Counts()
+    assert store.claim_account(DIR_A, "h", 60) is None
+    assert store.pick_account(DIR_A) is None
+    assert store.claim_certificate(DIR_A, "h", 60) is None
+    assert store.claim_authorization(DIR_A, "h", 60) is None
+    dead = store.get_account(a1)
+    assert dead is not None and dead.status == AccountStatus.DEAD
+    got = store.claim_account(DIR_B, "h", 60)
+    assert got is not None and got.id == b1
+    fresh = _account(store)  # the CA came back: new accounts count again
+    assert store.counts(DIR_A).accounts == 1
+    picked = store.pick_account(DIR_A)
+    assert picked is not None and picked.id == fresh
+
+
+def test_persistent_db_across_runs(db_url: str) -> None:
+    with make_store(db_url) as first:
+        ids = {_account(first, n=i) for i in range(3)}
+        _cert(first, min(ids))
+        first.claim_account(DIR_A, "run1:gw0", 3600)  # a run that ended without releasing
+    with make_store(db_url, create=False) as second:
+        assert second.counts(DIR_A) == Counts(accounts=3, certificates=1)
+        assert second.counts(DIR_B) == Counts()
+        assert second.claim_account(DIR_B, "run2:gw0", 60) is None
+        assert second.pick_account(DIR_B) is None
+        got = {second.claim_account(DIR_A, "run2:gw0", 60) for _ in range(3)}
+        assert {a.id for a in got if a is not None} < ids  # one is still held by run1
+        assert second.claim_certificate(DIR_A, "run2:gw0", 60) is not None
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+
+def _claim_everything(url: str, directory: str, holder: str, barrier: Any, out: Any) -> None:
+    """Run in a spawned process: two threads claim certificates until none is left."""
+    ids: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    try:
+        store = make_store(url, create=False, pool_size=2)
+    except Exception as exc:  # reported to the parent
+        out.put((holder, [], [repr(exc)]))
+        barrier.abort()
+        return
+
+    def loop(name: str) -> None:
+        try:
+            while (cert := store.claim_certificate(directory, name, 600)) is not None:
+                with lock:
+                    ids.append(cert.id)
+        except Exception as exc:  # reported to the parent
+            with lock:
+                errors.append(repr(exc))
+
+    try:
+        barrier.wait(timeout=60)
+        threads = [threading.Thread(target=loop, args=(f"{holder}.t{i}",)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        store.close()
+        out.put((holder, ids, errors))
+
+
+def test_claims_under_contention_across_processes(db_url: str) -> None:
+    with make_store(db_url) as store:
+        acc = _account(store)
+        all_ids = {_cert(store, acc) for _ in range(200)}
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_everything, args=(db_url, DIR_A, f"p{i}", barrier, out))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        results = [out.get(timeout=120) for _ in procs]
+    except queue.Empty:
+        pytest.fail("a claiming process did not report within 120 s")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    errors = [e for _holder, _ids, errs in results for e in errs]
+    assert errors == []
+    claimed = [i for _holder, ids, _errs in results for i in ids]
+    assert len(claimed) == len(set(claimed)), "a certificate was claimed twice"
+    assert set(claimed) == all_ids
+    assert all(p.exitcode == 0 for p in procs)
+
+
+def test_exclusive_and_shared_claims_never_overlap(store: SqlStateStore) -> None:
+    ids = [_account(store, n=i) for i in range(3)]
+    guard = threading.Lock()
+    exclusive: set[int] = set()
+    shared: dict[int, int] = dict.fromkeys(ids, 0)
+    problems: list[str] = []
+
+    def worker(n: int) -> None:
+        holder = f"t{n}"
+        for i in range(25):
+            excl = (i + n) % 3 == 0
+            acc = store.claim_account(DIR_A, holder, 60, exclusive=excl)
+            if acc is None:
+                continue
+            with guard:
+                if acc.id in exclusive or (excl and shared[acc.id]):
+                    problems.append(f"{holder} got {acc.id} while it was held")
+                if excl:
+                    exclusive.add(acc.id)
+                else:
+                    shared[acc.id] += 1
+            time.sleep(0.001)
+            with guard:  # forget the hold before the DB does
+                if excl:
+                    exclusive.discard(acc.id)
+                else:
+                    shared[acc.id] -= 1
+            store.release(Kind.ACCOUNT, acc.id, holder)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+
+
+# -- the file, URLs and errors -------------------------------------------------------------
+
+
+def test_sqlite_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "state.db"
+    with make_store(path) as store:
+        _account(store)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        for side in (path.with_name("state.db-wal"), path.with_name("state.db-shm")):
+            if side.exists():
+                assert stat.S_IMODE(side.stat().st_mode) == 0o600
+        assert store.url == str(path)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://wec:s3cret@db.test/wec", "unsupported state DB URL 'mysql://wec:***@db.test"),
+        ("postgresql://wec:s3cret@db.test:port/wec", "malformed state DB URL"),
+        ("postgres://wec:s3cret@db.test:70000/wec", "out of range"),
+        ("postgresql+asyncpg://wec:s3cret@db.test/wec", "unsupported state DB URL"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("sqlite://", "in-memory"),
+        ("", "empty URL"),
+    ],
+)
+def test_bad_urls(url: str, expected: str) -> None:
+    with pytest.raises(StateURLError) as info:
+        make_store(url)
+    message = str(info.value)
+    assert expected in message
+    assert "s3cret" not in message
+    assert "PostgreSQL URL" in message  # says what is allowed
+    assert isinstance(info.value, ConfigError)
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    pytest.importorskip("psycopg")
+    started = time.monotonic()
+    with pytest.raises(StateUnavailableError) as info:
+        make_store("postgres://wec:s3cret@127.0.0.1:1/wec")
+    message = str(info.value)
+    assert message.startswith("cannot open state DB postgresql+psycopg://wec:***@127.0.0.1:1/wec")
+    assert "s3cret" not in message
+    assert time.monotonic() - started < 15
+
+
+def test_sqlite_errors(tmp_path: Path) -> None:
+    with pytest.raises(StateSchemaError, match="no such file"):
+        make_store(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateUnavailableError, match="cannot create"):
+        make_store(blocker / "state.db")
+
+
+def test_other_schema_version_is_refused(db_url: str) -> None:
+    from sqlalchemy import update
+
+    from pytest_wec.state._models import MetaRow
+
+    with make_store(db_url) as store:
+        store._db.run(lambda conn: conn.execute(update(MetaRow).values(value="999")))
+    with pytest.raises(StateSchemaError, match="schema version 999"):
+        make_store(db_url)
+
+
+def test_postgres_url_forms_are_normalised() -> None:
+    from pytest_wec.state._url import resolve_target
+
+    for url in ("postgres://u:pw@h/db", "postgresql://u:pw@h/db", "postgresql+psycopg://u:pw@h/db"):
+        target = resolve_target(url)
+        assert target.url.drivername == "postgresql+psycopg"
+        assert target.shown == "postgresql+psycopg://u:***@h/db"
+    assert resolve_target("sqlite:///rel/state.db").sqlite_path == Path("rel/state.db").absolute()
