@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 from cryptography import x509
 
@@ -35,7 +36,7 @@ async def assert_chains_to_ca_root(wec: ChainContext, pem: str) -> None:
     """
     certs = chain_certs(pem)
     assert len(certs) >= 2, "the download must carry the leaf and its issuer chain (§7.4.2)"
-    for child, parent in zip(certs, certs[1:], strict=False):
+    for child, parent in itertools.pairwise(certs):
         child.verify_directly_issued_by(parent)
     mgmt = wec.pebble
     if mgmt is None:

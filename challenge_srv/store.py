@@ -159,19 +159,24 @@ class DnsData:
     default: str | None = None  # the stored default-ipv4/6 (None: not set, "": disabled)
 
 
-def connect(url: str, *, timeout: float = 5.0, max_connections: int | None = None) -> Redis:
-    """A ``redis.asyncio`` client (with its own pool) that decodes replies as text."""
-    from redis.asyncio import Redis
+def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> Redis:
+    """A ``redis.asyncio`` client that decodes replies as text.
 
-    kwargs: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "health_check_interval": 30,
-    }
-    if max_connections is not None:
-        kwargs["max_connections"] = max_connections
-    return Redis.from_url(url, **kwargs)
+    Its pool is a blocking one: past ``max_connections`` a command waits (up to *timeout*)
+    for a free connection instead of failing, so a burst of queries queues up.
+    """
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)
 
 
 class ChallengeStore:

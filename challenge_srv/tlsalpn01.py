@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 import os
 import socket
@@ -137,7 +138,10 @@ def challenge_certificate(
     name: str, key_authz: str, key: ec.EllipticCurvePrivateKey
 ) -> x509.Certificate:
     """The RFC 8737 §3 validation certificate for *name* (RFC 8738 §6 for reverse names)."""
-    ip = ip_from_reverse_name(name)
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(name)
+    except ValueError:  # the usual case: a DNS name, or an IP's reverse-DNS name
+        ip = ip_from_reverse_name(name)
     san: x509.GeneralName = x509.IPAddress(ip) if ip is not None else x509.DNSName(name)
     digest = hashlib.sha256(key_authz.encode()).digest()
     now = dt.datetime.now(dt.UTC)

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from pytest_wec.errors import ConfigError
 
 __all__ = [
-    "LIMIT_RESOURCES",
     "OPTIONS",
     "KeyAlg",
     "Option",
@@ -184,32 +183,15 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
 
 
 def _mix(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in text.split(","):
-        name, sep, weight = part.strip().partition("=")
-        try:
-            w = float(weight)
-        except ValueError:
-            w = -1.0
-        if not sep or not name.strip() or not w >= 0 or w == float("inf"):
-            raise ValueError("expected chain weights such as new_order=5,revoke_certificate=1")
-        out[name.strip()] = w
-    return out
+    from pytest_wec.picker import parse_mix
 
-
-LIMIT_RESOURCES = ("accounts", "authorizations", "certificates", "orders")
+    return parse_mix(text)
 
 
 def _limits(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        name, sep, value = part.strip().partition("=")
-        name = name.strip()
-        if not sep or name not in LIMIT_RESOURCES or not value.strip().isdigit():
-            raise ValueError(f"expected limits such as accounts=1000,certificates=20000 "
-                             f"(resources: {', '.join(LIMIT_RESOURCES)})")
-        out[name] = int(value)
-    return out
+    from pytest_wec.picker import parse_limits
+
+    return parse_limits(text)
 
 
 @dataclass(frozen=True)

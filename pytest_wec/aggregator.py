@@ -383,6 +383,8 @@ class Aggregator:
         key = f"{status['worker']}/{status.get('session', '')}"
         prev = self.workers.get(key)
         if prev is None or float(status.get("t", 0)) >= float(prev.get("t", 0)):
+            before = int(prev.get("dropped_starts", 0)) if prev else 0
+            self.dropped_starts += max(int(status.get("dropped_starts", 0)) - before, 0)
             self.workers[key] = dict(status)
         self.max_cpu_pct = max(self.max_cpu_pct, float(status.get("cpu_pct", 0.0)))
         self.max_loop_lag_ms = max(self.max_loop_lag_ms, float(status.get("loop_lag_ms", 0.0)))

@@ -32,7 +32,7 @@ CLAIM_TTL = 300.0
 POLL_TIMEOUT = 60.0
 
 
-class NoContext(Exception):  # noqa: N818 - reads as "no context"
+class NoContext(Exception):
     """The state DB holds nothing this chain needs (load mode)."""
 
 

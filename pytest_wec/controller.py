@@ -85,6 +85,9 @@ class WecController:
         self._run_dir: Path | None = None
         self.stack: Any = None  # pytest_wec.stack.Stack, imported lazily
         self.stack_error: str | None = None
+        self.load: Any = None  # pytest_wec.loadsession.LoadSession in a load run
+        self.summary: dict[str, Any] | None = None
+        self._store: Any = None
 
     # -- run directory and stack -------------------------------------------------------
     @property
@@ -149,19 +152,81 @@ class WecController:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # With xdist the stack must be up before workers are configured; without it the
-        # fixtures start it on first use, in this same process.
-        if _xdist_active(self.config) and self.wants_stack():
+        # fixtures start it on first use, in this same process. A load run always starts
+        # it here, with the consumer of the workers' results.
+        load = self.settings.load_mode and self.settings.stack is not StackMode.OFF
+        if load or (_xdist_active(self.config) and self.wants_stack()):
             try:
-                self.ensure_stack()
+                info = self.ensure_stack()
             except StackError as exc:
                 raise pytest.UsageError(f"wec stack: {exc}") from None
+            if load:
+                self._start_load(info)
+
+    def _write_line(self, line: str) -> None:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(line)
+
+    def _workers(self) -> int:
+        n = getattr(self.config.option, "numprocesses", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        tx = getattr(self.config.option, "tx", None)
+        return len(tx) if tx else 1
+
+    def _start_load(self, info: dict[str, Any]) -> None:
+        from pytest_wec.loadsession import LoadSession
+
+        self.load = LoadSession(
+            self.settings, self.run_dir, self.run_id, info["redis_url"], info["namespace"],
+            info["directory"], self._workers(), self._write_line,
+            state_counts=self._state_counts,
+        )
+        self.load.start()
+        s = self.settings
+        what = (f"rate {s.rate:g}/s" + (f" (cap {s.load} in flight)" if s.load else "")
+                if s.model == "open" else f"load {s.load or 0} in flight")
+        if s.stages:
+            what += ", stages " + ",".join(f"{d:g}s:{t:g}" for d, t in s.stages)
+        self._write_line(
+            f"wec: load run {self.run_id}: {what} for {s.run_length:g}s on "
+            f"{self._workers()} worker(s) against {info['directory']}; results in {self.run_dir}")
+
+    def _state_counts(self) -> dict[str, int]:
+        if self._store is None:
+            from pytest_wec.state import make_store
+            from pytest_wec.worker import db_url_for
+
+            self._store = make_store(db_url_for(self.settings, str(self.run_dir)))
+        c = self._store.counts(self.stack.info["directory"])
+        return {"accounts": c.accounts, "authorizations": c.authorizations,
+                "certificates": c.certificates, "revoked": c.revoked}
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        yield
+        if self.load is not None:
+            self.summary = self.load.finish(timeout=self.settings.grace + 30)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.load is not None:
+            self.load.finish(timeout=5)
+        if self._store is not None:
+            self._store.close()
         self.stop_stack()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.stack is not None:
-            terminalreporter.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
+        tr = terminalreporter
+        if self.load is not None and self.summary is not None:
+            tr.section("wec load results")
+            for line in self.load.tables().splitlines():
+                tr.write_line(line)
+            tr.write_line(f"wec: results log  {self.load.log_path}")
+            tr.write_line(f"wec: benchmark    {self.load.benchmark_path}")
+            tr.write_line(f"wec: summary      {self.load.summary_path}")
+        elif self.stack is not None:
+            tr.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
 
 
 def _xdist_active(config: pytest.Config) -> bool:

@@ -32,7 +32,7 @@ def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
                 pytrace=False,
             )
         return dict(info)
-    controller = config.pluginmanager.get_plugin("wec-controller")
+    controller: Any = config.pluginmanager.get_plugin("wec-controller")
     try:
         return dict(controller.ensure_stack())
     except StackError as exc:
@@ -77,3 +77,16 @@ def wec_settings(request: pytest.FixtureRequest) -> Any:
     return request.config.stash[SETTINGS_KEY]
 
 
+
+
+def stack_info(config: pytest.Config) -> dict[str, Any]:
+    """The stack's addresses for code outside fixtures (the load items)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        info = workerinput.get("wec_stack")
+        if info is None:
+            raise StackError(workerinput.get("wec_stack_error") or
+                             "the wec stack was not started for this run")
+        return dict(info)
+    controller: Any = config.pluginmanager.get_plugin("wec-controller")
+    return dict(controller.ensure_stack())

@@ -62,3 +62,13 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_wec.controller import XdistHooks
 
         config.pluginmanager.register(XdistHooks(controller), "wec-xdist")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.stash[SETTINGS_KEY].load_mode:
+        from pytest_wec.loaditem import collect_load_items
+
+        collect_load_items(session, config, items)

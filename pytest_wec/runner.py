@@ -113,12 +113,12 @@ async def run_chain(
         outcome, error = "skipped", f"NoContext: {exc}"
     except asyncio.CancelledError:
         outcome, error = "cancelled", "cancelled at the end of the grace period"
-    except Exception as exc:  # noqa: BLE001 - a chain's failure is a result, not a crash
+    except Exception as exc:
         outcome, error = "failed", _error_text(exc)
     finally:
         try:
             await asyncio.shield(ctx.finish())
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             log.debug("releasing claims of %s failed", ctx.chain_id, exc_info=True)
     return ChainResult(
         chain_id=ctx.chain_id,

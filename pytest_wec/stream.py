@@ -82,6 +82,7 @@ class WorkerStatus(TypedDict):
     sent: int  # chains delivered to Redis so far
     dropped: int  # chains dropped so far (buffer full while Redis was away)
     dropped_requests: int  # their requests
+    dropped_starts: int  # open model: starts over the cap on chains in flight, so far
     final: bool  # True in the end record
 
 
@@ -103,7 +104,8 @@ class Sink(Protocol):
     def add(self, chain_result: ChainResult, /) -> None: ...
 
     def set_status(self, *, in_flight: int | None = None,
-                   target_share: float | None = None) -> None: ...
+                   target_share: float | None = None,
+                   dropped_starts: int | None = None) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -181,6 +183,7 @@ class ResultSink:
         self._pending_chains = self._seq = self._encoded = 0
         self.sent = self.dropped = self.dropped_requests = 0
         self._in_flight, self._target_share, self._lag_max = 0, 0.0, 0.0
+        self._dropped_starts = 0
         self._cpu0 = time.process_time()
         self._cpu_last = (time.monotonic(), self._cpu0)
         self._failures, self._retry_at = 0, 0.0
@@ -204,7 +207,10 @@ class ResultSink:
             self._wake.set()
 
     def set_status(self, *, in_flight: int | None = None,
-                   target_share: float | None = None) -> None:
+                   target_share: float | None = None,
+                   dropped_starts: int | None = None) -> None:
+        if dropped_starts is not None:
+            self._dropped_starts = dropped_starts
         if in_flight is not None:
             self._in_flight = in_flight
         if target_share is not None:
@@ -347,7 +353,8 @@ class ResultSink:
             target_share=self._target_share, loop_lag_ms=round(lag * 1000, 3),
             cpu_pct=round(100.0 * (cpu - last_cpu) / max(now - last_now, 1e-6), 1),
             cpu_s=round(cpu - self._cpu0, 3), sent=self.sent, dropped=self.dropped,
-            dropped_requests=self.dropped_requests, final=final)
+            dropped_requests=self.dropped_requests, dropped_starts=self._dropped_starts,
+            final=final)
 
     async def _send_status(self, final: bool) -> bool:
         if self._client is None:

@@ -87,11 +87,11 @@ class WorkerRuntime:
             if closer is not None:
                 try:
                     await closer()
-                except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
+                except Exception:
                     log.exception("closing the worker runtime")
         if self.store is not None:
             try:
                 await asyncio.to_thread(self.store.release_all, self.holder)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("releasing claims")
             self.store.close()

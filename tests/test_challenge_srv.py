@@ -89,13 +89,10 @@ def _read_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> list[st
 
 
 def start_wec(redis_url: str, log: Path, *extra: str, namespace: str | None = None) -> Target:
-    argv = [
-        sys.executable, "-m", "challenge_srv",
-        "--http01", "127.0.0.1:0", "--tlsalpn01", "127.0.0.1:0", "--dns01", "127.0.0.1:0",
-        "--management", "127.0.0.1:0", "--redis", redis_url,
-        "--namespace", namespace or f"t-{uuid.uuid4().hex[:8]}", "--default-ipv6", "::1",
-        *extra,
-    ]  # fmt: skip
+    listeners = "--http01 127.0.0.1:0 --tlsalpn01 127.0.0.1:0 --dns01 127.0.0.1:0"
+    argv = [sys.executable, "-m", "challenge_srv", *listeners.split()]
+    argv += ["--management", "127.0.0.1:0", "--redis", redis_url, "--default-ipv6", "::1"]
+    argv += ["--namespace", namespace or f"t-{uuid.uuid4().hex[:8]}", *extra]
     with open(log, "ab") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, bufsize=0)
     lines = _read_ready(proc)
@@ -103,9 +100,14 @@ def start_wec(redis_url: str, log: Path, *extra: str, namespace: str | None = No
     for line in lines[:-1]:
         ports.setdefault(line.split()[1], int(line.rsplit(":", 1)[1]))
     return Target(
-        "wec", proc, f"http://127.0.0.1:{ports['management']}",
-        ports["http01"], ports["tlsalpn01"], ports["dns01"], lines,
-    )  # fmt: skip
+        "wec",
+        proc,
+        f"http://127.0.0.1:{ports['management']}",
+        ports["http01"],
+        ports["tlsalpn01"],
+        ports["dns01"],
+        lines,
+    )
 
 
 def stop(target: Target) -> int:
@@ -146,11 +148,9 @@ def pebble_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     if binary is None:
         pytest.skip("pebble-challtestsrv is not installed (apt-get install pebble)")
     http, tls, dns, mgmt = (_free_port() for _ in range(4))
-    argv = [
-        binary, "-http01", f"127.0.0.1:{http}", "-https01", "", "-tlsalpn01", f"127.0.0.1:{tls}",
-        "-dns01", f"127.0.0.1:{dns}", "-management", f"127.0.0.1:{mgmt}",
-        "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "::1",
-    ]  # fmt: skip
+    flags = f"-http01 127.0.0.1:{http} -tlsalpn01 127.0.0.1:{tls} -dns01 127.0.0.1:{dns}"
+    flags += f" -management 127.0.0.1:{mgmt} -defaultIPv4 127.0.0.1 -defaultIPv6 ::1"
+    argv = [binary, "-https01", "", *flags.split()]
     log = tmp_path_factory.mktemp("pebble") / "pebble-challtestsrv.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -163,7 +163,7 @@ def pebble_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         stop(target)
 
 
-@pytest.fixture(params=["wec", "pebble"])
+@pytest.fixture(params=["wec", pytest.param("pebble", marks=pytest.mark.pebble)])
 def server(request: pytest.FixtureRequest) -> Target:
     """Each compatibility case runs against both servers."""
     target: Target = request.getfixturevalue(f"{request.param}_server")
@@ -177,8 +177,15 @@ def uniq(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}.example"
 
 
-def post(target: Target, path: str, body: object = None, *, raw: bytes | None = None,
-         method: str = "POST", headers: dict[str, str] | None = None) -> httpx.Response:  # fmt: skip
+def post(
+    target: Target,
+    path: str,
+    body: object = None,
+    *,
+    raw: bytes | None = None,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
     with httpx.Client(trust_env=False, timeout=5) as client:
         return client.request(method, target.management + path, content=content, headers=headers)
@@ -194,8 +201,9 @@ def http_get(target: Target, path: str, **kw: object) -> httpx.Response:
         return client.get(f"http://127.0.0.1:{target.http}{path}", **kw)  # type: ignore[arg-type]
 
 
-def dns(target: Target, name: str, qtype: str = "A", *, tcp: bool = False,
-        edns: bool = False) -> DNSRecord:  # fmt: skip
+def dns(
+    target: Target, name: str, qtype: str = "A", *, tcp: bool = False, edns: bool = False
+) -> DNSRecord:
     q = DNSRecord.question(name, qtype)
     if edns:
         q.add_ar(EDNS0(udp_len=1232))
@@ -206,15 +214,18 @@ def answers(reply: DNSRecord, qtype: str) -> list[str]:
     return [str(rr.rdata) for rr in reply.rr if QTYPE.get(rr.rtype) == qtype]
 
 
-def handshake(port: int, sni: str | None, alpn: list[str] | None) -> tuple[x509.Certificate, str | None]:  # fmt: skip # noqa: E501
+def handshake(
+    port: int, sni: str | None, alpn: list[str] | None
+) -> tuple[x509.Certificate, str | None]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     if alpn is not None:
         ctx.set_alpn_protocols(alpn)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(
-        raw, server_hostname=sni
-    ) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         return x509.load_der_x509_certificate(der), tls.selected_alpn_protocol()
@@ -256,8 +267,9 @@ def test_readiness_lines(wec_server: Target) -> None:
     ],
 )
 def test_bad_argument_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "challenge_srv", *args], capture_output=True,
-                       timeout=30)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "challenge_srv", *args], capture_output=True, timeout=30
+    )
     assert r.returncode == 2
     assert r.stdout == b""
     lines = r.stderr.decode().splitlines()
@@ -266,30 +278,53 @@ def test_bad_argument_is_one_line_and_exit_2(args: list[str], message: str) -> N
 
 
 def test_unreachable_redis_and_busy_port_exit_1(redis_url: str) -> None:
-    base = [sys.executable, "-m", "challenge_srv", "--tlsalpn01", "", "--dns01", "",
-            "--management", "127.0.0.1:0"]  # fmt: skip
-    r = subprocess.run([*base, "--http01", "127.0.0.1:0", "--redis",
-                        f"redis://127.0.0.1:{_free_port()}/0"], capture_output=True, timeout=30)  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "challenge_srv",
+        "--tlsalpn01",
+        "",
+        "--dns01",
+        "",
+        "--management",
+        "127.0.0.1:0",
+    ]
+    r = subprocess.run(
+        [*base, "--http01", "127.0.0.1:0", "--redis", f"redis://127.0.0.1:{_free_port()}/0"],
+        capture_output=True,
+        timeout=30,
+    )
     assert r.returncode == 1
     assert b"cannot reach Redis" in r.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = subprocess.run([*base, "--http01", f"127.0.0.1:{port}", "--redis", redis_url],
-                           capture_output=True, timeout=30)  # fmt: skip
+        r = subprocess.run(
+            [*base, "--http01", f"127.0.0.1:{port}", "--redis", redis_url],
+            capture_output=True,
+            timeout=30,
+        )
     assert r.returncode == 1
     assert f"cannot listen on http01 127.0.0.1:{port}".encode() in r.stderr
 
 
 def test_token_auth_and_sigint(redis_url: str, tmp_path: Path) -> None:
-    target = start_wec(redis_url, tmp_path / "log", "--token", "s3cret",
-                       "--http01", "127.0.0.1:0,[::1]:0" if socket.has_ipv6 else "127.0.0.1:0")  # fmt: skip
+    target = start_wec(
+        redis_url,
+        tmp_path / "log",
+        "--token",
+        "s3cret",
+        "--http01",
+        "127.0.0.1:0,[::1]:0" if socket.has_ipv6 else "127.0.0.1:0",
+    )
     try:
         body = {"token": "tok", "content": "ka"}
         assert post(target, "/add-http01", body).status_code == 401
-        assert post(target, "/add-http01", body, headers={"Authorization": "Bearer nope"}
-                    ).status_code == 401  # fmt: skip
+        assert (
+            post(target, "/add-http01", body, headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
         assert post(target, "/nowhere", body).status_code == 401
         good = {"Authorization": "Bearer s3cret"}
         assert post(target, "/add-http01", body, headers=good).status_code == 200
@@ -413,14 +448,18 @@ def test_dns_a_aaaa_defaults_and_overrides(server: Target) -> None:
 
 def test_dns_caa(server: Target) -> None:
     host = uniq("caa")
-    policies = [{"tag": "issue", "value": "pebble.letsencrypt.org"},
-                {"tag": "iodef", "value": "mailto:ops@example.com"}]  # fmt: skip
+    policies = [
+        {"tag": "issue", "value": "pebble.letsencrypt.org"},
+        {"tag": "iodef", "value": "mailto:ops@example.com"},
+    ]
     ok(server, "/add-caa", {"host": host, "policies": policies})
     for tcp in (False, True):
         reply = dns(server, host, "CAA", tcp=tcp)
         got = [(rr.rdata.flags, rr.rdata.tag, rr.rdata.value) for rr in reply.rr]
-        assert got == [(0, "issue", "pebble.letsencrypt.org"),
-                       (0, "iodef", "mailto:ops@example.com")]  # fmt: skip
+        assert got == [
+            (0, "issue", "pebble.letsencrypt.org"),
+            (0, "iodef", "mailto:ops@example.com"),
+        ]
     ok(server, "/clear-caa", {"host": host})
     assert dns(server, host, "CAA").rr == []
 
@@ -464,8 +503,12 @@ def test_tlsalpn01(server: Target) -> None:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == [host]
     # Refused: other ALPN lists, no ALPN, no SNI; and the name once deleted.
-    for sni, alpn in [(host, ["http/1.1"]), (host, ["acme-tls/1", "http/1.1"]), (host, None),
-                      (None, ["acme-tls/1"])]:  # fmt: skip
+    for sni, alpn in [
+        (host, ["http/1.1"]),
+        (host, ["acme-tls/1", "http/1.1"]),
+        (host, None),
+        (None, ["acme-tls/1"]),
+    ]:
         with pytest.raises(ssl.SSLError):
             handshake(server.tls, sni, alpn)
     ok(server, "/del-tlsalpn01", {"host": host})
@@ -481,8 +524,14 @@ def test_request_history(server: Target) -> None:
         handshake(server.tls, tls, ["acme-tls/1"])
     r = post(server, "/http-request-history", {"host": web})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
-    assert r.json() == [{"URL": "/.well-known/acme-challenge/hist?x=1", "Host": f"{web}:5002",
-                         "HTTPS": False, "ServerName": ""}]  # fmt: skip
+    assert r.json() == [
+        {
+            "URL": "/.well-known/acme-challenge/hist?x=1",
+            "Host": f"{web}:5002",
+            "HTTPS": False,
+            "ServerName": "",
+        }
+    ]
     assert post(server, "/dns-request-history", {"host": name}).json() == [
         {"Question": {"Name": name + ".", "Qtype": 16, "Qclass": 1}}
     ]
@@ -490,9 +539,11 @@ def test_request_history(server: Target) -> None:
         {"ServerName": tls, "SupportedProtos": ["acme-tls/1"]}
     ]
     assert post(server, "/http-request-history", {"host": uniq("never")}).json() == []
-    for kind, path, host in [("http", "/http-request-history", web),
-                             ("dns", "/dns-request-history", name),
-                             ("tlsalpn", "/tlsalpn01-request-history", tls)]:  # fmt: skip
+    for kind, path, host in [
+        ("http", "/http-request-history", web),
+        ("dns", "/dns-request-history", name),
+        ("tlsalpn", "/tlsalpn01-request-history", tls),
+    ]:
         ok(server, "/clear-request-history", {"host": host, "type": kind})
         assert post(server, path, {"host": host}).json() == []
 
@@ -714,19 +765,38 @@ def test_fuzz_tls(wec_server: Target) -> None:
         _exchange_and_close(wec_server.tls, data)
 
     run()
-    cert, proto = handshake(wec_server.tls, host, ["acme-tls/1"])
+    _, proto = handshake(wec_server.tls, host, ["acme-tls/1"])
     assert proto == "acme-tls/1"
     assert_answers(wec_server)
 
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(["host", "token", "content", "value", "addresses", "policies", "ip",
-                         "type", "target", "tag", "flag", "Host", "path", "targetURL"]),
-        inner, max_size=5,
-    ),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "host",
+                    "token",
+                    "content",
+                    "value",
+                    "addresses",
+                    "policies",
+                    "ip",
+                    "type",
+                    "target",
+                    "tag",
+                    "flag",
+                    "Host",
+                    "path",
+                    "targetURL",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=12,
 )
 

@@ -101,6 +101,10 @@ def store(db_url: str, clock: Clock) -> Iterator[SqlStateStore]:
         yield s
 
 
+def _as_store(store: SqlStateStore) -> StateStore:
+    return store  # mypy checks that SqlStateStore satisfies the protocol
+
+
 def _account(store: SqlStateStore, directory: str = DIR_A, n: int = 1) -> int:
     return store.add_account(directory, f"{directory}/acct/{n}-{uuid.uuid4().hex[:6]}", KEY)
 
@@ -126,7 +130,7 @@ def _authz(store: SqlStateStore, account_id: int, directory: str = DIR_A, **kw: 
 
 
 def test_add_and_read_back(store: SqlStateStore) -> None:
-    assert isinstance(store, StateStore)
+    assert isinstance(_as_store(store), StateStore)
     acc = store.add_account(DIR_A, "https://a/acct/1", KEY.encode(), "RS256",
                             contact="mailto:a@example.com, mailto:b@example.com")
     order = store.add_order(DIR_A, acc, "https://a/order/1", "ready", ["a.example"])
@@ -154,6 +158,10 @@ def test_add_and_read_back(store: SqlStateStore) -> None:
     assert c.not_after == not_after.timestamp()
     assert "PRIVATE KEY" not in repr(c)
     assert store.get_account(10_000) is None and store.get_certificate(10_000) is None
+    with pytest.raises(ValueError, match="account_id must be the id of an account"):
+        store.add_order(DIR_A, None, "https://a/order/2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        store.release("order", order, "h")
 
 
 def test_status_updates(store: SqlStateStore) -> None:
@@ -172,8 +180,15 @@ def test_status_updates(store: SqlStateStore) -> None:
     assert store.update_account_key(acc, b"NEWKEY", "ES384")
     account = store.get_account(acc)
     assert account is not None and (account.key_pem, account.alg) == ("NEWKEY", "ES384")
+    store.mark_certificate_renewed(renewal)
+    before = store.counts(DIR_A)
+    assert before == Counts(accounts=1, certificates=1, revoked=1, orders=1)
     assert store.mark_account_status(acc, "deactivated")
     assert store.claim_account(DIR_A, "h", 60) is None
+    assert store.claim_certificate(DIR_A, "h", 60) is None
+    assert store.counts(DIR_A) == Counts(revoked=1)
+    assert store.mark_account_status(acc, AccountStatus.VALID)  # its rows come back
+    assert store.counts(DIR_A) == before
     assert not store.mark_account_status(10_000, AccountStatus.VALID)
     assert not store.mark_certificate_revoked(10_000)
     with pytest.raises(ValueError):
@@ -418,6 +433,7 @@ def test_claims_under_contention_across_processes(db_url: str) -> None:
     claimed = [i for _holder, ids, _errs in results for i in ids]
     assert len(claimed) == len(set(claimed)), "a certificate was claimed twice"
     assert set(claimed) == all_ids
+    assert sum(1 for _holder, ids, _errs in results if ids) >= 2, "no contention happened"
     assert all(p.exitcode == 0 for p in procs)
 
 

@@ -98,7 +98,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             self._log.close()

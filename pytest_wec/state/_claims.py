@@ -13,7 +13,7 @@ SQLite
     the same pick-then-conditional-UPDATE cannot interleave with another writer; the
     UPDATE's rowcount is checked all the same.
 
-The pick starts at a random point of the ``(directory, status, shuffle)`` index, so
+The pick starts at a random point of the ``(directory, ..., shuffle)`` index, so
 concurrent claimers spread over the free rows instead of queueing for the first one.
 """
 

@@ -51,6 +51,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+_LAST = 100  # big text goes last: SQLite reads a row's columns in order, overflow pages too
 
 
 class Base(DeclarativeBase):
@@ -76,7 +77,7 @@ class AccountRow(_Claimable, Base):
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
     directory: Mapped[str] = mapped_column(String(1024))
     url: Mapped[str] = mapped_column(String(2048))
-    key_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(Text, sort_order=_LAST)
     alg: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     contact: Mapped[list[str]] = mapped_column(JSON)
@@ -135,7 +136,10 @@ class AuthorizationRow(_Claimable, Base):
     expires: Mapped[float] = mapped_column(Double)
 
     __table_args__ = (
-        Index("ix_wec_authorizations_pick", "directory", "account_valid", "status", "shuffle"),
+        Index(  # expires last: counts read only this index
+            "ix_wec_authorizations_pick", "directory", "account_valid", "status", "shuffle",
+            "expires",
+        ),
         Index("ix_wec_authorizations_holder", "claimed_by"),
         Index("ix_wec_authorizations_account", "account_id"),
     )
@@ -149,8 +153,8 @@ class CertificateRow(_Claimable, Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
     account_valid: Mapped[bool] = mapped_column(Boolean)
     order_url: Mapped[str] = mapped_column(String(2048))
-    pem_chain: Mapped[str] = mapped_column(Text)
-    key_pem: Mapped[str] = mapped_column(Text)
+    pem_chain: Mapped[str] = mapped_column(Text, sort_order=_LAST)
+    key_pem: Mapped[str] = mapped_column(Text, sort_order=_LAST)
     serial: Mapped[str] = mapped_column(String(64))
     names: Mapped[list[str]] = mapped_column(JSON)
     not_after: Mapped[float] = mapped_column(Double)
@@ -163,7 +167,10 @@ class CertificateRow(_Claimable, Base):
     )
 
     __table_args__ = (
-        Index("ix_wec_certificates_pick", "directory", "account_valid", "revoked", "shuffle"),
+        Index(  # not_after last: counts read only this index
+            "ix_wec_certificates_pick", "directory", "account_valid", "revoked", "shuffle",
+            "not_after",
+        ),
         Index("ix_wec_certificates_holder", "claimed_by"),
         Index("ix_wec_certificates_account", "account_id"),
         Index("ix_wec_certificates_serial", "serial"),

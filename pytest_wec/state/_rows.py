@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, Table, exists, or_, true
+from sqlalchemy import ColumnElement, Row, Select, Table, exists, false, func, or_, select, true
 
 from pytest_wec.state._models import (
     AccountRow,
@@ -30,6 +30,7 @@ __all__ = [
     "ORD",
     "SHR",
     "account_valid",
+    "counts_query",
     "live_share",
     "serial_hex",
     "to_account",
@@ -104,4 +105,21 @@ def to_certificate(row: Row[Any]) -> Certificate:
         serial=m["serial"], names=tuple(m["names"]), not_after=m["not_after"],
         issued=m["issued"], revoked=bool(m["revoked"]), reason=m["reason"],
         renewed=bool(m["renewed"]), replaced_by=m["replaced_by"],
+    )
+
+
+def counts_query(directory: str, now: float) -> Select[Any]:
+    """One SELECT of the five :class:`Counts`, each read from one index."""
+
+    def count(t: Table, *where: ColumnElement[bool]) -> Any:
+        stmt = select(func.count()).select_from(t).where(t.c.directory == directory, *where)
+        return stmt.scalar_subquery()
+
+    return select(
+        count(ACC, ACC.c.status == AccountStatus.VALID.value),
+        count(AUTH, account_valid(AUTH), AUTH.c.status == AuthorizationStatus.VALID.value,
+              AUTH.c.expires > now),
+        count(CERT, account_valid(CERT), CERT.c.revoked == false(), CERT.c.not_after > now),
+        count(CERT, CERT.c.revoked == true()),
+        count(ORD, account_valid(ORD)),
     )

@@ -1,0 +1,191 @@
+"""Load mode on a worker: the chains collected become one load item per worker.
+
+Under ``--wec-load``/``--wec-rate``/``--wec-stages`` every process that collects (each xdist
+worker, or the lone pytest process) replaces the chain tests it collected by N items
+``wec-load[i]``, N being the number of workers; xdist hands each worker one of them, and
+item *i* drives worker share *i* of the load (the shares sum to the target exactly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from pytest_wec._chain import ChainInfo, chain_info
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WecLoadItem", "collect_load_items"]
+
+ChainFn = Callable[[Any], Awaitable[None]]
+COUNTS_EVERY = 1.0  # seconds between reads of the state DB's counts
+STATUS_EVERY = 0.5
+
+
+def loadable_chains(items: list[pytest.Item]) -> dict[str, tuple[ChainInfo, ChainFn]]:
+    """The chains load mode can run: one ``load=True`` function per chain name."""
+    chains: dict[str, tuple[ChainInfo, ChainFn]] = {}
+    for item in items:
+        fn = getattr(item, "function", None)
+        info = chain_info(fn)
+        if info is None or not info.load or hasattr(item, "callspec"):
+            continue
+        if info.name in chains and chains[info.name][1] is not fn:
+            raise pytest.UsageError(
+                f"wec: chain {info.name!r} has more than one load=True function "
+                f"({item.nodeid}); mark the others load=False")
+        chains[info.name] = (info, fn)  # type: ignore[assignment]
+    return chains
+
+
+class WecLoadItem(pytest.Item):
+    """One worker's share of the load run."""
+
+    def __init__(self, *, index: int, workers: int,
+                 chains: dict[str, tuple[ChainInfo, ChainFn]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index = index
+        self.workers = workers
+        self.chains = chains
+        self.outcome: dict[str, Any] = {}
+
+    def runtest(self) -> None:
+        from pytest_wec.fixtures import stack_info
+
+        info = stack_info(self.config)
+        loop = asyncio.new_event_loop()
+        try:
+            main = loop.create_task(self._run(info))
+            stopper = _StopOnSignal(loop, main)
+            try:
+                loop.run_until_complete(main)
+            finally:
+                stopper.restore()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _run(self, info: dict[str, Any]) -> None:
+        from pytest_wec.picker import ChainSpec, pick
+        from pytest_wec.plugin import SETTINGS_KEY
+        from pytest_wec.runner import LoadPlan, LoadRunner
+        from pytest_wec.state import Counts
+        from pytest_wec.stream import ResultSink
+        from pytest_wec.worker import WorkerRuntime
+
+        settings = self.config.stash[SETTINGS_KEY]
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        runtime = await WorkerRuntime(settings, info, worker).start()
+        sink = ResultSink(info["redis_url"], info["namespace"], worker)
+        await sink.start()
+        specs = [ChainSpec(name, ci.needs, ci.produces) for name, (ci, _) in
+                 sorted(self.chains.items())]
+        weights = dict(settings.mix or {})
+        limits = dict(settings.limit or {})
+        rng = random.Random()
+        counts: list[Counts] = [await runtime.db(runtime.store.counts, runtime.directory)]
+
+        def choose() -> str | None:
+            spec = pick(specs, counts[0], weights, limits, rng)
+            return spec.name if spec is not None else None
+
+        plan = LoadPlan.from_settings(settings, self.index, self.workers)
+        runner = LoadRunner(runtime, self.chains, plan, emit=sink.add, choose=choose,
+                            worker=worker)
+        _RUNNERS.append(runner)
+
+        async def background() -> None:
+            next_counts = time.monotonic() + COUNTS_EVERY
+            while True:
+                await asyncio.sleep(STATUS_EVERY)
+                sink.set_status(in_flight=runner.in_flight, target_share=runner.current_target(),
+                                dropped_starts=runner.dropped)
+                if time.monotonic() >= next_counts:
+                    next_counts = time.monotonic() + COUNTS_EVERY
+                    try:
+                        counts[0] = await runtime.db(runtime.store.counts, runtime.directory)
+                    except Exception:
+                        log.warning("reading the state DB's counts failed", exc_info=True)
+
+        bg = asyncio.get_running_loop().create_task(background())
+        try:
+            await runner.run()
+        finally:
+            bg.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bg
+            sink.set_status(in_flight=0, dropped_starts=runner.dropped)
+            await sink.aclose()
+            await runtime.aclose()
+            _RUNNERS.remove(runner)
+        self.outcome = {"started": runner.started, "finished": runner.finished,
+                        "dropped": runner.dropped, "nothing_to_run": runner.nothing_to_run}
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"wec-load[{self.index}] ({self.workers} workers)"
+
+
+_RUNNERS: list[Any] = []
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM end the load gracefully: no new chain starts, outputs complete."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[None]) -> None:
+        self.loop = loop
+        self.hits = 0
+        self.installed: list[int] = []
+        self.main = main
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._handle)
+                self.installed.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass  # not the main thread: pytest's own handling applies
+
+    def _handle(self) -> None:
+        self.hits += 1
+        for r in _RUNNERS:
+            r.stop()
+        if self.hits >= 3:
+            self.main.cancel()
+
+    def restore(self) -> None:
+        for sig in self.installed:
+            self.loop.remove_signal_handler(sig)
+
+
+def collect_load_items(session: pytest.Session, config: pytest.Config,
+                       items: list[pytest.Item]) -> None:
+    """Replace the collected chain tests by the load items (in place)."""
+    chains = loadable_chains(items)
+    from pytest_wec.plugin import SETTINGS_KEY
+
+    settings = config.stash[SETTINGS_KEY]
+    if not chains:
+        raise pytest.UsageError(
+            "wec load mode: no chains collected (give the chains' path, e.g. "
+            "`pytest --pyargs chains --wec-load=10`)")
+    unknown = sorted(set(settings.mix or {}) - set(chains))
+    if unknown:
+        raise pytest.UsageError(
+            f"--wec-mix: unknown chain {', '.join(map(repr, unknown))}; "
+            f"chains: {', '.join(sorted(chains))}")
+    workerinput = getattr(config, "workerinput", None)
+    workers = int(workerinput["workercount"]) if workerinput else 1
+    deselected = list(items)
+    items[:] = [
+        WecLoadItem.from_parent(session, name=f"wec-load[{i}]", index=i, workers=workers,
+                                chains=chains)
+        for i in range(workers)
+    ]
+    config.hook.pytest_deselected(items=deselected)

@@ -1,0 +1,479 @@
+"""A load run on the controller: results in, live line, results log, summary and benchmark.
+
+:class:`LoadSession` runs two daemon threads next to pytest's own::
+
+    wec-results    ResultSource (Redis stream) -> Aggregator + results log
+    wec-progress   the live line every 2 s; watches for a saturated generator, a stalled CA
+                   and workers that went silent
+
+:meth:`LoadSession.finish` drains what the workers still send, then writes summary.json and
+benchmark.json in the run directory. :func:`rebuild` makes both again from a results log
+alone::
+
+    wec report RESULTS_LOG [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pytest_wec._settings import Settings
+from pytest_wec.aggregator import Aggregator
+from pytest_wec.outputs import (
+    build_benchmark_json,
+    build_summary,
+    format_progress,
+    format_tables,
+    write_json_atomic,
+)
+from pytest_wec.resultlog import ResultLogError, ResultLogWriter, read_results
+from pytest_wec.results import ChainResult
+from pytest_wec.stream import Batch, Record, ResultSource, WorkerStatus
+
+__all__ = ["BENCHMARK_NAME", "SUMMARY_NAME", "LoadSession", "log_name", "rebuild",
+           "report_main"]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.json"
+BENCHMARK_NAME = "benchmark.json"
+LAG_LIMIT_MS = 100.0
+CPU_LIMIT_PCT = 90.0
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+def log_name(fmt: str) -> str:
+    """File name of the results log in the run directory."""
+    return "results.msgpack" if fmt == "msgpack" else "results.jsonl"
+
+
+def _clock(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 \
+        else f"{s // 60}m{s % 60:02d}s"
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
+
+
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass
+class _Worker:
+    heard: float  # monotonic time of its last entry
+    heard_at: float  # epoch seconds of the same
+    in_flight: dict[str, int] = field(default_factory=dict)  # open session -> latest in_flight
+    ended: set[str] = field(default_factory=set)
+    streak: int = 0  # consecutive status reports over the generator's limits
+    worst: tuple[float, float] = (0.0, 0.0)  # loop lag ms, cpu % over the streak
+    saturated: bool = False
+    lost: dict[str, Any] | None = None
+
+
+class LoadSession:
+    """The controller's side of one load run; ``start`` once, ``finish`` at the end."""
+
+    def __init__(self, settings: Settings, run_dir: Path, run_id: str, redis_url: str,
+                 namespace: str, directory: str, workers: int,
+                 write_line: Callable[[str], None],
+                 state_counts: Callable[[], Mapping[str, int]] | None = None, *,
+                 progress_interval: float = 2.0, stall_after: float = 10.0,
+                 silent_after: float = 10.0, saturation_reports: int = 3) -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.redis_url, self.namespace = redis_url, namespace
+        self.directory, self.workers = directory, workers
+        self.write_line, self.state_counts = write_line, state_counts
+        self.progress_interval, self.stall_after = progress_interval, stall_after
+        self.silent_after, self.saturation_reports = silent_after, max(saturation_reports, 1)
+        self.log_path = self.run_dir / log_name(settings.log_format)
+        self.summary_path = self.run_dir / SUMMARY_NAME
+        self.benchmark_path = self.run_dir / BENCHMARK_NAME
+        self.stalls: list[dict[str, Any]] = []
+        self.saturated: list[dict[str, Any]] = []
+        self.workers_lost: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self._started, self._t0 = time.time(), time.monotonic()
+        self._agg = Aggregator(self._started)
+        self._lock = threading.Lock()  # the aggregator and the watch state below
+        self._finish_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._source: ResultSource | None = None
+        self._writer: ResultLogWriter | None = None
+        self._threads: list[threading.Thread] = []
+        self._workers: dict[str, _Worker] = {}
+        self._last_chain = self._t0
+        self._stall: dict[str, Any] | None = None
+        self._notices: list[str] = []
+        self._closed = False
+        self._summary: dict[str, Any] | None = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads or self._closed:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = ResultLogWriter(self.log_path, self.settings.log_format)
+        self._source = ResultSource(self.redis_url, self.namespace)
+        with self._lock:
+            self._started, self._t0 = time.time(), time.monotonic()
+            self._agg = Aggregator(self._started)
+            self._last_chain = self._t0
+        for name, target in (("wec-results", self._consume), ("wec-progress", self._progress)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _consume(self) -> None:
+        source = self._source
+        assert source is not None
+        while not self._stop.is_set():
+            try:
+                records = source.read(block=0.5)
+            except Exception:  # the consumer must outlive any surprise
+                log.exception("reading results failed; retrying")
+                self._stop.wait(0.5)
+                continue
+            self._handle(records)
+
+    def _handle(self, records: Iterable[Record]) -> None:
+        for rec in records:
+            if self._closed:
+                return
+            try:
+                if isinstance(rec, Batch):
+                    self._batch(rec)
+                else:
+                    self._status(rec)
+            except Exception:
+                log.exception("cannot take a result record; skipped")
+
+    def _batch(self, batch: Batch) -> None:
+        if self._writer is not None:
+            self._writer.write_many(batch.chains)
+        now = time.monotonic()
+        with self._lock:
+            for c in batch.chains:
+                self._agg.add(c)
+            w = self._heard(batch.worker, now)
+            if batch.session not in w.ended:
+                w.in_flight.setdefault(batch.session, 0)
+            if batch.chains:
+                self._end_stall(now)
+                self._last_chain = now
+
+    def _status(self, st: WorkerStatus) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._agg.add_status(st)
+            name, session = st["worker"], st["session"]
+            w = self._heard(name, now)
+            if st.get("final"):
+                w.in_flight.pop(session, None)
+                w.ended.add(session)
+            elif session not in w.ended:
+                w.in_flight[session] = int(st.get("in_flight", 0))
+                self._check_saturation(name, w, st)
+
+    def _heard(self, name: str, now: float) -> _Worker:
+        w = self._workers.get(name)
+        if w is None:
+            w = self._workers[name] = _Worker(now, time.time())
+        else:
+            w.heard, w.heard_at = now, time.time()
+        if w.lost is not None and not w.lost["recovered"]:
+            w.lost["recovered"] = True
+            self._notices.append(f"wec: worker {name} is reporting again")
+        return w
+
+    def _check_saturation(self, name: str, w: _Worker, st: WorkerStatus) -> None:
+        lag, cpu = float(st.get("loop_lag_ms", 0.0)), float(st.get("cpu_pct", 0.0))
+        if lag > LAG_LIMIT_MS or cpu > CPU_LIMIT_PCT:
+            w.streak += 1
+            w.worst = (max(w.worst[0], lag), max(w.worst[1], cpu))
+        else:
+            w.streak, w.worst = 0, (0.0, 0.0)
+        if w.streak >= self.saturation_reports and not w.saturated:
+            w.saturated = True
+            msg = (f"wec: generator saturated on {name} (loop lag {w.worst[0]:.0f} ms, cpu "
+                   f"{w.worst[1]:.0f}%): results show the generator's limits, not the CA's")
+            self.saturated.append({"worker": name, "at_s": self._rel(time.monotonic()),
+                                   "loop_lag_ms": w.worst[0], "cpu_pct": w.worst[1],
+                                   "message": msg})
+            self._note(msg)
+
+    def _rel(self, mono: float) -> float:
+        return round(mono - self._t0, 1)
+
+    def _note(self, msg: str) -> None:
+        self._notices.append(msg)
+        self.warnings.append(msg)
+
+    def _in_flight(self) -> int:
+        return sum(sum(w.in_flight.values()) for w in self._workers.values()
+                   if w.lost is None or w.lost["recovered"])
+
+    def _watch(self, now: float) -> None:
+        """Silent workers, then a stalled CA; under the lock."""
+        for name, w in self._workers.items():
+            if w.lost is None and w.in_flight and now - w.heard >= self.silent_after:
+                self._lose(name, w)
+        in_flight = self._in_flight()
+        quiet = now - self._last_chain
+        if self._stall is None and in_flight > 0 and quiet >= self.stall_after:
+            msg = (f"wec: CA stalled: no chain finished for {_secs(quiet)}s with {in_flight} "
+                   "in flight")
+            self._stall = {"at_s": self._rel(self._last_chain), "detected_s": self._rel(now),
+                           "in_flight": in_flight, "duration_s": None, "message": msg}
+            self.stalls.append(self._stall)
+            self._note(msg)
+
+    def _end_stall(self, now: float) -> None:
+        if self._stall is not None:
+            self._stall["duration_s"] = round(now - self._last_chain, 1)
+            log.info("chains finish again after a stall of %.1fs", now - self._last_chain)
+            self._stall = None
+
+    def _lose(self, name: str, w: _Worker) -> None:
+        n = sum(w.in_flight.values())
+        msg = (f"wec: worker {name} went silent at {_clock(w.heard - self._t0)} (last seen "
+               f"{_utc(w.heard_at)} with {n} chains in flight)")
+        w.lost = {"worker": name, "at_s": self._rel(w.heard), "last_seen": w.heard_at,
+                  "in_flight": n, "recovered": False, "message": msg}
+        self.workers_lost.append(w.lost)
+        self._note(msg)
+
+    def _progress(self) -> None:
+        while not self._stop.wait(self.progress_interval):
+            try:
+                now = time.monotonic()
+                with self._lock:
+                    self._watch(now)
+                    line = format_progress(self._agg, time.time(),
+                                           duration_s=self.settings.run_length,
+                                           in_flight=self._in_flight())
+                self._flush_notices()
+                self._write(line)
+            except Exception:
+                log.exception("live line failed")
+
+    def _flush_notices(self) -> None:
+        with self._lock:
+            notices, self._notices = self._notices, []
+        for text in notices:
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            self.write_line(text)
+        except Exception:  # a closed terminal must not end the run's bookkeeping
+            log.debug("write_line failed for %r", text, exc_info=True)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def finish(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Drains, stops, writes summary.json and benchmark.json; returns the summary."""
+        with self._finish_lock:
+            if self._summary is not None:
+                return self._summary
+            deadline = time.monotonic() + max(timeout, 0.0)
+            ended = time.time()
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(max(min(deadline - time.monotonic(), 5.0), 0.1))
+            stuck = any(t.is_alive() and t.name == "wec-results" for t in self._threads)
+            source = self._source
+            if source is not None and not stuck:
+                self._drain(source, deadline)
+            elif source is not None:
+                log.warning("the results reader did not stop; summary without a final drain")
+            self._closed = True
+            lost = source.lost_total if source is not None else 0
+            if source is not None and not stuck:
+                source.close()
+            if self._writer is None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._writer = ResultLogWriter(self.log_path, self.settings.log_format)
+            self._writer.close()
+            with self._lock:
+                self._agg.add_lost(lost)
+                self._watch_end(time.monotonic())
+                summary = self._build(ended)
+                benchmark = build_benchmark_json(self._agg, summary["run"])
+            self._summary = summary
+            self._flush_notices()
+            for path, obj in ((self.summary_path, summary), (self.benchmark_path, benchmark)):
+                try:
+                    write_json_atomic(path, obj)
+                except OSError as exc:
+                    log.error("cannot write %s: %s", path, exc)
+                    self._write(f"wec: cannot write {path}: {exc.strerror or exc}")
+            return summary
+
+    def _drain(self, source: ResultSource, deadline: float) -> None:
+        with self._lock:
+            names = set(self._workers) or None
+        try:
+            for rec in source.drain(names, timeout=max(deadline - time.monotonic(), 0.1),
+                                    stale_after=self.silent_after):
+                self._handle([rec])
+        except Exception:
+            log.exception("draining results failed; summary from what arrived")
+
+    def _watch_end(self, now: float) -> None:
+        for name, w in self._workers.items():
+            if w.lost is None and w.in_flight:  # no end record
+                self._lose(name, w)
+        if self._stall is not None:
+            self._stall["duration_s"] = round(now - self._last_chain, 1)
+            self._stall = None
+        if self._threads and len(self._workers) < self.workers:
+            self._note(f"wec: {self.workers - len(self._workers)} of {self.workers} workers "
+                       "never reported")
+
+    def _build(self, ended: float) -> dict[str, Any]:
+        s = self.settings
+        run_info = {"id": self.run_id, "started": self._started, "ended": ended,
+                    "duration_s": max(ended - self._started, 0.0), "directory": self.directory,
+                    "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
+                    "stages": [[d, t] for d, t in s.stages] if s.stages else None}
+        state: Mapping[str, int] = {}
+        if self.state_counts is not None:
+            try:
+                state = self.state_counts()
+            except Exception as exc:
+                log.warning("cannot count the state DB: %s", exc)
+        summary = build_summary(self._agg, run_info, state,
+                                {"saturated": list(self.saturated)}, None)
+        summary.update(stalls=list(self.stalls), workers_lost=list(self.workers_lost),
+                       warnings=list(self.warnings))
+        return summary
+
+    def tables(self) -> str:
+        """The terminal tables of the summary; empty before :meth:`finish`."""
+        return format_tables(self._summary) if self._summary is not None else ""
+
+
+# -- from a results log alone ----------------------------------------------------------------
+
+
+def _scan(path: Path) -> Iterator[tuple[ChainResult, float, float, str]]:
+    """Every chain of the log with its scheduled start, end and worker; checks the fields."""
+    for n, c in enumerate(read_results(path), 1):
+        try:
+            row = (c, float(c["scheduled"]), float(c["started"]) + float(c["took"]),
+                   str(c["worker"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultLogError(f"{path}: record {n}: not a ChainResult ({exc!r})") from None
+        yield row
+
+
+def rebuild(results_log: Path, out_dir: Path, *, model: str | None = None,
+            run_id: str | None = None) -> dict[str, Any]:
+    """summary.json and benchmark.json in ``out_dir`` from a results log (either format).
+
+    The run's start is the earliest scheduled start, its end the latest chain end, its
+    workers the distinct worker ids; what only the live run knew (state counts, stalls,
+    statuses) is absent.
+    """
+    results_log, out_dir = Path(results_log), Path(out_dir)
+    first: float | None = None
+    last: float | None = None
+    workers: set[str] = set()
+    for _c, scheduled, end, worker in _scan(results_log):
+        first = scheduled if first is None else min(first, scheduled)
+        last = end if last is None else max(last, end)
+        workers.add(worker)
+    if first is None or last is None:
+        raise ResultLogError(f"{results_log}: no chain results")
+    agg = Aggregator(first)
+    for n, (c, *_rest) in enumerate(_scan(results_log), 1):
+        try:
+            agg.add(c)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultLogError(f"{results_log}: record {n}: not a ChainResult "
+                                 f"({exc!r})") from None
+    parent = results_log.resolve().parent.name
+    run_info = {"id": run_id or (parent if _RUN_ID.match(parent) else None),
+                "started": first, "ended": last, "duration_s": None, "directory": None,
+                "workers": len(workers), "model": model or "unknown", "load": None,
+                "rate": None, "stages": None}
+    summary = build_summary(agg, run_info, {}, {"workers": len(workers), "saturated": []}, None)
+    summary.update(stalls=[], workers_lost=[], warnings=[], rebuilt_from=str(results_log))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    write_json_atomic(out_dir / BENCHMARK_NAME, build_benchmark_json(agg, summary["run"]))
+    return summary
+
+
+def _find_log(path: Path) -> Path:
+    if not path.is_dir():
+        return path
+    for name in (log_name("jsonl"), log_name("msgpack")):
+        if (path / name).is_file():
+            return path / name
+    raise ResultLogError(f"{path}: a directory without {log_name('jsonl')} or "
+                         f"{log_name('msgpack')}")
+
+
+def _default_out(log_path: Path) -> Path:
+    """The log's directory, or ``rebuilt/`` in it when it holds the live run's summary."""
+    here = log_path.parent
+    existing = here / SUMMARY_NAME
+    if not existing.exists():
+        return here
+    try:
+        live = "rebuilt_from" not in orjson.loads(existing.read_bytes())
+    except (OSError, orjson.JSONDecodeError, TypeError):
+        live = True
+    return here / "rebuilt" if live else here
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``wec report RESULTS_LOG [--out DIR]``; 0 on success, 2 on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="wec report",
+        description="Rebuild summary.json and benchmark.json from a results log (JSON lines "
+                    "or msgpack) and print the tables.")
+    parser.add_argument("log", metavar="RESULTS_LOG",
+                        help="results log, or a run directory holding one")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="where to write (default: the log's directory, or rebuilt/ in it "
+                             "when it holds the live run's summary.json)")
+    parser.add_argument("--model", choices=("closed", "open"), default=None,
+                        help="the run's load model, when known")
+    parser.add_argument("--run-id", default=None, help="the run's id, when known")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        path = _find_log(Path(args.log))
+        out = Path(args.out) if args.out else _default_out(path)
+        summary = rebuild(path, out, model=args.model, run_id=args.run_id)
+    except (OSError, ResultLogError) as exc:
+        text = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror \
+            else str(exc)
+        print(f"wec report: error: {text}", file=sys.stderr)
+        return 2
+    print(format_tables(summary), end="")
+    print(f"wec report: wrote {out / SUMMARY_NAME}")
+    print(f"wec report: wrote {out / BENCHMARK_NAME}")
+    return 0
