@@ -5,12 +5,9 @@ counts and latency histograms per chain, per ACME endpoint and per second of the
 grouped by (chain, endpoint, type) with one example each; certificates issued; starts the
 generator dropped; the generator's own lag and CPU from worker status records.
 
-Histograms use HdrHistogram's layout (microseconds, 1 us .. 1 hour, 3 significant digits)
-kept sparse, as counts by HDR index, so that one histogram per second of a long run stays
-small and recording costs a few integer operations. They encode to and decode from
-HdrHistogram's base64 form (``hdrh``), merge losslessly, and answer percentiles exactly as
-``HdrHistogram.get_value_at_percentile`` does. Percentiles are never averaged: merged
-aggregators are read from merged histograms.
+Latencies go into sparse HDR histograms (:mod:`pytest_wec._histogram`, re-exported here)
+that merge losslessly. Percentiles are never averaged: merged aggregators are read from
+merged histograms.
 
 Each chain keeps two latencies: from its real start (``took``) and from its intended start
 (``started + took - scheduled``), the open-model view that a slow CA cannot hide by slowing
@@ -19,12 +16,11 @@ the generator down (coordinated omission).
 
 from __future__ import annotations
 
-import array
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
+from pytest_wec._histogram import HIGHEST_US, Histogram, index_range
 
 if TYPE_CHECKING:
     from pytest_wec.results import ChainResult, RequestResult
@@ -34,162 +30,10 @@ __all__ = ["HIGHEST_US", "Aggregator", "ChainStats", "EndpointStats", "Histogram
 
 log = logging.getLogger(__name__)
 
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # one hour
-SIGNIFICANT_FIGURES = 3
-_SUB_BITS = 11  # log2 of the sub-bucket count (2048) that 3 significant figures need
-_HALF_BITS = _SUB_BITS - 1
-_HALF = 1 << _HALF_BITS
-_MASK = (1 << _SUB_BITS) - 1
 _MAX_ERROR_KEYS = 1000
 _TYPE_LEN = 120
 _EXAMPLE_LEN = 500
 _ACME_ERROR = "urn:ietf:params:acme:error:"
-
-
-def index_range(index: int) -> tuple[int, int]:
-    """Lowest and highest value (us) counted at an HDR counts index."""
-    bucket = (index >> _HALF_BITS) - 1
-    sub = (index & (_HALF - 1)) + _HALF
-    if bucket < 0:
-        sub -= _HALF
-        bucket = 0
-    low = sub << bucket
-    return low, low + (1 << bucket) - 1
-
-
-class Histogram:
-    """Sparse HDR histogram of microseconds; exact count, sum, min and max ride along."""
-
-    __slots__ = ("counts", "max", "min", "sum", "total")
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.total = 0
-        self.sum = 0
-        self.min = HIGHEST_US
-        self.max = 0
-
-    def record(self, us: int) -> None:
-        if us > HIGHEST_US:
-            us = HIGHEST_US
-        elif us < 0:
-            us = 0
-        b = (us | _MASK).bit_length() - _SUB_BITS
-        i = (b << _HALF_BITS) + (us >> b)
-        counts = self.counts
-        counts[i] = counts.get(i, 0) + 1
-        self.total += 1
-        self.sum += us
-        if us > self.max:
-            self.max = us
-        if us < self.min:
-            self.min = us
-
-    def add(self, other: Histogram) -> None:
-        counts = self.counts
-        for i, n in other.counts.items():
-            counts[i] = counts.get(i, 0) + n
-        if other.total:
-            self.total += other.total
-            self.sum += other.sum
-            self.min = min(self.min, other.min)
-            self.max = max(self.max, other.max)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Histogram):
-            return NotImplemented
-        return (self.counts, self.total, self.sum, self.min, self.max) == (
-            other.counts, other.total, other.sum, other.min, other.max)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def percentiles(self, ps: Sequence[float]) -> list[int]:
-        """Values (us) at percentiles 0..100, as ``HdrHistogram.get_value_at_percentile``."""
-        out = [0] * len(ps)
-        if not self.total:
-            return out
-        items = sorted(self.counts.items())
-        order = sorted(range(len(ps)), key=ps.__getitem__)
-        pos, seen = 0, 0
-        for k in order:
-            p = min(ps[k], 100.0)
-            target = max(int(p * self.total / 100 + 0.5), 1)
-            while seen < target and pos < len(items):
-                seen += items[pos][1]
-                pos += 1
-            low, high = index_range(items[max(pos - 1, 0)][0])
-            out[k] = high if p else low
-        return out
-
-    def mean(self) -> float:
-        return self.sum / self.total if self.total else 0.0
-
-    def summary_ms(self, ps: Iterable[float] = (50, 90, 95, 99, 99.9)) -> dict[str, float]:
-        """min, mean, p.., max in milliseconds; percentiles clipped to the exact min/max."""
-        plist = list(ps)
-        if not self.total:
-            return {"min": 0.0, "mean": 0.0, **{_pname(p): 0.0 for p in plist}, "max": 0.0}
-        values = self.percentiles(plist)
-        out = {"min": _ms(self.min), "mean": round(self.mean() / 1000, 3)}
-        for p, v in zip(plist, values, strict=True):
-            out[_pname(p)] = _ms(min(max(v, self.min), self.max))
-        out["max"] = _ms(self.max)
-        return out
-
-    def to_hdr(self) -> HdrHistogram:
-        hdr = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
-        counts = hdr.counts
-        for i, n in self.counts.items():
-            counts[i] = n
-        if self.counts:
-            hdr.set_internal_tacking_values(min(self.counts), max(self.counts), self.total)
-        return hdr
-
-    @classmethod
-    def from_hdr(cls, hdr: HdrHistogram) -> Histogram:
-        """From an ``hdrh`` histogram; sum, min and max then have HDR precision."""
-        h = cls()
-        layout = (hdr.lowest_trackable_value, hdr.highest_trackable_value, hdr.significant_figures)
-        if layout != (LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES):
-            raise ValueError(f"histogram layout {layout} is not 1 us .. 1 h, 3 figures")
-        for i, n in enumerate(array.array("Q", bytes(hdr.counts))):
-            if not n:
-                continue
-            h.counts[i] = n
-            low, high = index_range(i)
-            h.total += n
-            h.sum += n * ((low + high) // 2)
-            h.min = min(h.min, low)
-            h.max = max(h.max, high)
-        return h
-
-    def encode(self) -> str:
-        """HdrHistogram's base64 (V2, compressed) form."""
-        return str(self.to_hdr().encode().decode("ascii"))
-
-    @classmethod
-    def decode(cls, b64: str | bytes) -> Histogram:
-        raw = b64.encode("ascii") if isinstance(b64, str) else b64
-        return cls.from_hdr(HdrHistogram.decode(raw))
-
-    def to_plain(self) -> dict[str, Any]:
-        return {"hdr": self.encode(), "sum": self.sum, "min": self.min, "max": self.max}
-
-    @classmethod
-    def from_plain(cls, data: Mapping[str, Any]) -> Histogram:
-        h = cls.decode(data["hdr"])
-        if h.total:
-            h.sum, h.min, h.max = int(data["sum"]), int(data["min"]), int(data["max"])
-        return h
-
-
-def _pname(p: float) -> str:
-    return "p" + (str(int(p)) if float(p).is_integer() else str(p).replace(".", ""))
-
-
-def _ms(us: int) -> float:
-    return round(us / 1000, 3)
 
 
 class _Stats:

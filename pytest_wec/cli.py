@@ -4,6 +4,7 @@
     wec stack [OPTIONS]           start the embedded stack in the foreground, print its URLs
     wec challenge-server [...]    the challenge server alone (see --help)
     wec convert SRC DST           results log: JSONL <-> msgpack
+    wec report RESULTS_LOG        rebuild summary.json and benchmark.json from a results log
 """
 
 from __future__ import annotations
@@ -96,11 +97,18 @@ def _convert(argv: list[str]) -> int:
     return convert_main(argv)
 
 
+def _report(argv: list[str]) -> int:
+    from pytest_wec.loadsession import report_main
+
+    return report_main(argv)
+
+
 COMMANDS = {
     "run": _run,
     "stack": _stack,
     "challenge-server": _challenge_server,
     "convert": _convert,
+    "report": _report,
 }
 
 

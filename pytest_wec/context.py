@@ -110,6 +110,24 @@ class ChainContext:
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.runtime.db(fn, *args, **kwargs)
 
+    def client_with_signer(self, signer: Any) -> Any:
+        """An ACME client whose every JWS comes from *signer* (a ``JwsSigner``).
+
+        It shares the worker's transport but has its own directory and nonces, and records
+        its exchanges as this chain's. Chains use it to send requests a correct client never
+        signs, e.g. a JWS ``alg`` the CA must refuse (RFC 8555 §6.2).
+        """
+        from pytest_wec.acme import AcmeNetwork
+
+        net = self.client.network
+        forged = AcmeNetwork(
+            net.directory_url, net.transport, timeout=net.timeout,
+            max_nonce_retries=net.max_nonce_retries, max_retry_after=net.max_retry_after,
+            max_retries=net.max_retries, poll_interval=net.poll_interval,
+            nonce_method=net.nonce_method, signer=signer,
+        )
+        return forged.client(self.name, self.chain_id, self.requests.append)
+
     # -- accounts ----------------------------------------------------------------------
     async def new_account(self, *, key: Any = None, contact: tuple[str, ...] = ()) -> Any:
         """newAccount with a fresh key (RFC 8555 §7.3); stored in the state DB."""
@@ -149,6 +167,30 @@ class ChainContext:
                 raise NoContext("no account in the state DB")
             return await self.new_account()
         return self._account_from_row(row)
+
+    async def take_authorization(self, *, challenge_type: str | None = None) -> Any:
+        """Claim a valid, unexpired authorization of this CA (RFC 8555 §7.1.4) from the DB.
+
+        The claim keeps other chains off it (deactivation, reuse) until :meth:`finish`; its
+        account comes from :meth:`account_of`. Once: when none is free, validates one for a
+        random name and claims that. Load: :class:`NoContext` when none is free.
+        """
+        claim = self.store.claim_authorization
+        row = await self.db(claim, self.directory, self.runtime.holder, CLAIM_TTL,
+                            challenge_type=challenge_type)
+        if row is None:
+            if self.mode == "load":
+                raise NoContext("no free valid authorization in the state DB")
+            account = await self.take_account()
+            order = await self.order(account, self.random_names(1))
+            await self.authorize(account, order, challenge_type)
+            row = await self.db(claim, self.directory, self.runtime.holder, CLAIM_TTL,
+                                account_id=self.account_id(account),
+                                challenge_type=challenge_type)
+            if row is None:
+                raise AssertionError("the authorization just validated is not claimable")
+        self._claims.append(("authorization", row.id))
+        return row
 
     # -- orders and authorizations -------------------------------------------------------
     @staticmethod
@@ -201,6 +243,15 @@ class ChainContext:
                 )
         return done
 
+    async def publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
+        """Publish *key_authz* where the CA looks for challenge *kind* of *ident* (§8.3,
+        §8.4, RFC 8737); returns the coroutine function that removes it again.
+
+        :meth:`authorize` does this for the right value; chains call it directly to publish
+        a wrong one.
+        """
+        return await self._publish(kind, ident, token, key_authz)
+
     async def _publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
         from pytest_wec.acme import dns01_txt_value
 
@@ -243,8 +294,6 @@ class ChainContext:
         replaces: str | None = None,
     ) -> Issued:
         """Order, authorize, finalize, poll and download (RFC 8555 §7.4); store the result."""
-        from pytest_wec.acme import generate_cert_key, make_csr
-
         account = account or await self.take_account()
         names = names or self.random_names()
         kw: dict[str, Any] = {"replaces": replaces} if replaces else {}
@@ -254,6 +303,15 @@ class ChainContext:
         if order.status != "ready":
             raise AssertionError(f"order is {order.status}, not ready, after its "
                                  f"authorizations: {order.body.get('error')}")
+        return await self.certify(account, order, names, cert_key=cert_key)
+
+    async def certify(
+        self, account: Any, order: Any, names: list[str], *, cert_key: str | None = None
+    ) -> Issued:
+        """Finalize a ready *order* with a CSR for *names*, poll it, download and store the
+        certificate (RFC 8555 §7.4, §7.4.2): the tail of :meth:`issue`."""
+        from pytest_wec.acme import generate_cert_key, make_csr
+
         key = generate_cert_key(cert_key or self.settings.cert_key)
         order = await self.client.finalize(account, order, make_csr(names, key))
         order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT)

@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pytest_wec._settings import Settings
 from pytest_wec.aggregator import Aggregator
 from pytest_wec.outputs import (
@@ -63,10 +61,6 @@ def _clock(seconds: float) -> str:
     s = max(int(seconds), 0)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 \
         else f"{s // 60}m{s % 60:02d}s"
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
 
 
 def _utc(epoch: float) -> str:
@@ -238,7 +232,7 @@ class LoadSession:
         in_flight = self._in_flight()
         quiet = now - self._last_chain
         if self._stall is None and in_flight > 0 and quiet >= self.stall_after:
-            msg = (f"wec: CA stalled: no chain finished for {_secs(quiet)}s with {in_flight} "
+            msg = (f"wec: CA stalled: no chain finished for {quiet:.1f}s with {in_flight} "
                    "in flight")
             self._stall = {"at_s": self._rel(self._last_chain), "detected_s": self._rel(now),
                            "in_flight": in_flight, "duration_s": None, "message": msg}
@@ -423,40 +417,16 @@ def rebuild(results_log: Path, out_dir: Path, *, model: str | None = None,
     return summary
 
 
-def _find_log(path: Path) -> Path:
-    if not path.is_dir():
-        return path
-    for name in (log_name("jsonl"), log_name("msgpack")):
-        if (path / name).is_file():
-            return path / name
-    raise ResultLogError(f"{path}: a directory without {log_name('jsonl')} or "
-                         f"{log_name('msgpack')}")
-
-
-def _default_out(log_path: Path) -> Path:
-    """The log's directory, or ``rebuilt/`` in it when it holds the live run's summary."""
-    here = log_path.parent
-    existing = here / SUMMARY_NAME
-    if not existing.exists():
-        return here
-    try:
-        live = "rebuilt_from" not in orjson.loads(existing.read_bytes())
-    except (OSError, orjson.JSONDecodeError, TypeError):
-        live = True
-    return here / "rebuilt" if live else here
-
-
 def report_main(argv: list[str] | None = None) -> int:
     """``wec report RESULTS_LOG [--out DIR]``; 0 on success, 2 on bad input."""
     parser = argparse.ArgumentParser(
         prog="wec report",
         description="Rebuild summary.json and benchmark.json from a results log (JSON lines "
                     "or msgpack) and print the tables.")
-    parser.add_argument("log", metavar="RESULTS_LOG",
-                        help="results log, or a run directory holding one")
+    parser.add_argument("log", metavar="RESULTS_LOG", help="results log (either format)")
     parser.add_argument("--out", metavar="DIR", default=None,
-                        help="where to write (default: the log's directory, or rebuilt/ in it "
-                             "when it holds the live run's summary.json)")
+                        help="where to write (default: the log's directory; rebuilt/ in it "
+                             "when it holds a summary.json already)")
     parser.add_argument("--model", choices=("closed", "open"), default=None,
                         help="the run's load model, when known")
     parser.add_argument("--run-id", default=None, help="the run's id, when known")
@@ -465,8 +435,10 @@ def report_main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        path = _find_log(Path(args.log))
-        out = Path(args.out) if args.out else _default_out(path)
+        path = Path(args.log)
+        out = Path(args.out) if args.out else path.parent
+        if not args.out and (out / SUMMARY_NAME).exists():
+            out = out / "rebuilt"
         summary = rebuild(path, out, model=args.model, run_id=args.run_id)
     except (OSError, ResultLogError) as exc:
         text = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror \

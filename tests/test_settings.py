@@ -113,3 +113,13 @@ def test_plain_runs_start_nothing(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-n", "2")
     assert result.ret == 0
     assert not (pytester.path / "wec-results").exists()
+
+
+def test_docs_list_every_option() -> None:
+    from pathlib import Path
+
+    from pytest_wec._settings import OPTIONS
+
+    text = (Path(__file__).parent.parent / "docs" / "options.md").read_text()
+    missing = [o.cli for o in OPTIONS if f"`{o.cli}" not in text or f"`{o.env}`" not in text]
+    assert not missing, f"docs/options.md lacks {missing}"

@@ -400,14 +400,19 @@ class AcmeClient:
         deadline = loop.time() + timeout
         default = self.network.poll_interval if interval is None else interval
         cap = self.network.max_retry_after
+        # Without Retry-After: a short first wait, doubling up to the interval, so that a
+        # fast CA's latency is measured rather than the polling interval.
+        step = min(self.network.poll_first, default)
         res = await fetch()
         while not done(res):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise AcmePollTimeout(f"{what} still {res.status} after {timeout:g}s", res)
-            delay = min(
-                default if res.retry_after is None else min(res.retry_after, cap), remaining
-            )
+            if res.retry_after is None:
+                delay = min(step, remaining)
+                step = min(step * 2, default)
+            else:
+                delay = min(res.retry_after, cap, remaining)
             log.debug("%s is %s; polling again in %.3gs", what, res.status, delay)
             await asyncio.sleep(delay)
             res = await fetch()

@@ -151,8 +151,8 @@ class AcmeNetwork:
     ``timeout`` bounds each HTTP exchange (total seconds). ``transport``
     defaults to an :class:`~pytest_wec.acme._aiohttp.AiohttpTransport` with
     system TLS trust. ``signer`` is the JWS seam (:func:`sign_jws`, or the
-    josepy-based reference). ``poll_interval`` is the default wait between
-    polls when the server gives no Retry-After.
+    josepy-based reference). Without a Retry-After from the server, polls wait
+    ``poll_first`` seconds, then twice as long each time up to ``poll_interval``.
 
     ``nonce_method``: HEAD, as §7.2 suggests, or GET (answered 204). aiohttp
     closes the connection after a HEAD response without Content-Length (Go
@@ -170,6 +170,7 @@ class AcmeNetwork:
         max_retry_after: float = 10.0,
         max_retries: int = 3,
         poll_interval: float = 0.5,
+        poll_first: float = 0.05,
         nonce_pool_size: int = 256,
         nonce_method: str = "HEAD",
         signer: JwsSigner = sign_jws,
@@ -185,6 +186,7 @@ class AcmeNetwork:
         self.max_retry_after = max_retry_after
         self.max_retries = max_retries
         self.poll_interval = poll_interval
+        self.poll_first = poll_first
         self.signer = signer
         if nonce_method not in ("HEAD", "GET"):
             raise ValueError(f"nonce_method must be HEAD or GET, got {nonce_method!r}")

@@ -29,6 +29,10 @@ PEBBLE_DEFAULT_ENV: Mapping[str, str] = {
     "PEBBLE_VA_NOSLEEP": "1",
     "PEBBLE_WFE_NONCEREJECT": "0",
     "PEBBLE_ALTERNATE_ROOTS": "1",
+    # Pebble reuses a valid authorization for an identifier of the same account only this
+    # percent of the time (default 50); 100 makes reuse deterministic, so the
+    # reuse_authorization chain can assert it (RFC 8555 §7.4 lets a CA reuse).
+    "PEBBLE_AUTHZREUSE": "100",
 }
 
 
