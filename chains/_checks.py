@@ -1,19 +1,40 @@
-"""Checks several chains share (not chains themselves)."""
+"""Checks several chains share (not chains themselves).
+
+Everything here fails with :class:`AssertionError`, never with pytest's own outcomes:
+load mode runs the same chains outside pytest, where only ordinary exceptions count. The one
+exception, :func:`embedded_pebble_deviates`, is for integration-only variants.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
+import warnings
+from collections.abc import Awaitable, Iterable
+from typing import Any
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pytest_wec import ChainContext
+from pytest_wec.acme import AcmeProblem
+
+#: Revocation reasons (RFC 5280 §5.3.1) CAs take from subscribers: unspecified,
+#: keyCompromise, affiliationChanged, superseded, cessationOfOperation.
+REVOCATION_REASONS = (0, 1, 3, 4, 5)
 
 
 def sans(cert: x509.Certificate) -> set[str]:
+    return set(san_list(cert))
+
+
+def san_list(cert: x509.Certificate) -> list[str]:
+    """Every subjectAltName value, duplicates kept: dNSNames, then iPAddresses as text."""
     ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = set(ext.get_values_for_type(x509.DNSName))
-    names |= {str(ip) for ip in ext.get_values_for_type(x509.IPAddress)}
+    names = list(ext.get_values_for_type(x509.DNSName))
+    names += [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
     return names
 
 
@@ -26,6 +47,11 @@ def normal(name: str) -> str:
 
 def chain_certs(pem: str) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem.encode())
+
+
+def leaf_der(pem: str) -> bytes:
+    """The DER of the first certificate of a PEM chain (the one revokeCert and ARI name)."""
+    return chain_certs(pem)[0].public_bytes(serialization.Encoding.DER)
 
 
 async def assert_chains_to_ca_root(wec: ChainContext, pem: str) -> None:
@@ -50,7 +76,108 @@ async def assert_chains_to_ca_root(wec: ChainContext, pem: str) -> None:
     raise AssertionError(f"no root of the CA issued {top.issuer.rfc4514_string()}")
 
 
-def assert_names(cert: x509.Certificate, names: list[str] | tuple[str, ...]) -> None:
-    got = {normal(n) for n in sans(cert)}
-    want = {normal(n) for n in names}
-    assert got == want, f"certificate names {sorted(got)} != ordered {sorted(want)}"
+def assert_names(cert: x509.Certificate, names: Iterable[str]) -> None:
+    """The certificate's subjectAltNames are exactly the ordered names, each once (§7.4)."""
+    got = sorted(normal(n) for n in san_list(cert))
+    want = sorted({normal(n) for n in names})
+    assert got == want, f"certificate names {got} != ordered {want}"
+
+
+def assert_ip_san(cert: x509.Certificate, ip: str) -> None:
+    """An IP identifier (RFC 8738 §3) is certified as an iPAddress subjectAltName, never as a
+    dNSName (RFC 5280 §4.2.1.6)."""
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ext.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(ip)], ext
+    assert ext.get_values_for_type(x509.DNSName) == [], f"an IP as dNSName: {ext}"
+
+
+async def expect_problem(
+    call: Awaitable[Any], *codes: str, status: int | tuple[int, ...] | None = None
+) -> AcmeProblem:
+    """Await *call*, which must fail with a problem document (RFC 8555 §6.7) of one of
+    *codes* (short names such as ``accountDoesNotExist``) and, when given, that HTTP status.
+    """
+    try:
+        result = await call
+    except AcmeProblem as problem:
+        assert problem.code in codes, (
+            f"expected {' or '.join(codes)}, got {problem.code} (HTTP {problem.status}): "
+            f"{problem}")
+        if status is not None:
+            allowed = (status,) if isinstance(status, int) else status
+            assert problem.status in allowed, (
+                f"{problem.code} came with HTTP {problem.status}, expected "
+                f"{' or '.join(map(str, allowed))}")
+        return problem
+    raise AssertionError(f"expected the CA to refuse with {' or '.join(codes)}, got {result!r}")
+
+
+async def assert_cert_status(
+    wec: ChainContext, serial: str, status: str, reason: int | None = None
+) -> None:
+    """Pebble's own view of a certificate (management ``cert-status-by-serial``): ``Valid`` or
+    ``Revoked`` with *reason*. Nothing to check when the CA is not Pebble."""
+    if wec.pebble is None:
+        return
+    got = await wec.pebble.cert_status(serial)
+    assert got.get("Status") == status, f"serial {serial}: {got.get('Status')}, not {status}"
+    if status == "Revoked" and reason is not None:
+        assert got.get("Reason") == reason, f"serial {serial}: reason {got.get('Reason')}"
+
+
+def expects_authz_reuse(wec: ChainContext) -> bool:
+    """True against the embedded Pebble with PEBBLE_AUTHZREUSE=100 (its default here): a
+    valid authorization of the account is then always reused by a new order."""
+    if not wec.info.get("embedded"):
+        return False
+    from pytest_wec.stack._pebble import PEBBLE_DEFAULT_ENV
+
+    return os.environ.get("PEBBLE_AUTHZREUSE", PEBBLE_DEFAULT_ENV["PEBBLE_AUTHZREUSE"]) == "100"
+
+
+def authorization_identifier(authz: Any) -> str:
+    """The name a new order must carry to get *authz* again: its identifier's value, with
+    ``*.`` put back when the authorization is for a wildcard (§7.1.4)."""
+    value: str = authz.identifier.value
+    return f"*.{value}" if authz.wildcard else value
+
+
+def challenge_for(names: Iterable[str], default: str) -> str:
+    """A challenge type that can validate every name: dns-01 for wildcards (the only type
+    Pebble and Let's Encrypt offer for them), never dns-01 for IP addresses (RFC 8738 §7)."""
+    names = list(names)
+    if any(n.startswith("*.") for n in names):
+        return "dns-01"
+    if default == "dns-01" and any(_is_ip(n) for n in names):
+        return "http-01"
+    return default
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def embedded_pebble_deviates(wec: ChainContext, deviates: bool, what: str) -> None:
+    """Mark the running test xfail when the embedded Pebble shows a known departure from the
+    RFC (*what* says which); against any other CA the caller's assertion decides.
+
+    Integration-only variants only: it raises pytest's own outcome.
+    """
+    if deviates and wec.info.get("embedded"):
+        pytest.xfail(f"embedded Pebble: {what}")
+
+
+class RfcDeviation(UserWarning):
+    """The CA answered in a way the RFC allows against a SHOULD, or that every well-known CA
+    shares (e.g. 403 where §7.3.6 says 401): worth seeing, not worth failing."""
+
+
+def warn_deviation(wec: ChainContext, what: str) -> None:
+    """Report *what* as an :class:`RfcDeviation` warning when run once (load mode counts
+    results, it does not print)."""
+    if wec.mode != "load":
+        warnings.warn(RfcDeviation(what), stacklevel=2)

@@ -32,6 +32,8 @@ __all__ = ["LoadPlan", "LoadRunner", "run_chain", "split_int"]
 ChainFn = Callable[[ChainContext], Awaitable[None]]
 #: open model without --wec-load: the cap on chains in flight per worker
 DEFAULT_OPEN_CAP = 10_000
+#: open model: the longest step (seconds) over which the target rate counts as constant
+OPEN_TICK = 0.05
 
 
 def split_int(total: int, index: int, n: int) -> int:
@@ -175,9 +177,12 @@ class LoadRunner:
         return time.monotonic() - self.t_start
 
     def current_target(self) -> float:
+        return self._target_at(self.elapsed())
+
+    def _target_at(self, elapsed: float) -> float:
         if self.target_override is not None:
             return self.target_override
-        return self.plan.target(self.elapsed())
+        return self.plan.target(elapsed)
 
     async def _one(self, name: str, scheduled: float | None) -> None:
         self.in_flight += 1
@@ -225,7 +230,7 @@ class LoadRunner:
 
         async def user() -> None:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                if self.in_flight > self.current_target():
+                if self.in_flight >= self.current_target():
                     return
                 name = self.choose()
                 if name is None:
@@ -248,38 +253,44 @@ class LoadRunner:
                 break
 
     async def _open(self, deadline: float) -> None:
-        """Open model: starts on schedule at the target rate; over the cap is a drop."""
+        """Open model: starts on schedule at the target rate; over the cap is a drop.
+
+        The schedule integrates the target rate in steps of at most ``OPEN_TICK`` seconds, so
+        that ramps are followed and a stage at rate 0 starts nothing; the workers' phases
+        are spread over one interval.
+        """
         cap = self.plan.cap()
         wall0 = time.time()
         mono0 = self.t_start
-        # spread the workers' phases over one interval
-        rate0 = max(self.current_target(), 1e-9)
-        next_at = mono0 + (self.plan.index / self.plan.workers) / rate0
+        at = mono0
+        owed = 1.0 - self.plan.index / self.plan.workers  # 1.0: a start is due at *at*
         while not self._stop.is_set():
-            if next_at >= deadline:
+            rate = self._target_at(at - mono0)
+            due = rate > 0 and (1.0 - owed) / rate <= OPEN_TICK
+            if due:
+                at += max(1.0 - owed, 0.0) / rate
+                owed = 0.0
+            else:
+                at += OPEN_TICK
+                owed += max(rate, 0.0) * OPEN_TICK
+            if at >= deadline:
                 break
-            delay = next_at - time.monotonic()
+            delay = at - time.monotonic()
             if delay > 0 and await self._wait(delay):
                 break
-            now = time.monotonic()
-            scheduled_wall = wall0 + (next_at - mono0)
+            if not due:
+                continue
             if len(self.lags) < 200_000:
-                self.lags.append(now - next_at)
+                self.lags.append(time.monotonic() - at)
             if self.in_flight >= cap:
                 self.dropped += 1
                 self.on_drop(1)
-            else:
-                name = self.choose()
-                if name is None:
-                    self.nothing_to_run += 1
-                else:
-                    self._spawn(name, scheduled_wall)
-            rate = self.current_target()
-            if rate <= 0:
-                # a stage at rate 0: look again shortly
-                next_at = max(next_at, time.monotonic()) + 0.05
                 continue
-            next_at += 1.0 / rate
+            name = self.choose()
+            if name is None:
+                self.nothing_to_run += 1
+            else:
+                self._spawn(name, wall0 + (at - mono0))
 
     async def _drain(self) -> None:
         """Let chains in flight finish within the grace, then cancel them."""

@@ -51,7 +51,8 @@ def test_stack_starts_and_stops_everything(tmp_path: Path) -> None:
 
 
 def test_missing_binary_names_it_and_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(StackError, match=r"^pebble-nope: not found; install it with") as ei:
+    with pytest.raises(StackError, match=r"^pebble-nope: not found; install it with: sudo "
+                       r"apt-get install pebble") as ei:
         find_binary("pebble", "pebble-nope")
     assert ei.value is not None
     with pytest.raises(StackError,

@@ -49,7 +49,7 @@ def find_binary(name: str, given: str | None = None) -> str:
     candidate = given or name
     path = shutil.which(candidate)
     if path is None:
-        hint = INSTALL_HINTS.get(Path(candidate).name, "")
+        hint = INSTALL_HINTS.get(name, "")
         how = f"; install it with: {hint}" if hint else ""
         raise StackError(f"{candidate}: not found{' on PATH' if given is None else ''}{how}")
     return path

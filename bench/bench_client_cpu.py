@@ -1,0 +1,177 @@
+"""Generator CPU per issued certificate and per request, ours against certbot's ``acme``.
+
+    .venv/bin/python bench/bench_client_cpu.py [--quick] [--certs N] [--concurrency C]
+
+Both clients run the same flow against the same embedded Pebble 2.4 (a fresh one per
+measurement, started by ``pytest_wec.stack.Stack``): newAccount with a new ES256 key,
+newOrder for one random name, the http-01 answer written to the challenge server's Redis
+store, answer the challenge, poll, finalize with a new P-256 CSR, poll, download.
+
+    ours       AcmeNetwork/AcmeClient on AiohttpTransport, C concurrent tasks on one event
+               loop, challenges through RedisPublisher (async)
+    certbot    acme.client.ClientV2/ClientNetwork (requests, josepy), C threads in one
+               process, challenges through a synchronous Redis client, same keys
+
+CPU is ``time.process_time()`` of this process (all its threads), between the start and the
+end of the measured certificates; Pebble, Redis and the challenge server run in their own
+processes and are not counted. A warm-up round (one certificate per task or thread) opens
+the connections first. Prints CPU ms per certificate and per HTTP request for both, and
+ours/certbot ratios; targets: ours <= 1/5 of certbot per certificate, <= 0.3 ms per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    CertbotIssuer,
+    fresh_stack,
+    issue_ours,
+    log,
+    machine,
+    our_network,
+    sync_redis,
+    table,
+)
+
+from pytest_wec.challenges import RedisPublisher
+
+TARGET_RATIO = 5.0
+TARGET_REQUEST_MS = 0.3
+
+
+def measure_ours(certs: int, concurrency: int) -> dict[str, Any]:
+    with fresh_stack() as stack:
+        info = stack.info
+
+        async def run() -> dict[str, Any]:
+            results: list[Any] = []
+            net = our_network(info["directory"], info["ca_bundle"])
+            pub = RedisPublisher(info["redis_url"], info["namespace"])
+            acme = net.client("bench", "1", results.append)
+            try:
+                await asyncio.gather(*(issue_ours(acme, pub) for _ in range(concurrency)))
+                left = [certs]
+                errors: list[str] = []
+
+                async def task() -> None:
+                    while left[0] > 0:
+                        left[0] -= 1
+                        try:
+                            await issue_ours(acme, pub)
+                        except Exception as exc:  # counted, reported
+                            errors.append(f"{type(exc).__name__}: {exc}")
+
+                results.clear()
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                await asyncio.gather(*(task() for _ in range(concurrency)))
+                cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+                return {"certs": certs - len(errors), "errors": errors, "cpu": cpu,
+                        "wall": wall, "requests": len(results)}
+            finally:
+                await pub.aclose()
+                await net.aclose()
+
+        return asyncio.run(run())
+
+
+def measure_certbot(certs: int, concurrency: int) -> dict[str, Any]:
+    with fresh_stack() as stack:
+        info = stack.info
+        redis = sync_redis(info["redis_url"])
+        issuers = [CertbotIssuer(info["directory"], info["ca_bundle"], redis, info["namespace"])
+                   for _ in range(concurrency)]
+        lock = threading.Lock()
+        left = [certs]
+        errors: list[str] = []
+
+        def warm(issuer: CertbotIssuer) -> None:
+            issuer.issue()
+
+        def worker(issuer: CertbotIssuer) -> None:
+            while True:
+                with lock:
+                    if left[0] <= 0:
+                        return
+                    left[0] -= 1
+                try:
+                    issuer.issue()
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+
+        def run_all(fn: Any) -> None:
+            threads = [threading.Thread(target=fn, args=(i,)) for i in issuers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        run_all(warm)
+        sent0 = CertbotIssuer.requests_sent()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        run_all(worker)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        requests = CertbotIssuer.requests_sent() - sent0 - 1
+        redis.close()
+        return {"certs": certs - len(errors), "errors": errors, "cpu": cpu, "wall": wall,
+                "requests": requests}
+
+
+def row(name: str, runs: list[dict[str, Any]]) -> tuple[list[object], float, float]:
+    per_cert = statistics.median(r["cpu"] / max(r["certs"], 1) * 1000 for r in runs)
+    per_req = statistics.median(r["cpu"] / max(r["requests"], 1) * 1000 for r in runs)
+    certs = sum(r["certs"] for r in runs)
+    reqs = sum(r["requests"] for r in runs)
+    errs = sum(len(r["errors"]) for r in runs)
+    rate = statistics.median(r["certs"] / r["wall"] for r in runs)
+    return ([name, certs, errs, reqs / max(certs, 1), per_cert, per_req, rate],
+            per_cert, per_req)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer certificates, one round")
+    ap.add_argument("--certs", type=int, help="certificates per measurement")
+    ap.add_argument("--concurrency", type=int, default=8, help="tasks / threads (default 8)")
+    ap.add_argument("--rounds", type=int, help="measurements per client (median kept)")
+    args = ap.parse_args(argv)
+    certs = args.certs or (40 if args.quick else 150)
+    rounds = args.rounds or (1 if args.quick else 3)
+    print(f"bench_client_cpu: {certs} certificates x {rounds} rounds per client, "
+          f"{args.concurrency} concurrent; {machine()}")
+    ours: list[dict[str, Any]] = []
+    base: list[dict[str, Any]] = []
+    for r in range(rounds):  # interleaved, so that a noisy minute hits both
+        log(f"round {r + 1}: ours")
+        ours.append(measure_ours(certs, args.concurrency))
+        log(f"round {r + 1}: certbot acme")
+        base.append(measure_certbot(certs, args.concurrency))
+    row_o, cert_o, req_o = row("ours (aiohttp, asyncio)", ours)
+    row_b, cert_b, req_b = row("certbot acme (threads)", base)
+    print(table(["client", "certs", "errors", "req/cert", "CPU ms/cert", "CPU ms/req",
+                 "certs/s wall"], [row_o, row_b]))
+    for runs in (ours, base):
+        for r in runs:
+            for e in r["errors"][:3]:
+                print(f"  error: {e}")
+    ratio = cert_b / cert_o
+    print(f"CPU per certificate: certbot/ours = {ratio:.1f}x "
+          f"(target >= {TARGET_RATIO:g}x: {'met' if ratio >= TARGET_RATIO else 'MISSED'})")
+    print(f"CPU per request, ours: {req_o:.3f} ms, certbot/ours = {req_b / req_o:.1f}x "
+          f"(target <= {TARGET_REQUEST_MS} ms: "
+          f"{'met' if req_o <= TARGET_REQUEST_MS else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
