@@ -351,6 +351,11 @@ class ChainContext:
         acc = await self.db(self.store.get_account, row.account_id)
         return self._account_from_row(acc)
 
+    async def mark_accounts_dead(self) -> None:
+        """The CA no longer knows the stored accounts this chain used: mark them dead."""
+        for row_id in self._account_ids.values():
+            await self.db(self.store.mark_account_status, row_id, "dead")
+
     # -- end -----------------------------------------------------------------------------
     async def finish(self) -> None:
         """Release every claim this chain run holds."""

@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import secrets
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,11 @@ class WecController:
         self._run_dir: Path | None = None
         self.stack: Any = None  # pytest_wec.stack.Stack, imported lazily
         self.stack_error: str | None = None
+        self._old_sigterm: Any = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # SIGTERM ends the run as Ctrl-C does: outputs complete, the stack stopped
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         self.load: Any = None  # pytest_wec.loadsession.LoadSession in a load run
         self.summary: dict[str, Any] | None = None
         self._store: Any = None
@@ -210,6 +217,9 @@ class WecController:
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
         if self.load is not None:
             self.load.finish(timeout=5)
         if self._store is not None:
@@ -227,6 +237,10 @@ class WecController:
             tr.write_line(f"wec: summary      {self.load.summary_path}")
         elif self.stack is not None:
             tr.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _xdist_active(config: pytest.Config) -> bool:

@@ -117,6 +117,12 @@ async def run_chain(
         outcome, error = "cancelled", "cancelled at the end of the grace period"
     except Exception as exc:
         outcome, error = "failed", _error_text(exc)
+        if getattr(exc, "code", None) == "accountDoesNotExist":
+            # the CA lost the account (e.g. it restarted): no chain may take it again
+            try:
+                await ctx.mark_accounts_dead()
+            except Exception:
+                log.debug("marking accounts of %s dead failed", ctx.chain_id, exc_info=True)
     finally:
         try:
             await asyncio.shield(ctx.finish())

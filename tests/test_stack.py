@@ -97,3 +97,12 @@ def test_missing_pebble_under_xdist_is_a_usage_error(pytester: pytest.Pytester) 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: wec stack: /nonexistent/pebble: not found*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_unwritable_out_dir_is_a_clear_error_before_the_run(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--pyargs", "chains", "--wec-load", "1",
+                                           "--wec-duration", "5s", "--wec-out",
+                                           "/proc/wec-cannot-be-here", "-p", "no:xdist")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --wec-out: cannot write to /proc/wec-cannot-be-here*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
