@@ -92,13 +92,17 @@ def assert_ip_san(cert: x509.Certificate, ip: str) -> None:
 
 
 async def expect_problem(
-    call: Awaitable[Any], *codes: str, status: int | tuple[int, ...] | None = None
+    wec: ChainContext, call: Awaitable[Any], *codes: str,
+    status: int | tuple[int, ...] | None = None,
 ) -> AcmeProblem:
     """Await *call*, which must fail with a problem document (RFC 8555 §6.7) of one of
     *codes* (short names such as ``accountDoesNotExist``) and, when given, that HTTP status.
+
+    The refusal is what the chain asked for: its request counts as ok in the results.
     """
     try:
-        result = await call
+        with wec.expecting(*codes):
+            result = await call
     except AcmeProblem as problem:
         assert problem.code in codes, (
             f"expected {' or '.join(codes)}, got {problem.code} (HTTP {problem.status}): "

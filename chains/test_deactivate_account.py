@@ -25,7 +25,7 @@ REFUSED = (401, 403)
 
 
 async def _refused(wec: ChainContext, call: Awaitable[Any]) -> None:
-    problem = await expect_problem(call, "unauthorized", status=REFUSED)
+    problem = await expect_problem(wec, call, "unauthorized", status=REFUSED)
     if problem.status != 401:
         warn_deviation(wec, f"a deactivated account's request got HTTP {problem.status}; "
                             f"RFC 8555 §7.3.6 says 401")

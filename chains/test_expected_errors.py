@@ -41,6 +41,7 @@ from pytest_wec.acme import (
 async def test_unknown_account(wec: ChainContext) -> None:
     """newAccount with ``onlyReturnExisting`` for a key the CA never saw (§7.3.1)."""
     await expect_problem(
+        wec,
         wec.client.new_account(wec.new_key(), only_return_existing=True), "accountDoesNotExist"
     )
 
@@ -50,7 +51,7 @@ async def test_unknown_kid(wec: ChainContext) -> None:
     """A JWS whose ``kid`` is no account URL of the CA's (§6.2, §6.7)."""
     account = await wec.take_account()
     ghost = Account(url=account.url.rstrip("/") + "0nosuchaccount", key=account.key)
-    await expect_problem(wec.client.fetch_account(ghost), "accountDoesNotExist")
+    await expect_problem(wec, wec.client.fetch_account(ghost), "accountDoesNotExist")
 
 
 @pytest.mark.parametrize("challenge", ["http-01", "dns-01", "tls-alpn-01"])
@@ -86,7 +87,8 @@ async def test_finalize_before_ready(wec: ChainContext) -> None:
     order = await wec.order(account, names)
     assert order.status == "pending"
     csr = make_csr(names, generate_cert_key(wec.settings.cert_key))
-    await expect_problem(wec.client.finalize(account, order, csr), "orderNotReady", status=403)
+    await expect_problem(wec, wec.client.finalize(account, order, csr), "orderNotReady",
+                         status=403)
 
 
 async def _ready_order(wec: ChainContext, names: list[str]) -> tuple[Account, Order]:
@@ -106,6 +108,7 @@ async def test_csr_names_differ(wec: ChainContext, mismatch: str) -> None:
     account, order = await _ready_order(wec, ordered)
     csr = make_csr(in_csr, generate_cert_key(wec.settings.cert_key))
     problem = await expect_problem(
+        wec,
         wec.client.finalize(account, order, csr), "badCSR", "unauthorized"
     )
     if problem.code != "badCSR":
@@ -118,6 +121,7 @@ async def test_csr_with_account_key(wec: ChainContext) -> None:
     names = wec.random_names(1)
     account, order = await _ready_order(wec, names)
     await expect_problem(
+        wec,
         wec.client.finalize(account, order, make_csr(names, account.key)), "badCSR"
     )
 

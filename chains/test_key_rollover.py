@@ -1,9 +1,9 @@
 """key_rollover: an account's key changed through keyChange (RFC 8555 §7.3.5).
 
-The account is claimed exclusively, so no other chain signs with it meanwhile. The outer JWS
-is signed by the old key, the inner one by the new key. Afterwards the new key finds the
-account and signs for it, the old key finds nothing (``onlyReturnExisting``, §7.3.1:
-accountDoesNotExist), and the state DB holds the new key.
+The account is fresh (load) or claimed exclusively (variants), so no other chain signs with
+it meanwhile. The outer JWS is signed by the old key, the inner one by the new key.
+Afterwards the new key finds the account and signs for it, the old key finds nothing
+(``onlyReturnExisting``, §7.3.1: accountDoesNotExist), and the state DB holds the new key.
 """
 
 from __future__ import annotations
@@ -24,14 +24,25 @@ async def _roll(wec: ChainContext) -> tuple[Account, Account]:
     return account, rolled
 
 
-@chain("key_rollover", needs={"account"})
+@chain("key_rollover", produces={"account"})
 async def test_key_rollover(wec: ChainContext) -> None:
-    old, rolled = await _roll(wec)
+    """Rolls a fresh account's key, then stores the account with its new key.
+
+    Under load, chains share pooled accounts without claims; rolling a pooled account's key
+    would make chains signing with it at that moment fail. A fresh account, stored only
+    once rolled over, cannot be in anyone else's hands.
+    """
+    old = await wec.new_account(store=False)
+    new_key = wec.new_key()
+    rolled = await wec.client.key_change(old, new_key)
+    assert rolled.url == old.url and rolled.key == new_key
+    await wec.remember(rolled)
     fetched = await wec.client.fetch_account(rolled)
     assert fetched.body.get("status") == "valid", fetched.body
     found = await wec.client.new_account(rolled.key, only_return_existing=True)
     assert found.url == rolled.url, "the new key must find the account (§7.3.1)"
     await expect_problem(
+        wec,
         wec.client.new_account(old.key, only_return_existing=True), "accountDoesNotExist"
     )
 

@@ -63,6 +63,7 @@ async def test_revoke_twice(wec: ChainContext) -> None:
     await _revoke_by_account(wec, row, LOAD_REASON)
     account = await wec.account_of(row)
     await expect_problem(
+        wec,
         wec.client.revoke(leaf_der(row.pem_chain), LOAD_REASON, account=account),
         "alreadyRevoked",
     )
@@ -76,6 +77,7 @@ async def test_revoke_unsupported_reason(wec: ChainContext) -> None:
     row = await wec.take_certificate()
     account = await wec.account_of(row)
     await expect_problem(
+        wec,
         wec.client.revoke(leaf_der(row.pem_chain), 7, account=account), "badRevocationReason"
     )
     await assert_cert_status(wec, row.serial, "Valid")
@@ -88,6 +90,7 @@ async def test_revoke_by_unrelated_account(wec: ChainContext) -> None:
     row = await wec.take_certificate()
     stranger = await wec.new_account()
     await expect_problem(
+        wec,
         wec.client.revoke(leaf_der(row.pem_chain), LOAD_REASON, account=stranger),
         "unauthorized",
     )

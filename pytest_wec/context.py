@@ -12,9 +12,11 @@ still lose a race).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,13 +77,34 @@ class ChainContext:
         self.chain_id = chain_id or secrets.token_hex(8)
         self.requests: list[RequestResult] = []
         self.certificates = 0
-        self.client = runtime.network.client(name, self.chain_id, self.requests.append)
+        self._expected: frozenset[str] = frozenset()
+        self.client = runtime.network.client(name, self.chain_id, self._observe)
         self.settings = runtime.settings
         self.directory = runtime.directory
         self.store = runtime.store
         self.publisher = runtime.publisher
         self._account_ids: dict[str, int] = {}
         self._claims: list[tuple[str, int]] = []
+        self._produced_authz: list[tuple[Any, str, str, str, str, Any]] = []
+
+    # -- results ---------------------------------------------------------------------------
+    def _observe(self, result: RequestResult) -> None:
+        problem = result["problem"]
+        if problem and self._expected and problem.rsplit(":", 1)[-1] in self._expected:
+            result["ok"] = True
+            result["error"] = "expected"
+        self.requests.append(result)
+
+    @contextlib.contextmanager
+    def expecting(self, *codes: str) -> Iterator[None]:
+        """Problems of *codes* (e.g. ``accountDoesNotExist``) are what the chain asks for:
+        the requests refused with them count as ok (``error`` says ``expected``)."""
+        before = self._expected
+        self._expected = before | frozenset(codes)
+        try:
+            yield
+        finally:
+            self._expected = before
 
     # -- small helpers -----------------------------------------------------------------
     @property
@@ -129,16 +152,27 @@ class ChainContext:
         return forged.client(self.name, self.chain_id, self.requests.append)
 
     # -- accounts ----------------------------------------------------------------------
-    async def new_account(self, *, key: Any = None, contact: tuple[str, ...] = ()) -> Any:
-        """newAccount with a fresh key (RFC 8555 §7.3); stored in the state DB."""
+    async def new_account(self, *, key: Any = None, contact: tuple[str, ...] = (),
+                          store: bool = True) -> Any:
+        """newAccount with a fresh key (RFC 8555 §7.3); stored in the state DB.
+
+        ``store=False`` keeps the account private to this chain until :meth:`remember` (no
+        other chain can take it meanwhile).
+        """
         key = key or self.new_key()
         account = await self.client.new_account(key, contact=contact, tos_agreed=True)
-        row_id = await self.db(
-            self.store.add_account, self.directory, account.url, key.to_pem(), key.alg,
-            contact=",".join(contact),
+        if store:
+            await self.remember(account, contact=contact)
+        return account
+
+    async def remember(self, account: Any, *, contact: tuple[str, ...] = ()) -> int:
+        """Store *account* (with its current key) in the state DB; returns its row id."""
+        row_id: int = await self.db(
+            self.store.add_account, self.directory, account.url, account.key.to_pem(),
+            account.key.alg, contact=",".join(contact),
         )
         self._account_ids[account.url] = row_id
-        return account
+        return row_id
 
     def account_id(self, account: Any) -> int | None:
         return self._account_ids.get(account.url)
@@ -184,6 +218,7 @@ class ChainContext:
             account = await self.take_account()
             order = await self.order(account, self.random_names(1))
             await self.authorize(account, order, challenge_type)
+            await self._store_produced()
             row = await self.db(claim, self.directory, self.runtime.holder, CLAIM_TTL,
                                 account_id=self.account_id(account),
                                 challenge_type=challenge_type)
@@ -236,11 +271,11 @@ class ChainContext:
                 await unpublish()
             done.append(authz)
             if authz.status == "valid":
-                await self.db(
-                    self.store.add_authorization, self.directory, self.account_id(account),
-                    url, ident.type, ident.value, kind, authz.status,
-                    expires=authz.body.get("expires"),
-                )
+                # stored when this chain ends: until then no other chain may take it (and,
+                # say, deactivate it before this chain's order is finalized)
+                self._produced_authz.append((
+                    self.account_id(account), url, ident.type, ident.value, kind,
+                    authz.body.get("expires")))
         return done
 
     async def publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
@@ -357,8 +392,15 @@ class ChainContext:
             await self.db(self.store.mark_account_status, row_id, "dead")
 
     # -- end -----------------------------------------------------------------------------
+    async def _store_produced(self) -> None:
+        produced, self._produced_authz = self._produced_authz, []
+        for account_id, url, id_type, id_value, kind, expires in produced:
+            await self.db(self.store.add_authorization, self.directory, account_id, url,
+                          id_type, id_value, kind, "valid", expires=expires)
+
     async def finish(self) -> None:
-        """Release every claim this chain run holds."""
+        """Store what this chain produced for others and release every claim it holds."""
+        await self._store_produced()
         for kind, row_id in self._claims:
             await self.db(self.store.release, kind, row_id, self.runtime.holder)
         self._claims.clear()
