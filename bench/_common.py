@@ -232,5 +232,5 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
     data = sorted(values)
-    k = min(max(int(round(p / 100 * (len(data) - 1))), 0), len(data) - 1)
+    k = min(max(round(p / 100 * (len(data) - 1)), 0), len(data) - 1)
     return data[k]

@@ -127,6 +127,51 @@ def measure_certbot(certs: int, concurrency: int) -> dict[str, Any]:
                 "requests": requests}
 
 
+def seq_ours(n: int) -> float:
+    """CPU µs per POST-as-GET of the account, one after another (the per-request floor)."""
+    with fresh_stack() as stack:
+        info = stack.info
+
+        async def run() -> float:
+            results: list[Any] = []
+            net = our_network(info["directory"], info["ca_bundle"])
+            acme = net.client("bench", "1", results.append)
+            from pytest_wec.acme import AccountKey
+
+            account = await acme.new_account(AccountKey.generate("ES256"))
+            for _ in range(50):
+                await acme.fetch_account(account)
+            cpu0 = time.process_time()
+            for _ in range(n):
+                await acme.fetch_account(account)
+            cpu = time.process_time() - cpu0
+            await net.aclose()
+            return cpu / n * 1e6
+
+        return asyncio.run(run())
+
+
+def seq_certbot(n: int) -> float:
+    with fresh_stack() as stack:
+        info = stack.info
+        issuer = CertbotIssuer(info["directory"], info["ca_bundle"], None, info["namespace"])
+        issuer.new_account()
+        from acme import messages
+
+        uri = issuer.account.uri
+
+        def fetch() -> None:
+            resp = issuer.client._post_as_get(uri)
+            messages.Registration.from_json(resp.json())
+
+        for _ in range(50):
+            fetch()
+        cpu0 = time.process_time()
+        for _ in range(n):
+            fetch()
+        return (time.process_time() - cpu0) / n * 1e6
+
+
 def row(name: str, runs: list[dict[str, Any]]) -> tuple[list[object], float, float]:
     per_cert = statistics.median(r["cpu"] / max(r["certs"], 1) * 1000 for r in runs)
     per_req = statistics.median(r["cpu"] / max(r["requests"], 1) * 1000 for r in runs)
@@ -156,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         ours.append(measure_ours(certs, args.concurrency))
         log(f"round {r + 1}: certbot acme")
         base.append(measure_certbot(certs, args.concurrency))
+    log("POST-as-GET loop: ours, certbot acme")
+    seq_n = 300 if args.quick else 1000
+    seq_o, seq_b = seq_ours(seq_n), seq_certbot(seq_n)
     row_o, cert_o, req_o = row("ours (aiohttp, asyncio)", ours)
     row_b, cert_b, req_b = row("certbot acme (threads)", base)
     print(table(["client", "certs", "errors", "req/cert", "CPU ms/cert", "CPU ms/req",
@@ -164,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             for e in r["errors"][:3]:
                 print(f"  error: {e}")
+    print(f"POST-as-GET of the account, {seq_n} one after another (per-request floor):")
+    print(table(["client", "CPU µs/request", "vs ours"],
+                [["ours (aiohttp, asyncio)", seq_o, "1.00x"],
+                 ["certbot acme (requests)", seq_b, f"{seq_b / seq_o:.2f}x"]]))
     ratio = cert_b / cert_o
     print(f"CPU per certificate: certbot/ours = {ratio:.1f}x "
           f"(target >= {TARGET_RATIO:g}x: {'met' if ratio >= TARGET_RATIO else 'MISSED'})")
-    print(f"CPU per request, ours: {req_o:.3f} ms, certbot/ours = {req_b / req_o:.1f}x "
+    print(f"CPU per request, ours: {req_o:.3f} ms in the flow (all its CPU / its requests), "
+          f"{seq_o / 1000:.3f} ms POST-as-GET alone; certbot/ours = {req_b / req_o:.1f}x "
           f"(target <= {TARGET_REQUEST_MS} ms: "
-          f"{'met' if req_o <= TARGET_REQUEST_MS else 'MISSED'})")
+          f"{'met' if max(req_o, seq_o / 1000) <= TARGET_REQUEST_MS else 'MISSED'})")
     return 0
 
 

@@ -15,6 +15,12 @@ Once every listener is bound and Redis answers, stdout gets one line per listene
     listening management 127.0.0.1:40129
     ready
 
+``--redis`` and ``--token`` default to the environment variables ``WEC_REDIS`` and
+``WEC_TOKEN`` (the plugin's own), which keeps a password off the command line.
+
+Several challenge servers (on several hosts) may share one Redis and namespace: each reads
+the same keys on every query, so a challenge published once is answered by all of them.
+
 Exit status: 0 after SIGTERM or SIGINT, 1 when a listener cannot be bound or Redis cannot
 be reached, 2 for a bad argument (one ``challenge_srv: error: ...`` line on stderr).
 """
@@ -27,6 +33,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -119,7 +126,8 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--tlsalpn01", default="127.0.0.1:5001", metavar="ADDRS")
     p.add_argument("--dns01", default="127.0.0.1:8053", metavar="ADDRS")
     p.add_argument("--management", default="127.0.0.1:8055", metavar="ADDR")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
+    p.add_argument("--redis", default=os.environ.get("WEC_REDIS") or "redis://127.0.0.1:6379/0",
+                   metavar="URL", help="default: $WEC_REDIS, else redis://127.0.0.1:6379/0")
     p.add_argument("--namespace", default="default", metavar="NS")
     p.add_argument(
         "--default-ipv4",
@@ -133,7 +141,8 @@ def parse_args(argv: list[str]) -> Config:
         metavar="IP",
         help="AAAA answer for names without an override (default: none)",
     )
-    p.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN")
+    p.add_argument("--token", default=os.environ.get("WEC_TOKEN") or None,
+                   help="require Authorization: Bearer TOKEN (default: $WEC_TOKEN)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ns = p.parse_args(argv)
     addrs = {}

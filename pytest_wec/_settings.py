@@ -5,12 +5,17 @@ Precedence: command line, then environment, then ini file, then the default give
 (the one place defaults live). Resolution happens once, into the frozen :class:`Settings`
 kept in ``config.stash``; a bad value is a :class:`ConfigError` that names its source and
 what is allowed, which the plugin turns into ``pytest.UsageError``.
+
+xdist workers do not resolve: the controller hands them its resolved values as plain data
+(:meth:`Settings.to_plain` through ``workerinput``), since neither the environment nor the
+ini file of the controller's host reaches a worker on another host.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -160,6 +165,18 @@ def _text(text: str) -> str:
     return text
 
 
+def _listen(text: str) -> str:
+    try:
+        ip = ipaddress.ip_address(text.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise ValueError("expected an IP address of this host, such as 127.0.0.1 or "
+                         "10.0.0.5") from None
+    if ip.is_unspecified:
+        raise ValueError("expected one address of this host that the CA and the workers "
+                         "reach, not a wildcard")
+    return str(ip)
+
+
 Stage = tuple[float, float]  # (duration in seconds, target load or rate at its end)
 
 
@@ -186,6 +203,12 @@ def _mix(text: str) -> dict[str, float]:
     from pytest_wec.picker import parse_mix
 
     return parse_mix(text)
+
+
+def _dashboard(text: str) -> tuple[str, int]:
+    from pytest_wec.dashboard import parse_dashboard_addr
+
+    return parse_dashboard_addr(text)
 
 
 def _limits(text: str) -> dict[str, int]:
@@ -252,8 +275,10 @@ OPTIONS: tuple[Option, ...] = (
            "start the embedded stack: auto (when chains run), on, off", "MODE"),
     Option("token", _text, None,
            "token callers of the challenge server's management API must present", "TOKEN"),
-    Option("listen", _text, "127.0.0.1",
-           "address the embedded challenge server binds (the CA must reach it)", "HOST"),
+    Option("listen", _listen, "127.0.0.1",
+           "IP address the whole embedded stack binds (Pebble, redis-server, the challenge "
+           "server and its management API) and puts in the URLs workers get; an address "
+           "other hosts reach lets workers run there (give --wec-token too)", "HOST"),
     # load mode
     Option("load", _positive_int, None,
            "chains in flight across all workers (closed model); with --wec-rate, the cap",
@@ -270,6 +295,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit", _limits, None,
            "hard limits past which producing chains stop, e.g. accounts=1000", "SPEC"),
     Option("log-format", _choice("jsonl", "msgpack"), "jsonl", "results log format", "FMT"),
+    Option("dashboard", _dashboard, None,
+           "serve the live dashboard of a load run on [HOST:]PORT (a bare PORT binds "
+           "127.0.0.1; 0 takes a free port)", "[HOST:]PORT"),
 )
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
@@ -305,6 +333,7 @@ class Settings:
     mix: Mapping[str, float] | None = None
     limit: Mapping[str, int] | None = None
     log_format: str = "jsonl"
+    dashboard: tuple[str, int] | None = None
     #: where each non-default value came from, for the report header
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -320,6 +349,43 @@ class Settings:
     def run_length(self) -> float:
         """Seconds of load: the stages' sum when given, else --wec-duration."""
         return sum(d for d, _ in self.stages) if self.stages else self.duration
+
+    def to_plain(self) -> dict[str, Any]:
+        """Every field as plain data (str, number, bool, None, list, dict), for workers."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif f.name == "stages" and value is not None:
+                value = [[d, t] for d, t in value]
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> Settings:
+        """The inverse of :meth:`to_plain`; fields it lacks keep their defaults."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            try:
+                if f.name in _ENUM_FIELDS:
+                    value = _ENUM_FIELDS[f.name](value)
+                elif f.name == "stages" and value is not None:
+                    value = tuple((float(d), float(t)) for d, t in value)
+                elif isinstance(value, Mapping):
+                    value = dict(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"settings from the controller: {f.name}: {exc}") from None
+            values[f.name] = value
+        return cls(**values)
+
+
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {"account_key": KeyAlg, "stack": StackMode}
 
 
 def resolve(

@@ -1,7 +1,8 @@
 """Controller-side merge of results (runs in the controller only).
 
 Every ``ChainResult`` that reaches the controller goes through :meth:`Aggregator.add`:
-counts and latency histograms per chain, per ACME endpoint and per second of the run; errors
+counts and latency histograms per chain, per ACME endpoint and per second of the run (overall
+and per chain and per endpoint, for the per-second percentile series); errors
 grouped by (chain, endpoint, type) with one example each; certificates issued; starts the
 generator dropped; the generator's own lag and CPU from worker status records.
 
@@ -25,8 +26,8 @@ from pytest_wec._histogram import HIGHEST_US, Histogram, index_range
 if TYPE_CHECKING:
     from pytest_wec.results import ChainResult, RequestResult
 
-__all__ = ["HIGHEST_US", "Aggregator", "ChainStats", "EndpointStats", "Histogram", "SecondStats",
-           "index_range", "short_error_type"]
+__all__ = ["HIGHEST_US", "Aggregator", "ChainStats", "EndpointStats", "Histogram",
+           "NameSecondStats", "SecondStats", "index_range", "short_error_type"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,19 @@ class SecondStats(_Stats):
         self.request_latency = Histogram()
 
 
+class NameSecondStats(_Stats):
+    """One chain's or one endpoint's second, by completion time."""
+
+    __slots__ = ("count", "failed", "latency")
+
+    def __init__(self) -> None:
+        self.count = self.failed = 0
+        self.latency = Histogram()
+
+
+Series = dict[str, dict[int, NameSecondStats]]  # name -> second -> stats
+
+
 class Aggregator:
     """Merges ChainResults; ``started`` (epoch s) is second 0 of the per-second series.
 
@@ -99,6 +113,8 @@ class Aggregator:
         self.chains: dict[str, ChainStats] = {}
         self.endpoints: dict[str, EndpointStats] = {}
         self.seconds: dict[int, SecondStats] = {}
+        self.chain_seconds: Series = {}
+        self.endpoint_seconds: Series = {}
         self.errors: dict[tuple[str, str | None, str], list[Any]] = {}  # key -> [count, example]
         self.certificates = 0
         self.dropped_starts = 0
@@ -139,21 +155,26 @@ class Aggregator:
             cs.latency.record(us)
             cs.from_scheduled.record(us + lag_us)
             rel = end - self.started
-            sec = self._second(int(rel) if rel > 0 else 0)
+            s = int(rel) if rel > 0 else 0
+            sec = self._second(s)
             sec.chains += 1
             sec.chain_latency.record(us)
+            ns = _name_second(self.chain_seconds, name, s)
+            ns.count += 1
+            ns.latency.record(us)
             if c["ok"] and outcome == "ok":
                 cs.ok += 1
                 sec.ok += 1
             else:
                 cs.failed += 1
                 sec.failed += 1
+                ns.failed += 1
                 self._chain_error(name, c["error"])
         if c["requests"]:
             self._add_requests(name, c["requests"])
 
     def _add_requests(self, name: str, requests: list[RequestResult]) -> None:
-        endpoints = self.endpoints
+        endpoints, by_ep = self.endpoints, self.endpoint_seconds
         base = self.started
         last_s = -1
         sec = None
@@ -173,11 +194,20 @@ class Aggregator:
                 last_s = s
             sec.requests += 1
             sec.request_latency.record(us)
+            by_s = by_ep.get(ep)
+            if by_s is None:
+                by_s = by_ep[ep] = {}
+            ns = by_s.get(s)
+            if ns is None:
+                ns = by_s[s] = NameSecondStats()
+            ns.count += 1
+            ns.latency.record(us)
             if r["ok"]:
                 es.ok += 1
             else:
                 es.failed += 1
                 sec.requests_failed += 1
+                ns.failed += 1
                 self._request_error(name, r)
 
     def _second(self, s: int) -> SecondStats:
@@ -273,6 +303,11 @@ class Aggregator:
         shift = round(other.started - self.started)
         for s, osec in other.seconds.items():
             self._second(max(s + shift, 0)).merge(osec)
+        for mine, theirs in ((self.chain_seconds, other.chain_seconds),
+                             (self.endpoint_seconds, other.endpoint_seconds)):
+            for name, by_s in theirs.items():
+                for s, ons in by_s.items():
+                    _name_second(mine, name, max(s + shift, 0)).merge(ons)
         for key, (n, example) in other.errors.items():
             entry = self.errors.setdefault(key, [0, example])
             entry[0] += n
@@ -297,6 +332,8 @@ class Aggregator:
             "chains": {n: c.to_row() for n, c in self.chains.items()},
             "endpoints": {n: e.to_row() for n, e in self.endpoints.items()},
             "seconds": [[s, *x.to_row()] for s, x in sorted(self.seconds.items())],
+            "chain_seconds": _series_rows(self.chain_seconds),
+            "endpoint_seconds": _series_rows(self.endpoint_seconds),
             "errors": sorted(([c, e, t, n, ex] for (c, e, t), (n, ex) in self.errors.items()),
                              key=lambda row: (row[0], row[1] or "", row[2])),
             "certificates": self.certificates,
@@ -324,6 +361,11 @@ class Aggregator:
         for s, *row in d["seconds"]:
             agg.seconds[int(s)] = sec = SecondStats()
             sec.load_row(row)
+        for attr in ("chain_seconds", "endpoint_seconds"):
+            series: Series = getattr(agg, attr)
+            for name, rows in d.get(attr, {}).items():
+                for s, *row in rows:
+                    _name_second(series, name, int(s)).load_row(row)
         for chain, endpoint, kind, n, example in d["errors"]:
             agg.errors[(chain, endpoint, kind)] = [n, example]
         agg.certificates = int(d["certificates"])
@@ -336,6 +378,21 @@ class Aggregator:
         agg.max_loop_lag_ms = float(d["max_loop_lag_ms"])
         agg.first_start, agg.last_end = d["first_start"], d["last_end"]
         return agg
+
+
+def _name_second(series: Series, name: str, s: int) -> NameSecondStats:
+    by_s = series.get(name)
+    if by_s is None:
+        by_s = series[name] = {}
+    ns = by_s.get(s)
+    if ns is None:
+        ns = by_s[s] = NameSecondStats()
+    return ns
+
+
+def _series_rows(series: Series) -> dict[str, list[list[Any]]]:
+    return {name: [[s, *x.to_row()] for s, x in sorted(by_s.items())]
+            for name, by_s in series.items()}
 
 
 def short_error_type(kind: str) -> str:

@@ -4,7 +4,8 @@
     wec stack [OPTIONS]           start the embedded stack in the foreground, print its URLs
     wec challenge-server [...]    the challenge server alone (see --help)
     wec convert SRC DST           results log: JSONL <-> msgpack
-    wec report RESULTS_LOG        rebuild summary.json and benchmark.json from a results log
+    wec report RESULTS_LOG        rebuild summary.json, benchmark.json and report.html from a
+                                  results log
 """
 
 from __future__ import annotations
@@ -21,10 +22,31 @@ USAGE = __doc__ or ""
 
 
 def _run(argv: list[str]) -> int:
+    """``pytest --pyargs chains`` plus *argv*; ends by printing where the report is."""
+    import os
+
     import pytest
 
-    args = ["--pyargs", "chains", "-p", "no:cacheprovider", *argv]
-    return int(pytest.main(args))
+    from pytest_wec.controller import new_run_id
+
+    out: str | None = None
+    for i, a in enumerate(argv):
+        if a == "--wec-out" and i + 1 < len(argv):
+            out = argv[i + 1]
+        elif a.startswith("--wec-out="):
+            out = a.split("=", 1)[1]
+    out = out or os.environ.get("WEC_OUT")
+    extra: list[str] = []
+    if out is None:
+        out = str(Path("wec-results") / new_run_id())
+        extra = ["--wec-out", out]
+    code = int(pytest.main(["--pyargs", "chains", "-p", "no:cacheprovider", *extra, *argv]))
+    for name in ("report.html", "summary.json"):
+        path = Path(out) / name
+        if path.exists():
+            print(f"wec: report: {path.resolve()}")
+            break
+    return code
 
 
 def _stack(argv: list[str]) -> int:
@@ -73,6 +95,8 @@ def _stack(argv: list[str]) -> int:
     print(f"Redis namespace:   {info['namespace']}")
     if info["dns"]:
         print(f"challenge DNS:     {info['dns']}")
+    if info["challenge_management"]:
+        print(f"challenge server:  {info['challenge_management']}")
     print("Ctrl-C stops the stack.", flush=True)
     try:
         while not stop.wait(1.0):

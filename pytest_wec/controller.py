@@ -1,8 +1,9 @@
 """The controller: one per run (the xdist controller when ``-n`` is given).
 
-It owns the run directory and the embedded stack, hands the stack's addresses to xdist
-workers through ``workerinput``, prints the effective settings in the report header and
-reports at the end. Workers print nothing.
+It owns the run directory and the embedded stack, hands the stack's addresses, its resolved
+settings and the CA bundle's content to xdist workers through ``workerinput`` (plain data,
+so that workers on other hosts, ``--tx ssh=``/``--tx socket=``, need nothing else), prints
+the effective settings in the report header and reports at the end. Workers print nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +78,36 @@ def args_hold_chains(config: pytest.Config, limit: int = 5000) -> bool:
     return False
 
 
+_CHAIN_DECL = re.compile(rb"^[ \t]*@(?:pytest_wec\.)?chain\(\s*([^\n]*)", re.MULTILINE)
+_LITERAL_NAME = re.compile(rb"""^\s*(?:name\s*=\s*)?(["'])([^"'\\\n]+)\1""")
+
+
+def chain_names_of_args(config: pytest.Config, limit: int = 5000) -> set[str] | None:
+    """The chain names declared in the files pytest was pointed at (a cheap text scan);
+    None when unsure: no declaration found, one without a literal name, too many files."""
+    names: set[str] = set()
+    seen = 0
+    for path in _paths_of_args(config):
+        files = [path] if path.is_file() else (path.rglob("*.py") if path.is_dir() else [])
+        for f in files:
+            seen += 1
+            if seen > limit:
+                return None
+            if any(part.startswith(".") or part in ("node_modules", "__pycache__")
+                   for part in f.parts[-4:]):
+                continue
+            try:
+                text = f.read_bytes()
+            except OSError:
+                continue
+            for decl in _CHAIN_DECL.finditer(text):
+                literal = _LITERAL_NAME.match(decl.group(1))
+                if literal is None:
+                    return None
+                names.add(literal.group(2).decode(errors="replace"))
+    return names or None
+
+
 class WecController:
     """The run's state on the controller process."""
 
@@ -93,6 +124,7 @@ class WecController:
             # SIGTERM ends the run as Ctrl-C does: outputs complete, the stack stopped
             self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         self.load: Any = None  # pytest_wec.loadsession.LoadSession in a load run
+        self.dashboard: Any = None  # pytest_wec.dashboard.Dashboard with --wec-dashboard
         self.summary: dict[str, Any] | None = None
         self._store: Any = None
 
@@ -101,7 +133,8 @@ class WecController:
     def run_dir(self) -> Path:
         if self._run_dir is None:
             if self.settings.out:
-                d = Path(self.settings.out)
+                # absolute: workers on other hosts run in another directory
+                d = Path(self.config.invocation_params.dir) / self.settings.out
             else:
                 d = Path(self.config.invocation_params.dir) / "wec-results" / self.run_id
             try:
@@ -154,6 +187,27 @@ class WecController:
         given = ", ".join(f"{k} from {v}" for k, v in sorted(s.sources.items()))
         if given:
             lines.append(f"wec: settings given: {given}")
+        lines += self._listen_warnings()
+        return lines
+
+    def _listen_warnings(self) -> list[str]:
+        from pytest_wec.stack._procs import is_loopback
+
+        s = self.settings
+        if s.stack is StackMode.OFF or not self.wants_stack():
+            return []
+        embedded = s.directory is None or s.redis is None or s.challtestsrv is None
+        remote = [t for t in _tx_specs(self.config) if "ssh=" in t or "socket=" in t]
+        lines = []
+        if is_loopback(s.listen):
+            if remote and embedded:
+                lines.append(f"wec: warning: workers on other hosts ({', '.join(remote)}) "
+                             f"cannot reach a stack bound to {s.listen}; give --wec-listen an "
+                             "address of this host they reach")
+        elif s.challtestsrv is None and not s.token:
+            lines.append(f"wec: warning: the challenge server's management API listens on "
+                         f"{s.listen} without --wec-token; whoever reaches it can change "
+                         "its answers")
         return lines
 
     @pytest.hookimpl(tryfirst=True)
@@ -162,6 +216,8 @@ class WecController:
         # fixtures start it on first use, in this same process. A load run always starts
         # it here, with the consumer of the workers' results.
         load = self.settings.load_mode and self.settings.stack is not StackMode.OFF
+        if self.settings.load_mode and self.settings.mix:
+            self._check_mix()
         if load or (_xdist_active(self.config) and self.wants_stack()):
             try:
                 info = self.ensure_stack()
@@ -169,6 +225,19 @@ class WecController:
                 raise pytest.UsageError(f"wec stack: {exc}") from None
             if load:
                 self._start_load(info)
+        if self.settings.dashboard is not None and not load:
+            self._write_line("wec: --wec-dashboard shows load runs (--wec-load, --wec-rate or "
+                             "--wec-stages, with a stack); no dashboard for this run")
+
+    def _check_mix(self) -> None:
+        # Before anything starts; under xdist a worker's collection cannot stop the run.
+        known = chain_names_of_args(self.config)
+        unknown = sorted(set(self.settings.mix or {}) - known) if known is not None else []
+        if unknown:
+            where = self.settings.sources.get("mix", "--wec-mix")
+            raise pytest.UsageError(
+                f"{where}: unknown chain {', '.join(map(repr, unknown))}; "
+                f"chains: {', '.join(sorted(known or ()))}")
 
     def _write_line(self, line: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -179,8 +248,13 @@ class WecController:
         n = getattr(self.config.option, "numprocesses", None)
         if isinstance(n, int) and n > 0:
             return n
-        tx = getattr(self.config.option, "tx", None)
-        return len(tx) if tx else 1
+        if not _xdist_active(self.config):
+            return 1
+        count = 0
+        for spec in _tx_specs(self.config):
+            times, star, _ = spec.partition("*")
+            count += int(times) if star and times.isdigit() else 1
+        return max(count, 1)
 
     def _start_load(self, info: dict[str, Any]) -> None:
         from pytest_wec.loadsession import LoadSession
@@ -199,6 +273,22 @@ class WecController:
         self._write_line(
             f"wec: load run {self.run_id}: {what} for {s.run_length:g}s on "
             f"{self._workers()} worker(s) against {info['directory']}; results in {self.run_dir}")
+        if s.dashboard is not None:
+            self._start_dashboard(*s.dashboard)
+
+    def _start_dashboard(self, host: str, port: int) -> None:
+        from pytest_wec.dashboard import Dashboard, is_loopback
+
+        # reachable from other hosts: only with the token printed in the URL
+        token = None if is_loopback(host) else secrets.token_urlsafe(16)
+        dashboard = Dashboard(self.load, host, port, token=token)
+        try:
+            url = dashboard.start()
+        except OSError as exc:
+            raise pytest.UsageError(f"--wec-dashboard: cannot listen on {host}:{port}: "
+                                    f"{exc.strerror or exc}") from None
+        self.dashboard = dashboard
+        self._write_line(f"wec: dashboard {url}")
 
     def _state_counts(self) -> dict[str, int]:
         if self._store is None:
@@ -209,6 +299,21 @@ class WecController:
         c = self._store.counts(self.stack.info["directory"])
         return {"accounts": c.accounts, "authorizations": c.authorizations,
                 "certificates": c.certificates, "revoked": c.revoked}
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        # A signal to this process alone (kill, CI) does not reach the xdist workers, whose
+        # load would run on until xdist kills them: stop them as the dashboard does.
+        if self.load is not None and self.stack is not None:
+            from pytest_wec.control import ControlWriter
+
+            try:
+                writer = ControlWriter(self.stack.info["redis_url"], self.stack.info["namespace"])
+                try:
+                    writer.stop()
+                finally:
+                    writer.close()
+            except Exception as exc:
+                log.warning("cannot tell the workers to stop: %s", exc)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
@@ -222,6 +327,8 @@ class WecController:
             self._old_sigterm = None
         if self.load is not None:
             self.load.finish(timeout=5)
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self._store is not None:
             self._store.close()
         self.stop_stack()
@@ -235,6 +342,7 @@ class WecController:
             tr.write_line(f"wec: results log  {self.load.log_path}")
             tr.write_line(f"wec: benchmark    {self.load.benchmark_path}")
             tr.write_line(f"wec: summary      {self.load.summary_path}")
+            tr.write_line(f"wec: report       {self.load.report_path}")
         elif self.stack is not None:
             tr.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
 
@@ -243,11 +351,16 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _tx_specs(config: pytest.Config) -> list[str]:
+    return [str(t) for t in getattr(config.option, "tx", None) or ()]
+
+
 def _xdist_active(config: pytest.Config) -> bool:
+    """Whether xdist distributes: ``-n N``, or ``--tx`` with a ``--dist`` mode (xdist's rule;
+    ``--tx`` alone runs nothing remotely)."""
     n = getattr(config.option, "numprocesses", None)
-    tx = getattr(config.option, "tx", None)
     dist = getattr(config.option, "dist", "no")
-    return bool(n) or bool(tx) or (dist not in (None, "no"))
+    return bool(n) or (bool(_tx_specs(config)) and dist not in (None, "no"))
 
 
 class XdistHooks:
@@ -264,3 +377,17 @@ class XdistHooks:
         node.workerinput["wec_stack_error"] = c.stack_error
         node.workerinput["wec_run_dir"] = str(c.run_dir) if c._run_dir is not None else None
         node.workerinput["wec_environ_pid"] = os.getpid()
+        # the controller's resolved settings: env vars and ini do not reach other hosts
+        node.workerinput["wec_settings"] = c.settings.to_plain()
+        node.workerinput["wec_ca_pem"] = _read_text(
+            c.stack.info.get("ca_bundle") if c.stack is not None else c.settings.ca_bundle)
+
+
+def _read_text(path: str | None) -> str | None:
+    """A small PEM file's text, for workers on hosts that do not have the file."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None

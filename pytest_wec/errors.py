@@ -2,12 +2,14 @@
 
     WecError
      ├── ConfigError     a bad option, ini value or environment variable
-     └── StackError      a part of the stack could not start, or is missing
+     ├── StackError      a part of the stack could not start, or is missing
+     ├── BaselineError   no saved run matches a baseline spec, or it cannot be read
+     └── UnreachableError  a worker cannot reach an address it was given
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "StackError", "WecError"]
+__all__ = ["BaselineError", "ConfigError", "StackError", "UnreachableError", "WecError"]
 
 
 class WecError(Exception):
@@ -20,3 +22,11 @@ class ConfigError(WecError):
 
 class StackError(WecError):
     """A stack process is missing, failed to start, or did not become ready."""
+
+
+class BaselineError(WecError):
+    """A baseline to compare with is missing or unreadable; the message lists what exists."""
+
+
+class UnreachableError(WecError):
+    """A worker cannot reach an address it was given; the message names it and what it is."""

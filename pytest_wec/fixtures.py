@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from pytest_wec.errors import StackError
+from pytest_wec.errors import StackError, UnreachableError
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,9 @@ def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
     config = request.config
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        info = workerinput.get("wec_stack")
+        from pytest_wec.worker import stack_info_from
+
+        info = stack_info_from(workerinput)
         if info is None:
             err = workerinput.get("wec_stack_error")
             pytest.fail(
@@ -31,7 +33,7 @@ def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
                 "chains in the paths given); pass --wec-stack=on",
                 pytrace=False,
             )
-        return dict(info)
+        return info
     controller: Any = config.pluginmanager.get_plugin("wec-controller")
     try:
         return dict(controller.ensure_stack())
@@ -49,7 +51,10 @@ async def wec_runtime(
 
     settings = request.config.stash[SETTINGS_KEY]
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    runtime = await WorkerRuntime(settings, wec_stack_info, worker).start()
+    try:
+        runtime = await WorkerRuntime(settings, wec_stack_info, worker).start()
+    except UnreachableError as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield runtime
     finally:
@@ -83,10 +88,12 @@ def stack_info(config: pytest.Config) -> dict[str, Any]:
     """The stack's addresses for code outside fixtures (the load items)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        info = workerinput.get("wec_stack")
+        from pytest_wec.worker import stack_info_from
+
+        info = stack_info_from(workerinput)
         if info is None:
             raise StackError(workerinput.get("wec_stack_error") or
                              "the wec stack was not started for this run")
-        return dict(info)
+        return info
     controller: Any = config.pluginmanager.get_plugin("wec-controller")
     return dict(controller.ensure_stack())

@@ -70,11 +70,15 @@ class WecLoadItem(pytest.Item):
                 loop.run_until_complete(main)
             finally:
                 stopper.restore()
+                if stopper.signal is not None:
+                    # the run ended early: say so, and exit as an interrupted run does
+                    self.session.shouldstop = f"wec: load run stopped by {stopper.signal}"
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     async def _run(self, info: dict[str, Any]) -> None:
+        from pytest_wec.control import ControlReader
         from pytest_wec.picker import ChainSpec, pick
         from pytest_wec.plugin import SETTINGS_KEY
         from pytest_wec.runner import LoadPlan, LoadRunner
@@ -103,10 +107,17 @@ class WecLoadItem(pytest.Item):
                             worker=worker)
         _RUNNERS.append(runner)
 
+        control = ControlReader(info["redis_url"], info["namespace"])
+
         async def background() -> None:
             next_counts = time.monotonic() + COUNTS_EVERY
             while True:
                 await asyncio.sleep(STATUS_EVERY)
+                ctl = await control.read()  # the dashboard's live target and stop
+                if ctl is not None and ctl.target is not None:
+                    runner.target_override = plan.share(ctl.target)
+                if ctl is not None and ctl.stop:
+                    runner.stop()
                 sink.set_status(in_flight=runner.in_flight, target_share=runner.current_target(),
                                 dropped_starts=runner.dropped)
                 if time.monotonic() >= next_counts:
@@ -124,11 +135,20 @@ class WecLoadItem(pytest.Item):
             with contextlib.suppress(asyncio.CancelledError):
                 await bg
             sink.set_status(in_flight=0, dropped_starts=runner.dropped)
+            await control.aclose()
             await sink.aclose()
             await runtime.aclose()
             _RUNNERS.remove(runner)
         self.outcome = {"started": runner.started, "finished": runner.finished,
                         "dropped": runner.dropped, "nothing_to_run": runner.nothing_to_run}
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> Any:
+        from pytest_wec.errors import WecError
+
+        if isinstance(excinfo.value, WecError):  # one line that says it all, no traceback
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"wec-load[{self.index}] ({self.workers} workers)"
@@ -143,25 +163,30 @@ class _StopOnSignal:
     def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[None]) -> None:
         self.loop = loop
         self.hits = 0
-        self.installed: list[int] = []
+        self.signal: str | None = None
+        self.installed: list[tuple[int, Any]] = []
         self.main = main
         for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
             try:
-                loop.add_signal_handler(sig, self._handle)
-                self.installed.append(sig)
+                loop.add_signal_handler(sig, self._handle, sig)
+                self.installed.append((sig, old))
             except (ValueError, RuntimeError, NotImplementedError):
                 pass  # not the main thread: pytest's own handling applies
 
-    def _handle(self) -> None:
+    def _handle(self, sig: int) -> None:
         self.hits += 1
+        self.signal = signal.Signals(sig).name
         for r in _RUNNERS:
             r.stop()
         if self.hits >= 3:
             self.main.cancel()
 
     def restore(self) -> None:
-        for sig in self.installed:
+        for sig, old in self.installed:
             self.loop.remove_signal_handler(sig)
+            if old is not None:
+                signal.signal(sig, old)  # e.g. the controller's own SIGTERM handler
 
 
 def collect_load_items(session: pytest.Session, config: pytest.Config,

@@ -6,9 +6,11 @@
     wec-progress   the live line every 2 s; watches for a saturated generator, a stalled CA
                    and workers that went silent
 
-:meth:`LoadSession.finish` drains what the workers still send, then writes summary.json and
-benchmark.json in the run directory. :func:`rebuild` makes both again from a results log
-alone::
+:meth:`LoadSession.finish` drains what the workers still send, then writes summary.json,
+benchmark.json and report.html in the run directory. :meth:`LoadSession.snapshot` is the live
+view of the dashboard (from any thread), :meth:`~LoadSession.set_target` and
+:meth:`~LoadSession.request_stop` its control (through :mod:`pytest_wec.control`).
+:func:`rebuild` makes the three files again from a results log alone::
 
     wec report RESULTS_LOG [--out DIR]
 """
@@ -29,6 +31,8 @@ from typing import Any
 
 from pytest_wec._settings import Settings
 from pytest_wec.aggregator import Aggregator
+from pytest_wec.control import ControlWriter
+from pytest_wec.liveview import live_view, worker_rows
 from pytest_wec.outputs import (
     build_benchmark_json,
     build_summary,
@@ -36,12 +40,13 @@ from pytest_wec.outputs import (
     format_tables,
     write_json_atomic,
 )
+from pytest_wec.report_html import REPORT_NAME, settings_view, write_report
 from pytest_wec.resultlog import ResultLogError, ResultLogWriter, read_results
 from pytest_wec.results import ChainResult
 from pytest_wec.stream import Batch, Record, ResultSource, WorkerStatus
 
-__all__ = ["BENCHMARK_NAME", "SUMMARY_NAME", "LoadSession", "log_name", "rebuild",
-           "report_main"]
+__all__ = ["BENCHMARK_NAME", "REPORT_NAME", "SUMMARY_NAME", "LoadSession", "log_name",
+           "rebuild", "report_main"]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +104,12 @@ class LoadSession:
         self.log_path = self.run_dir / log_name(settings.log_format)
         self.summary_path = self.run_dir / SUMMARY_NAME
         self.benchmark_path = self.run_dir / BENCHMARK_NAME
+        self.report_path = self.run_dir / REPORT_NAME
         self.stalls: list[dict[str, Any]] = []
         self.saturated: list[dict[str, Any]] = []
         self.workers_lost: list[dict[str, Any]] = []
         self.warnings: list[str] = []
+        self.controls: list[dict[str, Any]] = []  # live changes from the dashboard
         self._started, self._t0 = time.time(), time.monotonic()
         self._agg = Aggregator(self._started)
         self._lock = threading.Lock()  # the aggregator and the watch state below
@@ -117,6 +124,12 @@ class LoadSession:
         self._notices: list[str] = []
         self._closed = False
         self._summary: dict[str, Any] | None = None
+        self._control: ControlWriter | None = None
+        self._target: float | None = None  # set live from the dashboard
+        self._stopping = False
+        self._ended: float | None = None
+        self._state_lock = threading.Lock()
+        self._state_cache: tuple[float, dict[str, int]] = (-1e9, {})
 
     # -- running ---------------------------------------------------------------------------
 
@@ -126,6 +139,11 @@ class LoadSession:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._writer = ResultLogWriter(self.log_path, self.settings.log_format)
         self._source = ResultSource(self.redis_url, self.namespace)
+        self._control = ControlWriter(self.redis_url, self.namespace)
+        try:
+            self._control.reset()
+        except Exception as exc:
+            log.warning("cannot reset the run's control in Redis: %s", exc)
         with self._lock:
             self._started, self._t0 = time.time(), time.monotonic()
             self._agg = Aggregator(self._started)
@@ -299,6 +317,9 @@ class LoadSession:
             elif source is not None:
                 log.warning("the results reader did not stop; summary without a final drain")
             self._closed = True
+            self._ended = ended
+            if self._control is not None:
+                self._control.close()
             lost = source.lost_total if source is not None else 0
             if source is not None and not stuck:
                 source.close()
@@ -319,6 +340,11 @@ class LoadSession:
                 except OSError as exc:
                     log.error("cannot write %s: %s", path, exc)
                     self._write(f"wec: cannot write {path}: {exc.strerror or exc}")
+            try:
+                write_report(self.report_path, summary, settings_view(self.settings))
+            except OSError as exc:
+                log.error("cannot write %s: %s", self.report_path, exc)
+                self._write(f"wec: cannot write {self.report_path}: {exc.strerror or exc}")
             return summary
 
     def _drain(self, source: ResultSource, deadline: float) -> None:
@@ -348,17 +374,88 @@ class LoadSession:
                     "duration_s": max(ended - self._started, 0.0), "directory": self.directory,
                     "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
                     "stages": [[d, t] for d, t in s.stages] if s.stages else None}
-        state: Mapping[str, int] = {}
-        if self.state_counts is not None:
-            try:
-                state = self.state_counts()
-            except Exception as exc:
-                log.warning("cannot count the state DB: %s", exc)
+        state = self._state_now(max_age=0.0)
+        sent: dict[str, int] = {}  # chains each worker delivered, by its own count
+        for st in self._agg.workers.values():
+            sent[st["worker"]] = sent.get(st["worker"], 0) + int(st.get("sent", 0))
         summary = build_summary(self._agg, run_info, state,
-                                {"saturated": list(self.saturated)}, None)
+                                {"saturated": list(self.saturated),
+                                 "sent_by_worker": dict(sorted(sent.items()))}, None)
         summary.update(stalls=list(self.stalls), workers_lost=list(self.workers_lost),
-                       warnings=list(self.warnings))
+                       warnings=list(self.warnings), controls=list(self.controls))
         return summary
+
+    # -- the live view and control (any thread) ------------------------------------------
+
+    def snapshot(self, since: int = 0) -> dict[str, Any]:
+        """The run so far (see :mod:`pytest_wec.liveview`); series from second ``since``."""
+        state = self._state_now()
+        mono = time.monotonic()
+        with self._lock:
+            now = min(time.time(), self._ended) if self._ended is not None else time.time()
+            live = {name: {"in_flight": sum(w.in_flight.values()),
+                           "age_s": round(mono - w.heard, 1),
+                           "state": "silent" if w.lost is not None and not w.lost["recovered"]
+                           else "running" if w.in_flight or not w.ended else "ended"}
+                    for name, w in self._workers.items()}
+            s = self.settings
+            run = {"id": self.run_id, "started": self._started, "directory": self.directory,
+                   "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
+                   "duration_s": s.run_length, "grace_s": s.grace,
+                   "stages": [[d, t] for d, t in s.stages] if s.stages else None}
+            return live_view(self._agg, run=run, now=now, since=since,
+                             in_flight=self._in_flight(), target=self._target_at(now),
+                             workers=worker_rows(self._agg.workers.values(), live), state=state,
+                             stopping=self._stopping, ended=self._summary is not None,
+                             warnings=self.warnings)
+
+    def _target_at(self, now: float) -> float:
+        if self._target is not None:
+            return self._target
+        from pytest_wec.runner import LoadPlan
+
+        return LoadPlan.from_settings(self.settings, 0, 1).total_target(now - self._started)
+
+    def set_target(self, value: float) -> None:
+        """The run's new total target (chains in flight, or starts per second in the open
+        model); workers take their shares within a second. RuntimeError once the run is
+        stopping; Redis errors as raised."""
+        control = self._control
+        if control is None or self._closed or self._stopping:
+            raise RuntimeError("the run is not running")
+        control.set_target(value)
+        with self._lock:
+            self._target = float(value)
+            self.controls.append({"at_s": self._rel(time.monotonic()), "target": float(value)})
+        what = "rate" if self.settings.model == "open" else "load"
+        self._write(f"wec: {what} set to {value:g} from the dashboard")
+
+    def request_stop(self) -> None:
+        """Ends the run as at the end of its duration: no chain starts, chains in flight
+        finish within the grace, outputs are written."""
+        control = self._control
+        if control is None or self._closed:
+            raise RuntimeError("the run is not running")
+        if not self._stopping:
+            control.stop()
+            self._stopping = True
+            with self._lock:
+                self.controls.append({"at_s": self._rel(time.monotonic()), "stop": True})
+            self._write("wec: stop requested from the dashboard; chains in flight finish")
+
+    def _state_now(self, max_age: float = 2.0) -> dict[str, int]:
+        """The state DB's counts, read at most every ``max_age`` seconds."""
+        if self.state_counts is None:
+            return {}
+        with self._state_lock:
+            at, counts = self._state_cache
+            if time.monotonic() - at >= max_age:
+                try:
+                    counts = dict(self.state_counts())
+                except Exception as exc:
+                    log.warning("cannot count the state DB: %s", exc)
+                self._state_cache = (time.monotonic(), counts)
+            return counts
 
     def tables(self) -> str:
         """The terminal tables of the summary; empty before :meth:`finish`."""
@@ -381,7 +478,7 @@ def _scan(path: Path) -> Iterator[tuple[ChainResult, float, float, str]]:
 
 def rebuild(results_log: Path, out_dir: Path, *, model: str | None = None,
             run_id: str | None = None) -> dict[str, Any]:
-    """summary.json and benchmark.json in ``out_dir`` from a results log (either format).
+    """summary.json, benchmark.json and report.html in ``out_dir`` from a results log.
 
     The run's start is the earliest scheduled start, its end the latest chain end, its
     workers the distinct worker ids; what only the live run knew (state counts, stalls,
@@ -414,6 +511,8 @@ def rebuild(results_log: Path, out_dir: Path, *, model: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / SUMMARY_NAME, summary)
     write_json_atomic(out_dir / BENCHMARK_NAME, build_benchmark_json(agg, summary["run"]))
+    write_report(out_dir / REPORT_NAME, summary,
+                 {"rebuilt from": str(results_log), "model": model or "unknown"})
     return summary
 
 
@@ -421,8 +520,8 @@ def report_main(argv: list[str] | None = None) -> int:
     """``wec report RESULTS_LOG [--out DIR]``; 0 on success, 2 on bad input."""
     parser = argparse.ArgumentParser(
         prog="wec report",
-        description="Rebuild summary.json and benchmark.json from a results log (JSON lines "
-                    "or msgpack) and print the tables.")
+        description="Rebuild summary.json, benchmark.json and report.html from a results log "
+                    "(JSON lines or msgpack) and print the tables.")
     parser.add_argument("log", metavar="RESULTS_LOG", help="results log (either format)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="where to write (default: the log's directory; rebuilt/ in it "
@@ -448,4 +547,5 @@ def report_main(argv: list[str] | None = None) -> int:
     print(format_tables(summary), end="")
     print(f"wec report: wrote {out / SUMMARY_NAME}")
     print(f"wec report: wrote {out / BENCHMARK_NAME}")
+    print(f"wec report: wrote {out / REPORT_NAME}")
     return 0

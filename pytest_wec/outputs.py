@@ -1,7 +1,11 @@
 """End-of-run outputs from an :class:`~pytest_wec.aggregator.Aggregator` (controller).
 
 ``build_summary``         summary.json (schema 1): run, totals, chains, endpoints, errors,
-                          state, generator, timeline
+                          state, generator, timeline, timeline_by
+``build_tables``          totals, chains, endpoints and errors alone (also the live view's)
+``timeline``              per second: counts, p50/p95/p99 of chains and of requests
+``timeline_by``           per chain and per endpoint, the seconds each had: counts and
+                          p50/p95/p99, as columns (``t``, ``count``, ``failed``, ``p50``...)
 ``build_benchmark_json``  benchmark.json in pytest-benchmark's saved-run format, so that
                           ``pytest-benchmark compare`` reads runs side by side
 ``format_tables``         the terminal tables printed in ``pytest_terminal_summary``
@@ -18,16 +22,23 @@ import datetime as dt
 import os
 import platform
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from pytest_wec.aggregator import Aggregator, Histogram, index_range, short_error_type
+from pytest_wec.aggregator import (
+    Aggregator,
+    ChainStats,
+    EndpointStats,
+    Histogram,
+    index_range,
+    short_error_type,
+)
 
-__all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "format_progress",
-           "format_tables", "timeline", "write_json_atomic"]
+__all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "format_progress",
+           "format_tables", "timeline", "timeline_by", "write_json_atomic"]
 
 SCHEMA = 1
 _RUN_KEYS = ("id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
@@ -66,7 +77,20 @@ def build_summary(agg: Aggregator, run_info: Mapping[str, Any],
     if run["ended"] is None and agg.last_end is not None:
         run["ended"] = agg.last_end
     run["model"] = str(getattr(run["model"], "value", run["model"]) or "closed")
-    open_model = run["model"] == "open"
+    tables = build_tables(agg, duration, open_model=run["model"] == "open")
+    state = {k: int(state_counts.get(k, 0)) for k in _STATE_KEYS}
+    state.update({k: v for k, v in state_counts.items() if k not in state})
+    gen = agg.generator_stats()
+    gen.update(generator)
+    return {"schema": SCHEMA, "run": run, **tables, "state": state, "generator": gen,
+            "thresholds": list(thresholds or []), "timeline": timeline(agg),
+            "timeline_by": timeline_by(agg)}
+
+
+def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
+                 max_errors: int | None = None) -> dict[str, Any]:
+    """``totals``, ``chains``, ``endpoints``, ``overall`` (all chains, all requests) and
+    ``errors`` (the most frequent first, at most ``max_errors``) over ``duration`` seconds."""
     chains: dict[str, Any] = {}
     for name, cs in sorted(agg.chains.items()):
         entry = _entry(cs.count, cs.ok, cs.failed, cs.latency, duration)
@@ -95,22 +119,33 @@ def build_summary(agg: Aggregator, run_info: Mapping[str, Any],
     errors = [{"chain": c, "endpoint": e, "type": t, "count": n, "example": ex}
               for (c, e, t), (n, ex) in agg.errors.items()]
     errors.sort(key=lambda r: (-r["count"], r["chain"], r["endpoint"] or "", r["type"]))
-    state = {k: int(state_counts.get(k, 0)) for k in _STATE_KEYS}
-    state.update({k: v for k, v in state_counts.items() if k not in state})
-    gen = agg.generator_stats()
-    gen.update(generator)
-    return {"schema": SCHEMA, "run": run, "totals": totals, "chains": chains,
-            "endpoints": endpoints, "errors": errors, "state": state, "generator": gen,
-            "thresholds": list(thresholds or []), "timeline": timeline(agg)}
+    if max_errors is not None:
+        del errors[max_errors:]
+    overall = {"chains": _overall(agg.chains.values(), duration),
+               "requests": _overall(agg.endpoints.values(), duration)}
+    return {"totals": totals, "chains": chains, "endpoints": endpoints, "overall": overall,
+            "errors": errors}
 
 
-def timeline(agg: Aggregator) -> list[dict[str, Any]]:
-    """Per second of the run (by completion): counts and p50/p95/p99 of chains and requests."""
+def _overall(stats: Iterable[ChainStats | EndpointStats], duration: float) -> dict[str, Any]:
+    """One entry over all chains (or all requests), from their merged histograms."""
+    count = ok = failed = 0
+    hist = Histogram()
+    for s in stats:
+        count, ok, failed = count + s.count, ok + s.ok, failed + s.failed
+        hist.add(s.latency)
+    return _entry(count, ok, failed, hist, duration)
+
+
+def timeline(agg: Aggregator, since: int = 0, until: int | None = None) -> list[dict[str, Any]]:
+    """Per second of the run (by completion): counts and p50/p95/p99 of chains and requests;
+    seconds ``since`` up to ``until`` (excluded; default: through the last one)."""
     if not agg.seconds:
         return []
     out = []
     empty = Histogram()
-    for t in range(max(agg.seconds) + 1):
+    end = max(agg.seconds) + 1 if until is None else until
+    for t in range(max(since, 0), end):
         s = agg.seconds.get(t)
         if s is None:
             out.append({"t": t, "chains": 0, "ok": 0, "failed": 0, "requests": 0,
@@ -119,6 +154,31 @@ def timeline(agg: Aggregator) -> list[dict[str, Any]]:
         out.append({"t": t, "chains": s.chains, "ok": s.ok, "failed": s.failed,
                     "requests": s.requests, "requests_failed": s.requests_failed,
                     "chain_ms": _p3(s.chain_latency), "request_ms": _p3(s.request_latency)})
+    return out
+
+
+def timeline_by(agg: Aggregator, since: int = 0,
+                until: int | None = None) -> dict[str, dict[str, dict[str, list[Any]]]]:
+    """Per chain and per endpoint, the seconds (``since`` up to ``until``) in which some
+    ended, as columns: ``t``, ``count``, ``failed``, ``p50``, ``p95``, ``p99`` (ms)."""
+    out: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    for key, series in (("chains", agg.chain_seconds), ("endpoints", agg.endpoint_seconds)):
+        group: dict[str, dict[str, list[Any]]] = {}
+        for name, by_s in sorted(series.items()):
+            cols: dict[str, list[Any]] = {k: [] for k in ("t", "count", "failed", "p50", "p95",
+                                                          "p99")}
+            seconds = sorted(by_s) if until is None else range(max(since, 0), until)
+            for t in seconds:
+                ns = by_s.get(t)
+                if ns is None or t < since:
+                    continue
+                p = _p3(ns.latency)
+                for k, v in (("t", t), ("count", ns.count), ("failed", ns.failed),
+                             ("p50", p["p50"]), ("p95", p["p95"]), ("p99", p["p99"])):
+                    cols[k].append(v)
+            if cols["t"]:
+                group[name] = cols
+        out[key] = group
     return out
 
 

@@ -2,7 +2,9 @@
 
 The run's state lives in one object registered in ``pytest_configure``: the
 :class:`~pytest_wec.controller.WecController` on the controller (or in a run without
-xdist), nothing but settings on an xdist worker.
+xdist), nothing but settings on an xdist worker: the controller's, as it sent them through
+``workerinput`` (a worker on another host sees neither the controller's environment nor its
+ini file).
 """
 
 from __future__ import annotations
@@ -47,7 +49,15 @@ def _resolve(config: pytest.Config) -> Settings:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wec_chain(name, needs, produces): an ACME test chain")
-    settings = _resolve(config)
+    workerinput = getattr(config, "workerinput", None)
+    sent = workerinput.get("wec_settings") if workerinput is not None else None
+    if sent is not None:
+        try:
+            settings = Settings.from_plain(sent)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    else:
+        settings = _resolve(config)
     config.stash[SETTINGS_KEY] = settings
     from pytest_wec import fixtures
 

@@ -3,28 +3,161 @@
 Runs in an xdist worker, or in the controller process itself when xdist is not used. All
 chains of the process share it; each chain run gets a cheap
 :class:`~pytest_wec.context.ChainContext` view of it.
+
+A worker may run on another host (``--tx ssh=...``, ``--tx socket=...``): everything it
+needs comes through ``workerinput`` (:func:`stack_info_from`), and :meth:`WorkerRuntime.start`
+first checks that every address it was given answers a TCP connect, so that an unreachable
+one fails the worker at once with one message naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import ipaddress
 import logging
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 from pytest_wec._settings import Settings
+from pytest_wec.errors import UnreachableError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["WorkerRuntime", "db_url_for"]
+__all__ = ["REACH_TIMEOUT", "Target", "WorkerRuntime", "check_reachable", "db_url_for",
+           "reach_targets", "stack_info_from"]
+
+REACH_TIMEOUT = 3.0  # seconds a worker waits for each address to answer at start
+_DEFAULT_PORTS = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379,
+                  "postgresql": 5432, "postgres": 5432}
 
 
 def db_url_for(settings: Settings, run_dir: str) -> str:
     return settings.db or str(Path(run_dir) / "state.db")
+
+
+def stack_info_from(workerinput: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stack's info as the controller sent it, made usable on this host.
+
+    The CA bundle is a file on the controller's host; where that path does not exist here,
+    its content (sent as ``wec_ca_pem``) is written to a file of this host.
+    """
+    info = workerinput.get("wec_stack")
+    if info is None:
+        return None
+    info = dict(info)
+    ca, pem = info.get("ca_bundle"), workerinput.get("wec_ca_pem")
+    if ca and pem and not os.path.isfile(ca):
+        fd, path = tempfile.mkstemp(prefix="wec-ca-", suffix=".pem")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(pem)
+        atexit.register(_unlink, path)
+        info["ca_bundle"] = path
+    return info
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class Target(NamedTuple):
+    """An address a worker connects to, and what answers there."""
+
+    what: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _target(what: str, url: str) -> Target | None:
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # several hosts (libpq) or a bad port: left to the client
+        return None
+    port = port or _DEFAULT_PORTS.get(parts.scheme.split("+", 1)[0])
+    if not host or port is None:  # a Unix socket
+        return None
+    return Target(what, host, port)
+
+
+def reach_targets(settings: Settings, info: Mapping[str, Any]) -> list[Target]:
+    """Every address this worker will connect to, given the stack's info."""
+    wanted = [("the ACME directory", info.get("directory")),
+              ("Pebble's management API", info.get("pebble_management")),
+              ("the challtestsrv management API", info.get("challtestsrv"))]
+    if settings.load_mode or not info.get("challtestsrv"):  # results or challenges
+        wanted.append(("Redis", info.get("redis_url")))
+    db = settings.db or ""
+    if db.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        wanted.append(("PostgreSQL", db))
+    targets = [_target(what, url) for what, url in wanted if url]
+    return [t for t in targets if t is not None]
+
+
+async def _probe(target: Target, timeout: float) -> str | None:
+    """None when *target* accepts a TCP connection within *timeout*, else why not."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except OSError as exc:
+        if exc.errno:
+            return os.strerror(exc.errno).lower()
+        return str(exc) or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def check_reachable(worker: str, targets: Sequence[Target],
+                          timeout: float = REACH_TIMEOUT) -> None:
+    """Connect to every target at once; an :class:`UnreachableError` naming each that fails.
+
+    ``worker gw1 cannot reach Redis at 10.0.0.5:6379: connection refused``
+    """
+    reasons = await asyncio.gather(*(_probe(t, timeout) for t in targets))
+    failed = [(t, why) for t, why in zip(targets, reasons, strict=True) if why is not None]
+    if not failed:
+        return
+    msg = f"worker {worker} cannot reach " + "; ".join(
+        f"{t.what} at {t}: {why}" for t, why in failed)
+    if any(_loopback(t.host) for t, _ in failed):
+        msg += (" (a loopback address is reached only on the controller's own host; for "
+                "workers on other hosts start the controller with --wec-listen set to an "
+                "address of its host that they reach)")
+    raise UnreachableError(msg)
+
+
+def _check_state_db(worker: str, url: str) -> None:
+    """A SQLite state DB must be a file this host can reach (one host, or a shared FS)."""
+    if "://" in url and not url.startswith("sqlite:///"):
+        return
+    path = url.removeprefix("sqlite:///")
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise UnreachableError(
+            f"worker {worker} cannot open the state DB {path}: its directory does not exist "
+            "on this host (a SQLite state DB is shared only on one host or a shared "
+            "filesystem; give --wec-db postgresql://... when workers run on other hosts)")
 
 
 class WorkerRuntime:
@@ -52,6 +185,8 @@ class WorkerRuntime:
         from pytest_wec.state import make_store
 
         s, info = self.settings, self.info
+        await check_reachable(self.worker_id, reach_targets(s, info))
+        _check_state_db(self.worker_id, db_url_for(s, info["run_dir"]))
         transport: Any
         if s.transport == "httpx":
             ca = info.get("ca_bundle")

@@ -5,7 +5,9 @@
     stack.stop()                                         everything, idempotent
 
 Only what the user did not give by URL is started: ``--wec-redis`` replaces redis-server,
-``--wec-challtestsrv`` the challenge server, ``--wec-directory`` Pebble.
+``--wec-challtestsrv`` the challenge server, ``--wec-directory`` Pebble. What is started binds
+``--wec-listen`` (default 127.0.0.1) only, and the URLs in :class:`StackInfo` name that
+address, so that workers on other hosts reach them when it is not loopback.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import logging
 from pathlib import Path
 from typing import TypedDict
 
+from challenge_srv.store import redact_url
 from pytest_wec._settings import Settings
 from pytest_wec.stack._challsrv import start_challenge_server
 from pytest_wec.stack._pebble import start_pebble
-from pytest_wec.stack._procs import ManagedProcess, find_binary
+from pytest_wec.stack._procs import ManagedProcess, find_binary, is_loopback
 from pytest_wec.stack._redis import start_redis
 
 __all__ = ["Stack", "StackInfo"]
@@ -39,6 +42,8 @@ class StackInfo(TypedDict):
     challtestsrv: str | None  # management API to publish through; None: Redis publisher
     pebble_management: str | None
     dns: str | None  # the challenge server's DNS address, host:port
+    challenge_management: str | None  # the embedded challenge server's management API
+    challenge_ip: str | None  # where the embedded challenge server answers (IP identifiers)
     embedded: bool  # the CA is the embedded Pebble
 
 
@@ -72,11 +77,16 @@ class Stack:
             find_binary("pebble", settings.pebble_bin)
         redis_url = settings.redis
         if redis_url is None:
-            proc, redis_url = start_redis(run_dir)
+            proc, redis_url = start_redis(run_dir, host=settings.listen)
             procs.append(proc)
         challtestsrv = settings.challtestsrv
         http_port, tls_port, dns = 5002, 5001, "127.0.0.1:8053"
+        challenge_mgmt: str | None = None
         if challtestsrv is None:
+            if not is_loopback(settings.listen) and not settings.token:
+                log.warning("the challenge server's management API listens on %s without "
+                            "--wec-token: whoever reaches it can change its answers",
+                            settings.listen)
             proc, srv = start_challenge_server(
                 run_dir, redis_url=redis_url, namespace=run_id, listen=settings.listen,
                 token=settings.token,
@@ -84,13 +94,14 @@ class Stack:
             procs.append(proc)
             http_port, tls_port, dns = srv.port("http01"), srv.port("tlsalpn01"), srv.address(
                 "dns01")
+            challenge_mgmt = srv.management_url
         directory = settings.directory
         ca_bundle = settings.ca_bundle
         pebble_mgmt: str | None = None
         if directory is None:
             proc, pebble = start_pebble(
                 run_dir, http_port=http_port, tls_port=tls_port, dns_server=dns,
-                binary=settings.pebble_bin,
+                host=settings.listen, binary=settings.pebble_bin,
             )
             procs.append(proc)
             directory, ca_bundle, pebble_mgmt = (
@@ -106,9 +117,11 @@ class Stack:
             challtestsrv=challtestsrv,
             pebble_management=pebble_mgmt,
             dns=dns if challtestsrv is None else None,
+            challenge_management=challenge_mgmt,
+            challenge_ip=settings.listen if challtestsrv is None else None,
             embedded=settings.directory is None,
         )
-        log.info("stack up: %s", info)
+        log.info("stack up: %s", {**info, "redis_url": redact_url(redis_url)})
         return cls(info, procs)
 
     def alive(self) -> dict[str, bool]:

@@ -1,16 +1,22 @@
 """The challenge server (``python -m challenge_srv``) as a child process of the stack.
 
 It binds port 0 everywhere and reports ``listening KIND HOST:PORT`` lines, then ``ready``,
-on its stdout; the ports are read from those lines.
+on its stdout; the ports are read from those lines. Every listener, the management API too,
+binds the one address given (``--wec-listen``), and its DNS answers that address for every
+name, so that the CA's validation reaches it. The Redis URL and the token go in the
+environment (``WEC_REDIS``, ``WEC_TOKEN``), not on the command line, which other users of
+the host can read.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import sys
 from pathlib import Path
 
-from pytest_wec.stack._procs import ManagedProcess
+from pytest_wec.stack._procs import ManagedProcess, host_port
 
 __all__ = ["ChallengeServerInfo", "start_challenge_server"]
 
@@ -47,19 +53,23 @@ def start_challenge_server(
     token: str | None = None,
     timeout: float = 15.0,
 ) -> tuple[ManagedProcess, ChallengeServerInfo]:
-    host = f"[{listen}]" if ":" in listen else listen
+    addr = host_port(listen, 0)
+    v6 = ipaddress.ip_address(listen).version == 6
     argv = [
         sys.executable, "-m", "challenge_srv",
-        "--http01", f"{host}:0",
-        "--tlsalpn01", f"{host}:0",
-        "--dns01", f"{host}:0",
-        "--management", "127.0.0.1:0",
-        "--redis", redis_url,
+        "--http01", addr,
+        "--tlsalpn01", addr,
+        "--dns01", addr,
+        "--management", addr,
         "--namespace", namespace,
+        "--default-ipv4", "" if v6 else listen,
+        "--default-ipv6", listen if v6 else "",
     ]
+    env = {**os.environ, "WEC_REDIS": redis_url}
+    env.pop("WEC_TOKEN", None)
     if token:
-        argv += ["--token", token]
-    proc = ManagedProcess("challenge-server", argv, run_dir / "challenge-server.log")
+        env["WEC_TOKEN"] = token
+    proc = ManagedProcess("challenge-server", argv, run_dir / "challenge-server.log", env=env)
     lines = proc.wait_line(lambda line: line.strip() == "ready", timeout, "printing 'ready'")
     listeners: dict[str, tuple[str, int]] = {}
     for line in lines:

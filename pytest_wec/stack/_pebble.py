@@ -2,6 +2,8 @@
 
 The WFE's TLS certificate is issued by a small CA generated here; the CA's certificate
 is written as ``pebble-ca.pem`` in the run directory and used as the client's CA bundle.
+Pebble's ACME and management listeners bind the stack's one address (``--wec-listen``),
+which the certificate names besides loopback, and its DNS is the challenge server's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pytest_wec.stack._procs import ManagedProcess, find_binary, free_port
+from pytest_wec.stack._procs import ManagedProcess, find_binary, free_port, host_port
 
 __all__ = ["PEBBLE_DEFAULT_ENV", "PebbleInfo", "start_pebble", "write_tls_material"]
 
@@ -47,7 +49,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def write_tls_material(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1",
                                                                     "::1")) -> tuple[Path, Path,
                                                                                      Path]:
-    """A CA and a server certificate for *hosts*; returns (ca.pem, cert.pem, key.pem)."""
+    """A CA and a server certificate for *hosts* (IP and DNS SANs; the common name is the
+    first); returns (ca.pem, cert.pem, key.pem)."""
+    hosts = tuple(dict.fromkeys(h.strip("[]") for h in hosts))
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wec test CA")])
@@ -121,19 +125,22 @@ def start_pebble(
     http_port: int,
     tls_port: int,
     dns_server: str,
+    host: str = "127.0.0.1",
     binary: str | None = None,
     environ: Mapping[str, str] | None = None,
     timeout: float = 20.0,
     strict: bool = False,
 ) -> tuple[ManagedProcess, PebbleInfo]:
-    """Start Pebble with its http-01/tls-alpn-01 ports and DNS pointing at our server."""
+    """Start Pebble on *host* with its http-01/tls-alpn-01 ports and DNS pointing at our
+    server."""
     exe = find_binary("pebble", binary)
-    ca, cert, key = write_tls_material(run_dir)
-    acme_port, mgmt_port = free_port(), free_port()
+    ca, cert, key = write_tls_material(run_dir, ("localhost", "127.0.0.1", "::1", host))
+    acme_port, mgmt_port = free_port(host), free_port(host)
+    acme, mgmt = host_port(host, acme_port), host_port(host, mgmt_port)
     config = {
         "pebble": {
-            "listenAddress": f"127.0.0.1:{acme_port}",
-            "managementListenAddress": f"127.0.0.1:{mgmt_port}",
+            "listenAddress": acme,
+            "managementListenAddress": mgmt,
             "certificate": str(cert),
             "privateKey": str(key),
             "httpPort": http_port,
@@ -151,6 +158,6 @@ def start_pebble(
     if strict:
         argv.append("-strict")
     proc = ManagedProcess("pebble", argv, run_dir / "pebble.log", env=env, cwd=run_dir)
-    directory = f"https://127.0.0.1:{acme_port}/dir"
+    directory = f"https://{acme}/dir"
     proc.wait_ready(lambda: _get_ok(directory, ca), timeout, f"GET {directory} answering 200")
-    return proc, PebbleInfo(directory, f"https://127.0.0.1:{mgmt_port}", ca)
+    return proc, PebbleInfo(directory, f"https://{mgmt}", ca)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import shutil
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from pytest_wec.errors import StackError
 
-__all__ = ["INSTALL_HINTS", "ManagedProcess", "find_binary", "free_port", "wait_for_port"]
+__all__ = ["INSTALL_HINTS", "ManagedProcess", "find_binary", "free_port", "host_port",
+           "is_loopback", "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ def find_binary(name: str, given: str | None = None) -> str:
         how = f"; install it with: {hint}" if hint else ""
         raise StackError(f"{candidate}: not found{' on PATH' if given is None else ''}{how}")
     return path
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* (an IP address or ``localhost``) is this host's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

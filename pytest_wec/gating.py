@@ -1,0 +1,437 @@
+"""CI gating: thresholds on a run's results and regressions against a baseline decide the
+exit status (runs in the controller, after the summary is built).
+
+A threshold is ``FUNC[(SELECTOR)] OP NUMBER[UNIT]``::
+
+    p95(endpoint:newOrder) < 500ms      p99(chain:new_certificate) < 3s     p50 < 200ms
+    error_rate < 1%                     error_rate(chain:revoke_certificate) < 0.1%
+    rate(chains) >= 50/s                rate(requests) > 10/s
+    count(certificates_issued) >= 100   count(chain:new_order) >= 10
+    max(endpoint:finalize) < 2s         mean(requests) <= 150ms
+
+    function                        selectors (the default first)                  units
+    p50 p90 p95 p99 p999 min mean   requests chains chain:NAME endpoint:NAME       ms (bare), s
+    max
+    error_rate                      chains requests chain:NAME endpoint:NAME       %, or a
+                                                                                   fraction 0..1
+    rate                            chains requests certificates_issued            /s (bare)
+                                    chain:NAME endpoint:NAME
+    count                           chains requests certificates_issued (any       none
+                                    total) chain:NAME endpoint:NAME
+
+Operators: ``<  <=  >  >=  ==``. Latencies come from the summary's ``latency_ms`` (merged HDR
+histograms; ``requests`` and ``chains`` from its ``overall`` entries); ``error_rate`` is
+failed / completed (chains for a chain, requests for an endpoint); ``rate`` is per second of
+the run. A threshold whose chain or endpoint has no data fails: ``no data for chain:x``.
+
+``--wec-abort-on-fail`` (:func:`can_no_longer_pass`) stops a run only when a threshold cannot
+pass any more whatever the rest of the run does: ``max`` (and ``count``) already above a
+``<``/``<=`` bound, ``min`` already below a ``>``/``>=`` bound, and ``error_rate < X`` after
+:data:`ABORT_MIN_SAMPLE` completions when even if every remaining one succeeded, at twice the
+throughput seen so far plus 10 %, the rate would still break the bound. Percentiles, means,
+``rate`` and lower bounds on ``count`` are decided at the end only.
+
+Exit status: :data:`EXIT_GATE_FAILED` (7) when a threshold failed, a regression broke its
+bound (:mod:`pytest_wec.baseline`) or an abort stopped the run, in place of pytest's 0 (and of
+its 2 when the abort interrupted the session). pytest's own 1 to 6 (tests failed,
+interrupted, internal error, usage error, no tests collected, too many warnings) are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_wec.results import ENDPOINTS
+
+if TYPE_CHECKING:
+    from pytest_wec.baseline import Baseline, Bound, Diff, Regression
+
+__all__ = ["ABORT_MIN_SAMPLE", "EXIT_GATE_FAILED", "FUNCTIONS", "OPERATORS", "GateResult",
+           "Threshold", "Verdict", "can_no_longer_pass", "doomed", "evaluate",
+           "format_value", "format_verdicts", "gate", "parse_threshold", "parse_thresholds",
+           "text_table"]
+
+#: The exit status of a run whose gates failed (pytest uses 0 to 6).
+EXIT_GATE_FAILED = 7
+#: Completions an ``error_rate`` needs before it may abort a run.
+ABORT_MIN_SAMPLE = 100
+
+LATENCY = ("p50", "p90", "p95", "p99", "p999", "min", "mean", "max")
+FUNCTIONS = (*LATENCY, "error_rate", "rate", "count")
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+COUNTS = ("chains", "requests", "certificates_issued", "chains_ok", "chains_failed",
+          "requests_failed", "dropped_starts", "cancelled", "skipped", "results_lost")
+_TOTALS = {"latency": ("requests", "chains"), "error_rate": ("chains", "requests"),
+           "rate": ("chains", "requests", "certificates_issued"), "count": COUNTS}
+_UNITS = {"latency": ("ms", "s", ""), "error_rate": ("%", ""), "rate": ("/s", ""),
+          "count": ("",)}
+_UNIT_TEXT = {"latency": "a duration in ms or s (bare numbers are ms)",
+              "error_rate": "a percentage such as 1% or a fraction from 0 to 1 such as 0.01",
+              "rate": "a rate such as 50/s", "count": "a plain number"}
+_FORM = ("expected FUNC[(SELECTOR)] OP VALUE such as 'p95(endpoint:newOrder) < 500ms' "
+         "(functions: " + ", ".join(FUNCTIONS) + "; selectors: chain:NAME, endpoint:NAME, "
+         "chains, requests, certificates_issued; operators: < <= > >= ==; units: ms, s "
+         "(latency), % (error_rate), /s (rate), none (count))")
+_EXPR = re.compile(r"(?P<func>[A-Za-z_][\w.]*)\s*(?:\((?P<arg>[^()]*)\))?\s*"
+                   r"(?P<op>[<>=!]+)\s*"
+                   r"(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>.*?)\s*")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+# -- thresholds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One parsed threshold; ``limit`` is in ``unit`` (``ms``, ``s``, ``%``, ``/s`` or none)."""
+
+    text: str
+    func: str
+    scope: str  # "chain", "endpoint" or "total"
+    name: str  # the chain, the endpoint or the total (chains, requests, certificates_issued..)
+    op: str
+    limit: float
+    unit: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def kind(self) -> str:
+        """``latency``, ``error_rate``, ``rate`` or ``count``."""
+        return "latency" if self.func in LATENCY else self.func
+
+    @property
+    def selector(self) -> str:
+        return f"{self.scope}:{self.name}" if self.scope != "total" else self.name
+
+    @property
+    def limit_text(self) -> str:
+        return format_value(self.limit, self.unit, exact=True)
+
+
+def parse_threshold(text: str) -> Threshold:
+    """``p95(endpoint:newOrder) < 500ms`` -> :class:`Threshold`; ValueError says what is
+    allowed."""
+    m = _EXPR.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(_FORM)
+    func = m["func"].lower().replace("p99.9", "p999")
+    if func not in FUNCTIONS:
+        raise ValueError(f"unknown function {m['func']!r} (functions: {', '.join(FUNCTIONS)})")
+    op = m["op"]
+    if op not in OPERATORS:
+        raise ValueError(f"unknown operator {op!r} (operators: < <= > >= ==)")
+    kind = "latency" if func in LATENCY else func
+    scope, name = _selector(kind, func, m["arg"])
+    limit, unit = float(m["num"]), m["unit"]
+    if not (limit >= 0 and math.isfinite(limit)):
+        raise ValueError(f"{func} needs a limit >= 0")
+    if unit not in _UNITS[kind]:
+        raise ValueError(f"{func} takes {_UNIT_TEXT[kind]}, not {unit!r}")
+    if kind == "error_rate" and limit > (100 if unit == "%" else 1):
+        raise ValueError(f"error_rate takes {_UNIT_TEXT[kind]}")
+    unit = unit or {"latency": "ms", "rate": "/s"}.get(kind, "")
+    sel = f"{scope}:{name}" if scope != "total" else name
+    head = f"{func}({sel})" if m["arg"] is not None else func
+    return Threshold(f"{head} {op} {m['num']}{m['unit']}", func, scope, name, op, limit, unit)
+
+
+def _selector(kind: str, func: str, arg: str | None) -> tuple[str, str]:
+    totals = _TOTALS[kind]
+    if arg is None:
+        return "total", totals[0]
+    a = arg.strip()
+    allowed = f"selectors: chain:NAME, endpoint:NAME, {', '.join(totals)}"
+    scope, sep, name = (x.strip() for x in a.partition(":"))
+    if not sep:
+        if a in totals:
+            return "total", a
+        raise ValueError(f"unknown selector {a!r} for {func} ({allowed})")
+    if scope not in ("chain", "endpoint") or not _NAME.fullmatch(name):
+        raise ValueError(f"unknown selector {a!r} for {func} ({allowed})")
+    if scope == "endpoint" and name not in ENDPOINTS:
+        near = [e for e in ENDPOINTS if e.lower() == name.lower()]
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ValueError(f"unknown endpoint {name!r} ({hint}endpoints: {', '.join(ENDPOINTS)})")
+    return scope, name
+
+
+def parse_thresholds(lines: str | Iterable[str]) -> tuple[Threshold, ...]:
+    """Thresholds one per line (or separated by ``;``), blank lines and ``#`` comments
+    skipped: the ini option's and the environment variable's form."""
+    texts = [lines] if isinstance(lines, str) else list(lines)
+    items = [item.strip() for t in texts for line in t.splitlines() for item in line.split(";")]
+    items = [i for i in items if i and not i.startswith("#")]
+    out = []
+    for item in items:
+        try:
+            out.append(parse_threshold(item))
+        except ValueError as exc:
+            if len(items) == 1:
+                raise
+            raise ValueError(f"{exc} (in {item!r})") from None
+    return tuple(out)
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A threshold's outcome; ``value`` is in the threshold's unit (None without data)."""
+
+    expr: str
+    value: float | None
+    ok: bool
+    reason: str
+    unit: str = ""
+
+    @property
+    def value_text(self) -> str:
+        return format_value(self.value, self.unit) if self.value is not None else "-"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _error_counts(t: Threshold, s: Mapping[str, Any]) -> tuple[int, int] | str:
+    """(completed, failed) behind an error_rate, or why there are none."""
+    if t.scope == "total":
+        totals = s.get("totals") or {}
+        n, failed = int(totals.get(t.name, 0)), int(totals.get(f"{t.name}_failed", 0))
+    else:
+        entry = (s.get(t.scope + "s") or {}).get(t.name)
+        if entry is None:
+            return f"no data for {t.selector}"
+        n, failed = int(entry["count"]), int(entry["failed"])
+    return (n, failed) if n else f"no data for {t.selector}"
+
+
+def _scale_rate(fraction: float, unit: str) -> float:
+    return round(fraction * 100 if unit == "%" else fraction, 9)
+
+
+def _measure(t: Threshold, s: Mapping[str, Any]) -> float | str:
+    """The threshold's value in its unit, or why there is none."""
+    if t.kind == "error_rate":
+        counts = _error_counts(t, s)
+        return counts if isinstance(counts, str) else _scale_rate(counts[1] / counts[0], t.unit)
+    totals = s.get("totals") or {}
+    if t.scope == "total":
+        if t.kind == "count":
+            v = totals.get(t.name)
+            return float(v) if isinstance(v, int | float) else f"no {t.name} in the summary"
+        if t.kind == "rate":
+            if t.name != "certificates_issued":
+                return float(totals.get(f"{t.name}_per_s", 0.0))
+            d = float((s.get("run") or {}).get("duration_s") or 0.0)
+            return round(totals.get(t.name, 0) / d, 3) if d > 0 else 0.0
+        entry = (s.get("overall") or {}).get(t.name)
+        if entry is None:
+            return f"no overall latency of {t.name} in the summary"
+    else:
+        entry = (s.get(t.scope + "s") or {}).get(t.name)
+        if entry is None:
+            return f"no data for {t.selector}"
+        if t.kind == "count":
+            return float(entry["count"])
+        if t.kind == "rate":
+            return float(entry["per_s"])
+    if not entry.get("count"):
+        return f"no data for {t.selector}"
+    ms = float(entry["latency_ms"][t.func])
+    return round(ms / 1000, 6) if t.unit == "s" else ms
+
+
+def _verdict(t: Threshold, s: Mapping[str, Any]) -> Verdict:
+    v = _measure(t, s)
+    if isinstance(v, str):
+        return Verdict(t.text, None, False, v, t.unit)
+    ok = OPERATORS[t.op](v, t.limit)
+    shown = format_value(v, t.unit)
+    reason = f"{shown} {t.op} {t.limit_text}" if ok else f"{shown}, not {t.op} {t.limit_text}"
+    return Verdict(t.text, v, ok, reason, t.unit)
+
+
+def evaluate(thresholds: Iterable[Threshold], summary: Mapping[str, Any]) -> list[Verdict]:
+    """One verdict per threshold against a summary.json (``pytest_wec.outputs``)."""
+    return [_verdict(t, summary) for t in thresholds]
+
+
+def can_no_longer_pass(threshold: Threshold, live_summary: Mapping[str, Any], elapsed: float,
+                       duration: float) -> bool:
+    """Whether ``threshold`` fails whatever the rest of the run does (see the module doc).
+
+    ``live_summary`` holds everything since the start (summary.json's ``totals``,
+    ``chains``, ``endpoints``, ``overall``); ``elapsed`` and ``duration`` are seconds of
+    load so far and planned."""
+    t = threshold
+    v = _measure(t, live_summary)
+    if isinstance(v, str):
+        return False
+    holds = OPERATORS[t.op](v, t.limit)
+    if t.func == "max" or t.kind == "count":  # only grows
+        return (t.op in ("<", "<=") and not holds) or (t.op == "==" and v > t.limit)
+    if t.func == "min":  # only shrinks
+        return (t.op in (">", ">=") and not holds) or (t.op == "==" and v < t.limit)
+    if t.kind != "error_rate" or t.op not in ("<", "<=") or elapsed <= 0:
+        return False
+    counts = _error_counts(t, live_summary)
+    if isinstance(counts, str) or counts[0] < ABORT_MIN_SAMPLE:
+        return False
+    n, failed = counts
+    headroom = 2.0 * n * max(duration - elapsed, 0.0) / elapsed + 0.1 * n
+    return not OPERATORS[t.op](_scale_rate(failed / (n + headroom), t.unit), t.limit)
+
+
+def doomed(thresholds: Iterable[Threshold], live_summary: Mapping[str, Any], elapsed: float,
+           duration: float) -> list[Verdict]:
+    """The verdicts (now) of the thresholds that can no longer pass; empty to go on."""
+    return [_verdict(t, live_summary) for t in thresholds
+            if can_no_longer_pass(t, live_summary, elapsed, duration)]
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def format_value(value: float | None, unit: str, *, exact: bool = False) -> str:
+    """``612.3 ms``, ``2.41 s``, ``0.20%``, ``52.0/s``, ``100``; ``exact`` keeps every digit
+    (a limit as given)."""
+    if value is None:
+        return "-"
+    if exact:
+        num = str(int(value)) if float(value).is_integer() else repr(float(value))
+    elif unit in ("ms", "/s"):
+        num = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    elif unit == "s":
+        num = f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    elif unit == "%":
+        num = f"{value:.2f}"
+    else:
+        num = f"{value:.0f}" if float(value).is_integer() else f"{value:.4g}"
+    return f"{num} {unit}" if unit in ("ms", "s") else num + unit
+
+
+def text_table(rows: Sequence[Sequence[str]], align: str = "") -> list[str]:
+    """Rows of text (the first is the header) in columns; ``align`` has an ``l`` or ``r`` per
+    column (default: the first left-aligned, the others right-aligned)."""
+    if not rows:
+        return []
+    n = len(rows[0])
+    align = align or "l" + "r" * (n - 1)
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    return ["  ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                      for c, w, a in zip(r, widths, align, strict=True)).rstrip()
+            for r in rows]
+
+
+def format_verdicts(verdicts: Sequence[Verdict]) -> str:
+    """The thresholds table: threshold, value, result (``ok`` or ``FAILED`` with why)."""
+    if not verdicts:
+        return ""
+    passed = sum(v.ok for v in verdicts)
+    rows = [["threshold", "value", "result"]]
+    for v in verdicts:
+        result = "ok" if v.ok else "FAILED" + (f" ({v.reason})" if v.value is None else "")
+        rows.append([v.expr, v.value_text, result])
+    head = f"wec thresholds: {passed} of {len(verdicts)} passed"
+    return "\n".join([head, *text_table(rows, "lrl")]) + "\n"
+
+
+def _listed(items: Sequence[str], most: int = 3) -> str:
+    shown = "; ".join(items[:most])
+    return shown + (f"; and {len(items) - most} more" if len(items) > most else "")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# -- the whole gate --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Everything that decides the exit status, and its text."""
+
+    verdicts: tuple[Verdict, ...] = ()
+    diffs: tuple[Diff, ...] = ()
+    regressions: tuple[Regression, ...] = ()
+    baseline: str | None = None  # what the run was compared with
+    aborted: str | None = None  # why --wec-abort-on-fail stopped the run
+
+    @property
+    def active(self) -> bool:
+        return bool(self.verdicts) or self.baseline is not None or self.aborted is not None
+
+    @property
+    def failed(self) -> bool:
+        return (any(not v.ok for v in self.verdicts) or bool(self.regressions)
+                or self.aborted is not None)
+
+    def exit_status(self, status: int) -> int:
+        """The session's exit status with the gate applied (see the module doc)."""
+        if self.failed and (status == 0 or (status == 2 and self.aborted is not None)):
+            return EXIT_GATE_FAILED
+        return status
+
+    def line(self) -> str | None:
+        """The last line of the run: ``wec: PASSED: ...`` or ``wec: FAILED: ...``; None when
+        no gate was asked for."""
+        if not self.active:
+            return None
+        failed = [v for v in self.verdicts if not v.ok]
+        parts = [f"aborted: {self.aborted}"] if self.aborted else []
+        if failed:
+            parts.append(f"{_plural(len(failed), 'threshold')} failed ("
+                         + _listed([f"{v.expr}: {v.value_text if v.value is not None else v.reason}"
+                                    for v in failed]) + ")")
+        if self.regressions:
+            parts.append(f"{_plural(len(self.regressions), 'regression')} ("
+                         + _listed([r.short for r in self.regressions]) + ")")
+        if parts:
+            return "wec: FAILED: " + ", ".join(parts)
+        done = []
+        if self.verdicts:
+            done.append(f"{_plural(len(self.verdicts), 'threshold')} passed")
+        if self.baseline is not None:
+            done.append(f"no regressions against {self.baseline}")
+        return "wec: PASSED: " + ", ".join(done)
+
+    def text(self) -> str:
+        """The thresholds table, then the comparison with the baseline."""
+        from pytest_wec.baseline import format_diffs
+
+        parts = [format_verdicts(self.verdicts)]
+        if self.baseline is not None:
+            parts.append(format_diffs(self.diffs, self.regressions, label=self.baseline))
+        return "\n".join(p for p in parts if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for summary.json."""
+        return {"failed": self.failed, "aborted": self.aborted, "baseline": self.baseline,
+                "thresholds": [v.to_dict() for v in self.verdicts],
+                "regressions": [r.message for r in self.regressions],
+                "diffs": [dataclasses.asdict(d) for d in self.diffs]}
+
+
+def gate(summary: Mapping[str, Any], thresholds: Iterable[Threshold] = (),
+         baseline: Baseline | None = None, bounds: Sequence[Bound] = (), *,
+         aborted: str | None = None) -> GateResult:
+    """Thresholds against ``summary``, then ``summary`` against ``baseline`` with ``bounds``."""
+    verdicts = tuple(evaluate(thresholds, summary))
+    if baseline is None:
+        return GateResult(verdicts, aborted=aborted)
+    from pytest_wec.baseline import compare, regressions
+
+    diffs = compare(summary, baseline.data)
+    return GateResult(verdicts, tuple(diffs), tuple(regressions(diffs, bounds)),
+                      baseline.label, aborted)
