@@ -205,6 +205,30 @@ def _mix(text: str) -> dict[str, float]:
     return parse_mix(text)
 
 
+def _thresholds(text: str) -> tuple[Any, ...]:
+    from pytest_wec.gating import parse_thresholds
+
+    return parse_thresholds(text)
+
+
+def _save_name(text: str) -> str:
+    from pytest_wec.baseline import check_save_name
+
+    return check_save_name(text)
+
+
+def _storage(text: str) -> Any:
+    from pytest_wec.baseline import parse_storage
+
+    return parse_storage(text)
+
+
+def _compare_fail(text: str) -> tuple[Any, ...]:
+    from pytest_wec.baseline import parse_compare_fail
+
+    return parse_compare_fail(text)
+
+
 def _dashboard(text: str) -> tuple[str, int]:
     from pytest_wec.dashboard import parse_dashboard_addr
 
@@ -227,6 +251,9 @@ class Option:
     help: str
     metavar: str = "VALUE"
     flag: bool = False  # a command-line switch without a value
+    multi: bool = False  # repeatable; the ini option is a list of lines, the env ';'-separated
+    const: str | None = None  # the value of the bare option (``--wec-compare``)
+    ini_name: str | None = None
 
     @property
     def cli(self) -> str:
@@ -234,7 +261,7 @@ class Option:
 
     @property
     def ini(self) -> str:
-        return "wec_" + self.name.replace("-", "_")
+        return self.ini_name or "wec_" + self.name.replace("-", "_")
 
     @property
     def env(self) -> str:
@@ -295,6 +322,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit", _limits, None,
            "hard limits past which producing chains stop, e.g. accounts=1000", "SPEC"),
     Option("log-format", _choice("jsonl", "msgpack"), "jsonl", "results log format", "FMT"),
+    # CI gating
+    Option("threshold", _thresholds, (),
+           "a latency or error threshold that gates the exit status, e.g. "
+           "'p95(endpoint:newOrder) < 500ms' (repeatable; ini: one per line)", "EXPR",
+           multi=True, ini_name="wec_thresholds"),
+    Option("abort-on-fail", _bool, False,
+           "end the run early once a threshold can no longer pass", flag=True),
+    Option("save", _save_name, None,
+           "store this run's benchmark.json as a baseline named NAME", "NAME"),
+    Option("storage", _storage, ".benchmarks",
+           "where baselines are stored (pytest-benchmark's layout)", "DIR"),
+    Option("compare", _text, None,
+           "compare with a stored baseline: NAME, PATH or latest (the default when bare)",
+           "[NAME|PATH|latest]", const="latest"),
+    Option("compare-fail", _compare_fail, None,
+           "fail when a figure regressed past its bound, e.g. p95:10%,p99:20%,error_rate:0.5",
+           "SPEC"),
     Option("dashboard", _dashboard, None,
            "serve the live dashboard of a load run on [HOST:]PORT (a bare PORT binds "
            "127.0.0.1; 0 takes a free port)", "[HOST:]PORT"),
@@ -334,6 +378,12 @@ class Settings:
     limit: Mapping[str, int] | None = None
     log_format: str = "jsonl"
     dashboard: tuple[str, int] | None = None
+    threshold: tuple[Any, ...] = ()
+    abort_on_fail: bool = False
+    save: str | None = None
+    storage: Any = ".benchmarks"
+    compare: str | None = None
+    compare_fail: tuple[Any, ...] | None = None
     #: where each non-default value came from, for the report header
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -416,6 +466,8 @@ def resolve(
             values[opt.field] = True
             sources[opt.field] = where
             continue
+        if isinstance(raw, list | tuple):
+            raw = "\n".join(str(x) for x in raw)
         text = str(raw).strip()
         try:
             values[opt.field] = opt.parse(text)

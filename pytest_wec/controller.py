@@ -126,6 +126,10 @@ class WecController:
         self.load: Any = None  # pytest_wec.loadsession.LoadSession in a load run
         self.dashboard: Any = None  # pytest_wec.dashboard.Dashboard with --wec-dashboard
         self.summary: dict[str, Any] | None = None
+        self.baseline: Any = None  # pytest_wec.baseline.Baseline with --wec-compare
+        self.gate_result: Any = None  # pytest_wec.gating.GateResult
+        self.aborted: str | None = None
+        self.saved: Path | None = None
         self._store: Any = None
 
     # -- run directory and stack -------------------------------------------------------
@@ -224,6 +228,7 @@ class WecController:
             except StackError as exc:
                 raise pytest.UsageError(f"wec stack: {exc}") from None
             if load:
+                self._prepare_gates()
                 self._start_load(info)
         if self.settings.dashboard is not None and not load:
             self._write_line("wec: --wec-dashboard shows load runs (--wec-load, --wec-rate or "
@@ -264,6 +269,10 @@ class WecController:
             info["directory"], self._workers(), self._write_line,
             state_counts=self._state_counts,
         )
+        if self._gates_active():
+            self.load.gate = self._gate
+            if self.settings.abort_on_fail and self.settings.threshold:
+                self.load.on_tick = self._abort_check
         self.load.start()
         s = self.settings
         what = (f"rate {s.rate:g}/s" + (f" (cap {s.load} in flight)" if s.load else "")
@@ -289,6 +298,52 @@ class WecController:
                                     f"{exc.strerror or exc}") from None
         self.dashboard = dashboard
         self._write_line(f"wec: dashboard {url}")
+
+    # -- CI gating (thresholds, baselines) ------------------------------------------------
+    def _prepare_gates(self) -> None:
+        """Before any load: a baseline that cannot be found is a usage error now."""
+        s = self.settings
+        if s.compare_fail and not s.compare:
+            raise pytest.UsageError("--wec-compare-fail: needs --wec-compare (a baseline)")
+        if s.compare:
+            from pytest_wec.baseline import load_baseline
+            from pytest_wec.errors import BaselineError
+
+            try:
+                self.baseline = load_baseline(s.compare, self._storage())
+            except BaselineError as exc:
+                raise pytest.UsageError(f"--wec-compare: {exc}") from None
+
+    def _storage(self) -> Path:
+        p = Path(self.settings.storage)
+        return p if p.is_absolute() else Path(self.config.invocation_params.dir) / p
+
+    def _gates_active(self) -> bool:
+        s = self.settings
+        return bool(s.threshold or s.compare)
+
+    def _gate(self, summary: dict[str, Any]) -> None:
+        from pytest_wec.gating import gate
+
+        s = self.settings
+        result = gate(summary, s.threshold, self.baseline, s.compare_fail or (),
+                      aborted=self.aborted)
+        summary["thresholds"] = [v.to_dict() for v in result.verdicts]
+        if self.baseline is not None or self.aborted:
+            summary["gate"] = result.to_dict()
+        self.gate_result = result
+
+    def _abort_check(self, live: dict[str, Any], elapsed: float) -> None:
+        if self.aborted is not None or self.load is None:
+            return
+        from pytest_wec.gating import doomed
+
+        bad = doomed(self.settings.threshold, live, elapsed, self.settings.run_length)
+        if bad:
+            v = bad[0]
+            self.aborted = f"{v.expr} can no longer pass ({v.reason or v.value_text})"
+            self._write_line(f"wec: aborting the run: {self.aborted}")
+            self.load.request_stop()
 
     def _state_counts(self) -> dict[str, int]:
         if self._store is None:
@@ -320,6 +375,21 @@ class WecController:
         yield
         if self.load is not None:
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
+            if self.gate_result is not None:
+                session.exitstatus = self.gate_result.exit_status(int(session.exitstatus))
+            if self.settings.save:
+                self._save_baseline()
+
+    def _save_baseline(self) -> None:
+        from pytest_wec.baseline import save_baseline
+        from pytest_wec.errors import BaselineError
+
+        name = self.settings.save
+        assert name is not None
+        try:
+            self.saved = save_baseline(self.load.benchmark_path, name, self._storage())
+        except (OSError, BaselineError) as exc:
+            self._write_line(f"wec: cannot save the baseline {self.settings.save!r}: {exc}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._old_sigterm is not None:
@@ -332,6 +402,13 @@ class WecController:
         if self._store is not None:
             self._store.close()
         self.stop_stack()
+        # the gates' verdict is the last thing printed, after pytest's own summary line
+        line = self.gate_result.line() if self.gate_result is not None else None
+        if line:
+            tr = config.pluginmanager.get_plugin("terminalreporter")
+            if tr is not None:
+                tr.write_line(line, bold=True, red=line.startswith("wec: FAILED"),
+                              green=line.startswith("wec: PASSED"))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -342,7 +419,15 @@ class WecController:
             tr.write_line(f"wec: results log  {self.load.log_path}")
             tr.write_line(f"wec: benchmark    {self.load.benchmark_path}")
             tr.write_line(f"wec: summary      {self.load.summary_path}")
+            if self.saved is not None:
+                tr.write_line(f"wec: baseline     {self.saved}")
             tr.write_line(f"wec: report       {self.load.report_path}")
+            if self.gate_result is not None:
+                text = self.gate_result.text()
+                if text:
+                    tr.section("wec gates")
+                    for line in text.splitlines():
+                        tr.write_line(line)
         elif self.stack is not None:
             tr.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
 

@@ -36,6 +36,7 @@ from pytest_wec.liveview import live_view, worker_rows
 from pytest_wec.outputs import (
     build_benchmark_json,
     build_summary,
+    build_tables,
     format_progress,
     format_tables,
     write_json_atomic,
@@ -112,6 +113,10 @@ class LoadSession:
         self.controls: list[dict[str, Any]] = []  # live changes from the dashboard
         self._started, self._t0 = time.time(), time.monotonic()
         self._agg = Aggregator(self._started)
+        #: called with the summary before it is written (thresholds, baselines)
+        self.gate: Callable[[dict[str, Any]], None] | None = None
+        #: called every progress tick with the live tables and the elapsed seconds
+        self.on_tick: Callable[[dict[str, Any], float], None] | None = None
         self._lock = threading.Lock()  # the aggregator and the watch state below
         self._finish_lock = threading.Lock()
         self._stop = threading.Event()
@@ -281,8 +286,12 @@ class LoadSession:
                     line = format_progress(self._agg, time.time(),
                                            duration_s=self.settings.run_length,
                                            in_flight=self._in_flight())
+                    live = (build_tables(self._agg, max(now - self._t0, 1e-3))
+                            if self.on_tick is not None else None)
                 self._flush_notices()
                 self._write(line)
+                if self.on_tick is not None and live is not None:
+                    self.on_tick(live, now - self._t0)
             except Exception:
                 log.exception("live line failed")
 
@@ -332,6 +341,12 @@ class LoadSession:
                 self._watch_end(time.monotonic())
                 summary = self._build(ended)
                 benchmark = build_benchmark_json(self._agg, summary["run"])
+            if self.gate is not None:
+                try:
+                    self.gate(summary)
+                except Exception:
+                    log.exception("evaluating the gates failed")
+                    self._write("wec: evaluating thresholds and baselines failed; see the log")
             self._summary = summary
             self._flush_notices()
             for path, obj in ((self.summary_path, summary), (self.benchmark_path, benchmark)):
@@ -370,8 +385,12 @@ class LoadSession:
 
     def _build(self, ended: float) -> dict[str, Any]:
         s = self.settings
-        run_info = {"id": self.run_id, "started": self._started, "ended": ended,
-                    "duration_s": max(ended - self._started, 0.0), "directory": self.directory,
+        # the load's own span (first chain start to last chain end), not the workers'
+        # start-up and teardown, so that rates per second are the load's
+        started = self._agg.first_start or self._started
+        ended = min(self._agg.last_end or ended, ended)
+        run_info = {"id": self.run_id, "started": started, "ended": ended,
+                    "duration_s": max(ended - started, 0.0), "directory": self.directory,
                     "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
                     "stages": [[d, t] for d, t in s.stages] if s.stages else None}
         state = self._state_now(max_age=0.0)

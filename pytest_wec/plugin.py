@@ -25,9 +25,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(opt.cli, action="store_true", default=None, dest="wec_" + opt.field,
                             help=help_text)
             parser.addini(opt.ini, help=opt.help, type="bool", default=None)
+        elif opt.multi:
+            group.addoption(opt.cli, action="append", default=None, dest="wec_" + opt.field,
+                            metavar=opt.metavar, help=help_text)
+            parser.addini(opt.ini, help=opt.help, type="linelist", default=[])
         else:
             group.addoption(opt.cli, action="store", default=None, dest="wec_" + opt.field,
-                            metavar=opt.metavar, help=help_text)
+                            metavar=opt.metavar, help=help_text,
+                            **({"nargs": "?", "const": opt.const} if opt.const else {}))
             parser.addini(opt.ini, help=opt.help, default=None)
 
 
