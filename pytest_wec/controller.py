@@ -198,21 +198,19 @@ class WecController:
         from pytest_wec.stack._procs import is_loopback
 
         s = self.settings
-        if s.stack is StackMode.OFF or not self.wants_stack():
-            return []
         embedded = s.directory is None or s.redis is None or s.challtestsrv is None
         remote = [t for t in _tx_specs(self.config) if "ssh=" in t or "socket=" in t]
-        lines = []
         if is_loopback(s.listen):
-            if remote and embedded:
-                lines.append(f"wec: warning: workers on other hosts ({', '.join(remote)}) "
-                             f"cannot reach a stack bound to {s.listen}; give --wec-listen an "
-                             "address of this host they reach")
-        elif s.challtestsrv is None and not s.token:
-            lines.append(f"wec: warning: the challenge server's management API listens on "
-                         f"{s.listen} without --wec-token; whoever reaches it can change "
-                         "its answers")
-        return lines
+            line = (f"wec: warning: workers on other hosts ({', '.join(remote)}) cannot reach "
+                    f"a stack bound to {s.listen}; give --wec-listen an address of this host "
+                    "they reach") if remote and embedded else None
+        else:
+            line = (f"wec: warning: the challenge server's management API listens on "
+                    f"{s.listen} without --wec-token; whoever reaches it can change its "
+                    "answers") if s.challtestsrv is None and not s.token else None
+        if line is None or s.stack is StackMode.OFF or not self.wants_stack():
+            return []
+        return [line]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:

@@ -62,6 +62,18 @@ class WecLoadItem(pytest.Item):
         from pytest_wec.fixtures import stack_info
 
         info = stack_info(self.config)
+        if hasattr(self.config, "workerinput"):
+            self._runtest(info)
+            return
+        # Without xdist the controller's live line is written while this item runs: let it
+        # reach the terminal instead of the item's captured output.
+        capman: Any = self.config.pluginmanager.get_plugin("capturemanager")
+        ctx = (capman.global_and_fixture_disabled() if capman is not None
+               else contextlib.nullcontext())
+        with ctx:
+            self._runtest(info)
+
+    def _runtest(self, info: dict[str, Any]) -> None:
         loop = asyncio.new_event_loop()
         try:
             main = loop.create_task(self._run(info))
