@@ -6,9 +6,10 @@ Precedence: command line, then environment, then ini file, then the default give
 kept in ``config.stash``; a bad value is a :class:`ConfigError` that names its source and
 what is allowed, which the plugin turns into ``pytest.UsageError``.
 
-xdist workers do not resolve: the controller hands them its resolved values as plain data
-(:meth:`Settings.to_plain` through ``workerinput``), since neither the environment nor the
-ini file of the controller's host reaches a worker on another host.
+xdist workers do not resolve: the controller hands them the texts its settings were parsed
+from, with their sources, as plain data (:meth:`Settings.to_plain` through ``workerinput``),
+and they parse those again; neither the environment nor the ini file of the controller's
+host reaches a worker on another host.
 """
 
 from __future__ import annotations
@@ -386,6 +387,8 @@ class Settings:
     compare_fail: tuple[Any, ...] | None = None
     #: where each non-default value came from, for the report header
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    #: the text each non-default value was parsed from (True for a flag), for workers
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def load_mode(self) -> bool:
@@ -401,41 +404,26 @@ class Settings:
         return sum(d for d, _ in self.stages) if self.stages else self.duration
 
     def to_plain(self) -> dict[str, Any]:
-        """Every field as plain data (str, number, bool, None, list, dict), for workers."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, enum.Enum):
-                value = value.value
-            elif f.name == "stages" and value is not None:
-                value = [[d, t] for d, t in value]
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            out[f.name] = value
-        return out
+        """What the settings were resolved from, as plain data (strings, True for a flag),
+        with where each came from: :meth:`from_plain` parses it again into equal settings."""
+        return {"raw": dict(self.raw), "sources": dict(self.sources)}
 
     @classmethod
     def from_plain(cls, data: Mapping[str, Any]) -> Settings:
-        """The inverse of :meth:`to_plain`; fields it lacks keep their defaults."""
+        """Settings from :meth:`to_plain`'s data, each value parsed as :func:`resolve` does;
+        checks against this host's files are left to the host that resolved them."""
+        raw = dict(data.get("raw") or {})
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in data:
-                continue
-            value = data[f.name]
+        for field, text in raw.items():
+            opt = _BY_FIELD.get(field)
+            if opt is None:
+                raise ConfigError(f"settings from the controller: unknown option {field!r}")
             try:
-                if f.name in _ENUM_FIELDS:
-                    value = _ENUM_FIELDS[f.name](value)
-                elif f.name == "stages" and value is not None:
-                    value = tuple((float(d), float(t)) for d, t in value)
-                elif isinstance(value, Mapping):
-                    value = dict(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"settings from the controller: {f.name}: {exc}") from None
-            values[f.name] = value
-        return cls(**values)
-
-
-_ENUM_FIELDS: dict[str, type[enum.Enum]] = {"account_key": KeyAlg, "stack": StackMode}
+                values[field] = True if text is True else opt.parse(str(text))
+            except ValueError as exc:
+                raise ConfigError(f"settings from the controller: {opt.cli}: {exc}, "
+                                  f"got {text!r}") from None
+        return cls(**values, sources=dict(data.get("sources") or {}), raw=raw)
 
 
 def resolve(
@@ -451,6 +439,7 @@ def resolve(
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    raws: dict[str, Any] = {}
     for opt in OPTIONS:
         raw: Any = cli.get(opt.field)
         where = opt.cli
@@ -463,7 +452,7 @@ def resolve(
                 if raw in (None, "", []):
                     continue
         if raw is True:
-            values[opt.field] = True
+            values[opt.field] = raws[opt.field] = True
             sources[opt.field] = where
             continue
         if isinstance(raw, list | tuple):
@@ -474,11 +463,12 @@ def resolve(
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}, got {text!r}") from None
         sources[opt.field] = where
+        raws[opt.field] = text
     if values.get("insecure") and values.get("ca_bundle"):
         raise ConfigError("--wec-insecure and --wec-ca-bundle exclude each other")
     if values.get("ca_bundle") and not os.path.isfile(values["ca_bundle"]):
         raise ConfigError(f"{sources['ca_bundle']}: no such file, got {values['ca_bundle']!r}")
-    settings = Settings(**values, sources=sources)
+    settings = Settings(**values, sources=sources, raw=raws)
     return settings
 
 

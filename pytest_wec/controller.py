@@ -221,12 +221,13 @@ class WecController:
         if self.settings.load_mode and self.settings.mix:
             self._check_mix()
         if load or (_xdist_active(self.config) and self.wants_stack()):
+            if load:  # usage errors of the gates before the stack's processes start
+                self._prepare_gates()
             try:
                 info = self.ensure_stack()
             except StackError as exc:
                 raise pytest.UsageError(f"wec stack: {exc}") from None
             if load:
-                self._prepare_gates()
                 self._start_load(info)
         if self.settings.dashboard is not None and not load:
             self._write_line("wec: --wec-dashboard shows load runs (--wec-load, --wec-rate or "
@@ -341,7 +342,7 @@ class WecController:
             v = bad[0]
             self.aborted = f"{v.expr} can no longer pass ({v.reason or v.value_text})"
             self._write_line(f"wec: aborting the run: {self.aborted}")
-            self.load.request_stop()
+            self.load.request_stop(by="--wec-abort-on-fail")
 
     def _state_counts(self) -> dict[str, int]:
         if self._store is None:

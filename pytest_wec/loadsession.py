@@ -449,18 +449,22 @@ class LoadSession:
         what = "rate" if self.settings.model == "open" else "load"
         self._write(f"wec: {what} set to {value:g} from the dashboard")
 
-    def request_stop(self) -> None:
+    def request_stop(self, by: str | None = None) -> None:
         """Ends the run as at the end of its duration: no chain starts, chains in flight
-        finish within the grace, outputs are written."""
+        finish within the grace, outputs are written. ``by`` names who asked when it is not
+        the dashboard (``--wec-abort-on-fail``): that stop is no live control, so it is not
+        in ``controls`` (the dashboard's changes)."""
         control = self._control
         if control is None or self._closed:
             raise RuntimeError("the run is not running")
         if not self._stopping:
             control.stop()
             self._stopping = True
-            with self._lock:
-                self.controls.append({"at_s": self._rel(time.monotonic()), "stop": True})
-            self._write("wec: stop requested from the dashboard; chains in flight finish")
+            if by is None:
+                with self._lock:
+                    self.controls.append({"at_s": self._rel(time.monotonic()), "stop": True})
+            self._write(f"wec: stop requested {f'by {by}' if by else 'from the dashboard'}; "
+                        "chains in flight finish")
 
     def _state_now(self, max_age: float = 2.0) -> dict[str, int]:
         """The state DB's counts, read at most every ``max_age`` seconds."""

@@ -20,7 +20,7 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("wec", "wile-e-coyote: ACME CA load testing")
     for opt in OPTIONS:
-        help_text = f"{opt.help} (ini {opt.ini}, env {opt.env})"
+        help_text = f"{opt.help} (ini {opt.ini}, env {opt.env})".replace("%", "%%")
         if opt.flag:
             group.addoption(opt.cli, action="store_true", default=None, dest="wec_" + opt.field,
                             help=help_text)

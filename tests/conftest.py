@@ -34,9 +34,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's headless Chromium driven by Playwright (no browser download, ever)."""
+    """Debian's headless Chromium driven by Playwright (no browser download, ever).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in this thread while it
+    is open, which would break ``asyncio.run`` in every later test module."""
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing (apt-get install chromium; scripts/setup "
                     "installs it)")

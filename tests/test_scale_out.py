@@ -60,8 +60,9 @@ def _mix() -> dict[str, int]:
 
 def test_settings_cross_as_plain_data() -> None:
     s = resolve({"load": "4", "stages": "5s:2,10s:4", "account_key": "ES384", "stack": "on",
-                 "limit": "accounts=10"},
-                lambda _n: None,
+                 "limit": "accounts=10", "insecure": True},
+                lambda name: ["p95(endpoint:newOrder) < 500ms", "error_rate < 1%"]
+                if name == "wec_thresholds" else None,
                 {"WEC_MIX": "new_account=1,new_order=2", "WEC_LISTEN": "10.0.0.5",
                  "WEC_TIMEOUT": "7s"})
     plain = s.to_plain()
@@ -71,9 +72,13 @@ def test_settings_cross_as_plain_data() -> None:
     assert back.account_key is KeyAlg.ES384 and back.stack is StackMode.ON
     assert back.mix == {"new_account": 1.0, "new_order": 2.0} and back.timeout == 7.0
     assert back.stages == ((5.0, 2.0), (10.0, 4.0)) and back.listen == "10.0.0.5"
-    assert back.sources == s.sources
-    with pytest.raises(ConfigError, match=r"^settings from the controller: account_key: "):
-        Settings.from_plain({"account_key": "ES999"})
+    assert back.insecure and len(back.threshold) == 2
+    assert back.sources == s.sources and back.sources["mix"] == "environment variable WEC_MIX"
+    assert Settings.from_plain(Settings().to_plain()) == Settings()
+    with pytest.raises(ConfigError) as ei:
+        Settings.from_plain({"raw": {"account_key": "ES999"}})
+    assert str(ei.value).startswith(
+        "settings from the controller: --wec-account-key: expected one of ES256, ")
 
 
 @pytest.mark.parametrize(("given", "error"), [
