@@ -9,7 +9,10 @@ stack, so a fresh Pebble, for every run), mostly new_certificate chains (account
 with ``--wec-limit accounts=50``). A rate is *sustained* when under 1% of the starts were
 dropped (the in-flight cap was reached) and under 1% of the chains failed or were
 cancelled; the search multiplies the rate by 1.5 until a rate is not sustained, then
-bisects twice. Certificates/s is certificates issued over the load's duration.
+bisects twice. A step that fails is tried once more on a fresh stack (Debian's Pebble 2.4
+can deadlock under concurrent finalizations, letsencrypt/pebble#554), for both clients.
+Certificates/s is certificates issued over the load's duration. ``--ca stub`` runs both
+against bench/stubca.py instead (``--wec-directory``), where the generator is the limit.
 
 Baseline: certbot's ``acme`` (ClientV2, one ClientNetwork per thread, the same flow as
 bench_client_cpu.py with one account per thread, as new_certificate reuses accounts) with
@@ -35,18 +38,33 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import CertbotIssuer, fresh_stack, log, machine, sync_redis, table
+from stubca import start_stub_ca
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 2.0
 CAP = 200
 
 
-def run_ours(rate: float, duration: float, workers: int, out: Path) -> dict[str, Any]:
+def run_ours(rate: float, duration: float, workers: int, out: Path, ca: str) -> dict[str, Any]:
+    stub = None
+    extra: list[str] = []
+    if ca == "stub":
+        stub, url, bundle = start_stub_ca(out.parent / f"{out.name}-stubca")
+        extra = [f"--wec-directory={url}", f"--wec-ca-bundle={bundle}"]
+    try:
+        return _run_ours(rate, duration, workers, out, extra)
+    finally:
+        if stub is not None:
+            stub.stop()
+
+
+def _run_ours(rate: float, duration: float, workers: int, out: Path,
+              extra: list[str]) -> dict[str, Any]:
     argv = [sys.executable, "-m", "pytest", "chains/test_new_account.py",
             "chains/test_new_certificate.py", "-p", "no:cacheprovider", "-q",
             f"--wec-rate={rate:g}", f"--wec-load={CAP}", f"--wec-duration={duration:g}s",
             "--wec-grace=15s", "--wec-mix=new_account=1,new_certificate=20",
-            "--wec-limit=accounts=50", f"--wec-out={out}"]
+            "--wec-limit=accounts=50", f"--wec-out={out}", *extra]
     if workers > 0:
         argv += ["-n", str(workers)]
     else:
@@ -72,19 +90,23 @@ def run_ours(rate: float, duration: float, workers: int, out: Path) -> dict[str,
     return res
 
 
-def search_ours(duration: float, workers: int, start: float,
+def search_ours(duration: float, workers: int, start: float, ca: str,
                 rows: list[list[object]]) -> dict[str, Any] | None:
     tmp = Path(tempfile.mkdtemp(prefix="wec-maxrate-"))
     tried: dict[float, dict[str, Any]] = {}
 
     def attempt(rate: float) -> dict[str, Any]:
-        log(f"ours: {rate:g}/s for {duration:g}s")
-        r = run_ours(rate, duration, workers, tmp / f"r{len(tried)}")
+        for n in (1, 2):  # a failed step is tried once more on a fresh stack
+            log(f"ours: {rate:g}/s for {duration:g}s (try {n})")
+            r = run_ours(rate, duration, workers, tmp / f"r{len(tried)}-{n}", ca)
+            rows.append([f"{rate:g}/s" + ("" if n == 1 else " again"), r["starts"],
+                         r["dropped_pct"], r["failed_pct"], r["certs_s"], r["lag_p99"],
+                         "yes" if r["ok"] else "no", r["errors"][0][:70] if r["errors"] else ""])
+            for e in r["errors"]:
+                log(f"error: {e[:300]}")
+            if r["ok"]:
+                break
         tried[rate] = r
-        rows.append([f"{rate:g}/s", r["starts"], r["dropped_pct"], r["failed_pct"],
-                     r["certs_s"], r["lag_p99"], "yes" if r["ok"] else "no"])
-        for e in r["errors"]:
-            log(f"  {e[:200]}")
         return r
 
     rate = start
@@ -111,63 +133,84 @@ def search_ours(duration: float, workers: int, start: float,
     return good
 
 
-def run_certbot(threads: int, duration: float) -> dict[str, Any]:
+def run_certbot(threads: int, duration: float, ca: str) -> dict[str, Any]:
     with fresh_stack() as stack:
         info = stack.info
-        redis = sync_redis(info["redis_url"])
-        issuers: list[CertbotIssuer] = []
-        lock = threading.Lock()
-
-        def setup() -> None:
-            issuer = CertbotIssuer(info["directory"], info["ca_bundle"], redis,
-                                   info["namespace"])
-            issuer.new_account()
-            with lock:
-                issuers.append(issuer)
-
-        setups = [threading.Thread(target=setup) for _ in range(threads)]
-        for t in setups:
-            t.start()
-        for t in setups:
-            t.join()
-        done = [0]
-        failed = [0]
-        t0 = time.monotonic()
-        end = t0 + duration
-
-        def loop(issuer: CertbotIssuer) -> None:
-            while time.monotonic() < end:
-                try:
-                    issuer.issue(new_account=False)
-                except Exception:
-                    with lock:
-                        failed[0] += 1
-                    continue
-                if time.monotonic() <= end:
-                    with lock:
-                        done[0] += 1
-
-        cpu0 = time.process_time()
-        workers = [threading.Thread(target=loop, args=(i,)) for i in issuers]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-        cpu = time.process_time() - cpu0
-        redis.close()
-        return {"threads": len(issuers), "certs": done[0], "failed": failed[0],
-                "certs_s": done[0] / duration, "cpu_s": cpu}
+        directory, bundle, stub = info["directory"], info["ca_bundle"], None
+        if ca == "stub":
+            stub, directory, bundle = start_stub_ca(Path(info["run_dir"]) / "stubca")
+        try:
+            return _run_certbot(threads, duration, info, directory, bundle)
+        finally:
+            if stub is not None:
+                stub.stop()
 
 
-def ramp_certbot(duration: float, max_threads: int, rows: list[list[object]]) -> float:
+def _run_certbot(threads: int, duration: float, info: Any, directory: str,
+                 bundle: str | None) -> dict[str, Any]:
+    redis = sync_redis(info["redis_url"])
+    issuers: list[CertbotIssuer] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def setup() -> None:
+        issuer = CertbotIssuer(directory, bundle, redis, info["namespace"])
+        issuer.new_account()
+        with lock:
+            issuers.append(issuer)
+
+    setups = [threading.Thread(target=setup) for _ in range(threads)]
+    for t in setups:
+        t.start()
+    for t in setups:
+        t.join()
+    done = [0]
+    failed = [0]
+    t0 = time.monotonic()
+    end = t0 + duration
+
+    def loop(issuer: CertbotIssuer) -> None:
+        while time.monotonic() < end:
+            try:
+                issuer.issue(new_account=False)
+            except Exception as exc:
+                with lock:
+                    failed[0] += 1
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if time.monotonic() <= end:
+                with lock:
+                    done[0] += 1
+
+    cpu0 = time.process_time()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in issuers]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    cpu = time.process_time() - cpu0
+    redis.close()
+    return {"threads": len(issuers), "certs": done[0], "failed": failed[0],
+            "certs_s": done[0] / duration, "cpu_s": cpu, "errors": errors}
+
+
+def ramp_certbot(duration: float, max_threads: int, ca: str,
+                 rows: list[list[object]]) -> float:
     best = 0.0
     flat = 0
     threads = 8
     while threads <= max_threads:
         log(f"certbot acme: {threads} threads for {duration:g}s")
-        r = run_certbot(threads, duration)
-        fail_pct = 100 * r["failed"] / max(r["certs"] + r["failed"], 1)
-        rows.append([f"{threads} threads", r["certs"], fail_pct, r["certs_s"], r["cpu_s"]])
+        for n in (1, 2):  # a failed step is tried once more on a fresh stack, as ours
+            r = run_certbot(threads, duration, ca)
+            fail_pct = 100 * r["failed"] / max(r["certs"] + r["failed"], 1)
+            rows.append([f"{threads} threads" + ("" if n == 1 else " again"), r["certs"],
+                         fail_pct, r["certs_s"], r["cpu_s"],
+                         r["errors"][0][:70] if r["errors"] else ""])
+            for e in r["errors"][:2]:
+                log(f"error: {e[:300]}")
+            if fail_pct < 1:
+                break
         if fail_pct >= 1:
             break
         if r["certs_s"] > best * 1.05:
@@ -188,19 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="xdist workers (0: no xdist)")
     ap.add_argument("--start", type=float, default=30.0, help="first rate tried, per second")
     ap.add_argument("--max-threads", type=int, default=256)
+    ap.add_argument("--ca", choices=("pebble", "stub"), default="pebble",
+                    help="the embedded Pebble (default) or the stub CA (bench/stubca.py)")
     args = ap.parse_args(argv)
     duration = args.duration or (8.0 if args.quick else 15.0)
-    print(f"bench_max_rate: {duration:g}s per step, ours with -n {args.workers}, "
-          f"cap {CAP} in flight; {machine()}")
+    print(f"bench_max_rate: against {args.ca}, {duration:g}s per step, ours with -n "
+          f"{args.workers}, cap {CAP} in flight; {machine()}")
     ours_rows: list[list[object]] = []
     base_rows: list[list[object]] = []
-    good = search_ours(duration, args.workers, args.start, ours_rows)
-    best_base = ramp_certbot(duration, args.max_threads, base_rows)
-    print("ours, open model (pytest --wec-rate), fresh Pebble per step:")
+    good = search_ours(duration, args.workers, args.start, args.ca, ours_rows)
+    best_base = ramp_certbot(duration, args.max_threads, args.ca, base_rows)
+    print(f"ours, open model (pytest --wec-rate), fresh {args.ca} per step:")
     print(table(["rate asked", "starts", "dropped %", "failed %", "certs/s", "lag p99 ms",
-                 "sustained"], ours_rows))
-    print("baseline, certbot acme, closed model (threads), fresh Pebble per step:")
-    print(table(["threads", "certs", "failed %", "certs/s", "CPU s"], base_rows))
+                 "sustained", "first error"], ours_rows))
+    print(f"baseline, certbot acme, closed model (threads), fresh {args.ca} per step:")
+    print(table(["threads", "certs", "failed %", "certs/s", "CPU s", "first error"],
+                base_rows))
     if good is None:
         print("ours: no rate sustained")
         return 1

@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
              "-q", f"--wec-rate={args.rate:g}", f"--wec-duration={duration:g}s",
              "--wec-grace=20s", f"--wec-out={out}", "-n", str(args.workers)]
     print(f"bench_memory: {' '.join(argv2[1:])}; {machine()}")
-    proc = subprocess.Popen(argv2, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    # output to a file: a pipe nobody reads until the end would fill up and block pytest
+    output = out.parent / f"{out.name}.log"
+    with open(output, "w") as sink:
+        proc = subprocess.Popen(argv2, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
     series: dict[str, list[tuple[float, int]]] = {}
     names: dict[int, str] = {}
     started: float | None = None  # when the workers appear: the load is about to start
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             if kib is not None:
                 series.setdefault(names[pid], []).append((t, kib))
         time.sleep(args.every)
-    text = proc.stdout.read() if proc.stdout else ""
+    text = output.read_text(errors="replace")
+    output.unlink()
     for line in text.splitlines():
         if line.startswith(("wec run ", "wec: ")) or FINAL.search(line):
             print(line)

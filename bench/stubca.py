@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import socket
 import ssl
 import sys
@@ -27,17 +28,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from multidict import CIMultiDict
 
 from pytest_wec.acme import FakeCA, Request
 
 
 class StubCA(FakeCA):
-    """FakeCA with an account index by key (FakeCA scans every account on newAccount)."""
+    """FakeCA with an account index by key (FakeCA scans every account on newAccount), and
+    chains that end in a self-signed root, so that chains checking issuers pass."""
 
     def __init__(self, base: str) -> None:
         super().__init__(base, renewal_info=True)
         self._by_jwk: dict[bytes, str] = {}
+        now = dt.datetime.now(dt.UTC)
+        root = (
+            x509.CertificateBuilder()
+            .subject_name(self._ca_name)
+            .issuer_name(self._ca_name)
+            .public_key(self._ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        self._root_pem = root.public_bytes(serialization.Encoding.PEM)
+
+    def _issue(self, url: str, body: dict[str, Any]) -> None:
+        super()._issue(url, body)
+        cert_url = body["certificate"]
+        self.certs[cert_url] += self._root_pem
 
     def _kid_of(self, jwk: dict[str, Any]) -> str | None:
         return self._by_jwk.get(orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))

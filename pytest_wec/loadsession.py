@@ -4,7 +4,8 @@
 
     wec-results    ResultSource (Redis stream) -> Aggregator + results log
     wec-progress   the live line every 2 s; watches for a saturated generator, a stalled CA
-                   and workers that went silent
+                   (no chain ended on an answer from it for a while) and workers that went
+                   silent
 
 :meth:`LoadSession.finish` drains what the workers still send, then writes summary.json,
 benchmark.json and report.html in the run directory. :meth:`LoadSession.snapshot` is the live
@@ -73,6 +74,15 @@ def _utc(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _answered(c: ChainResult) -> bool:
+    """Whether a chain shows the CA answering: it succeeded, or it failed on an HTTP response
+    (a chain that ends on a timeout or a refused connection got no answer)."""
+    if c["ok"]:
+        return True
+    requests = c["requests"]
+    return c["outcome"] == "failed" and bool(requests) and requests[-1]["status"] != 0
+
+
 @dataclass
 class _Worker:
     heard: float  # monotonic time of its last entry
@@ -124,7 +134,7 @@ class LoadSession:
         self._writer: ResultLogWriter | None = None
         self._threads: list[threading.Thread] = []
         self._workers: dict[str, _Worker] = {}
-        self._last_chain = self._t0
+        self._last_answer = self._t0
         self._stall: dict[str, Any] | None = None
         self._notices: list[str] = []
         self._closed = False
@@ -152,7 +162,7 @@ class LoadSession:
         with self._lock:
             self._started, self._t0 = time.time(), time.monotonic()
             self._agg = Aggregator(self._started)
-            self._last_chain = self._t0
+            self._last_answer = self._t0
         for name, target in (("wec-results", self._consume), ("wec-progress", self._progress)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -192,9 +202,9 @@ class LoadSession:
             w = self._heard(batch.worker, now)
             if batch.session not in w.ended:
                 w.in_flight.setdefault(batch.session, 0)
-            if batch.chains:
+            if any(_answered(c) for c in batch.chains):
                 self._end_stall(now)
-                self._last_chain = now
+                self._last_answer = now
 
     def _status(self, st: WorkerStatus) -> None:
         now = time.monotonic()
@@ -253,19 +263,19 @@ class LoadSession:
             if w.lost is None and w.in_flight and now - w.heard >= self.silent_after:
                 self._lose(name, w)
         in_flight = self._in_flight()
-        quiet = now - self._last_chain
+        quiet = now - self._last_answer
         if self._stall is None and in_flight > 0 and quiet >= self.stall_after:
-            msg = (f"wec: CA stalled: no chain finished for {quiet:.1f}s with {in_flight} "
+            msg = (f"wec: CA stalled: no answer from the CA for {quiet:.1f}s with {in_flight} "
                    "in flight")
-            self._stall = {"at_s": self._rel(self._last_chain), "detected_s": self._rel(now),
+            self._stall = {"at_s": self._rel(self._last_answer), "detected_s": self._rel(now),
                            "in_flight": in_flight, "duration_s": None, "message": msg}
             self.stalls.append(self._stall)
             self._note(msg)
 
     def _end_stall(self, now: float) -> None:
         if self._stall is not None:
-            self._stall["duration_s"] = round(now - self._last_chain, 1)
-            log.info("chains finish again after a stall of %.1fs", now - self._last_chain)
+            self._stall["duration_s"] = round(now - self._last_answer, 1)
+            log.info("the CA answers again after a stall of %.1fs", now - self._last_answer)
             self._stall = None
 
     def _lose(self, name: str, w: _Worker) -> None:
@@ -377,7 +387,7 @@ class LoadSession:
             if w.lost is None and w.in_flight:  # no end record
                 self._lose(name, w)
         if self._stall is not None:
-            self._stall["duration_s"] = round(now - self._last_chain, 1)
+            self._stall["duration_s"] = round(now - self._last_answer, 1)
             self._stall = None
         if self._threads and len(self._workers) < self.workers:
             self._note(f"wec: {self.workers - len(self._workers)} of {self.workers} workers "

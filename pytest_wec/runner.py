@@ -195,8 +195,9 @@ class LoadRunner:
             return self.target_override
         return self.plan.target(elapsed)
 
-    async def _one(self, name: str, scheduled: float | None) -> None:
-        self.in_flight += 1
+    async def _one(self, name: str, scheduled: float | None, *, counted: bool = False) -> None:
+        if not counted:
+            self.in_flight += 1
         try:
             info_fn = self.chains[name]
             result = await run_chain(self.runtime, name, info_fn[1], worker=self.worker,
@@ -207,7 +208,10 @@ class LoadRunner:
             self.finished += 1
 
     def _spawn(self, name: str, scheduled: float | None) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._one(name, scheduled))
+        # counted in flight now, not when the task first runs: a burst of starts caught up
+        # in one go must see each other against the cap
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._one(name, scheduled, counted=True))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.started += 1

@@ -37,7 +37,7 @@ def external_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     def mgmt_up() -> bool:
         req = urllib.request.Request(f"http://127.0.0.1:{mgmt}/clear-request-history",
                                      data=b'{"host":"x","type":"http"}', method="POST")
-        with urllib.request.urlopen(req, timeout=1):  # noqa: S310
+        with urllib.request.urlopen(req, timeout=1):
             return True
 
     cts.wait_ready(mgmt_up, 10, "management API answering")

@@ -171,7 +171,7 @@ def test_stalled_ca_is_reported_once(redis_url: str, tmp_path: Path) -> None:
     stalled = [line for line in lines if line.startswith("wec: CA stalled")]
     assert len(stalled) == 1
     assert stalled[0].endswith("with 3 in flight")
-    assert "no chain finished for" in stalled[0]
+    assert "no answer from the CA for" in stalled[0]
     [stall] = summary["stalls"]
     assert stall["in_flight"] == 3 and stall["duration_s"] >= 0.5
     assert stalled[0] in summary["warnings"]

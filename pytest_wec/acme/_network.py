@@ -166,7 +166,7 @@ class AcmeNetwork:
         transport: Transport | None = None,
         *,
         timeout: float = 30.0,
-        max_nonce_retries: int = 10,
+        max_nonce_retries: int = 20,
         max_retry_after: float = 10.0,
         max_retries: int = 3,
         poll_interval: float = 0.5,
