@@ -15,6 +15,7 @@ import re
 import secrets
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +59,35 @@ def _paths_of_args(config: pytest.Config) -> list[Path]:
     return paths
 
 
-def args_hold_chains(config: pytest.Config, limit: int = 5000) -> bool:
-    """Whether the files pytest was pointed at define wec chains (a cheap text scan)."""
+class _TooMany(Exception):
+    pass
+
+
+def _source_files(config: pytest.Config, limit: int) -> Iterator[bytes]:
+    """The text of each Python file under the paths pytest was pointed at (hidden folders and
+    caches skipped); raises :class:`_TooMany` past *limit* files."""
     seen = 0
     for path in _paths_of_args(config):
         files = [path] if path.is_file() else (path.rglob("*.py") if path.is_dir() else [])
         for f in files:
             seen += 1
             if seen > limit:
-                return False
+                raise _TooMany
             if any(part.startswith(".") or part in ("node_modules", "__pycache__")
                    for part in f.parts[-4:]):
                 continue
             try:
-                if _CHAIN_SOURCE.search(f.read_bytes()):
-                    return True
+                yield f.read_bytes()
             except OSError:
                 continue
-    return False
+
+
+def args_hold_chains(config: pytest.Config, limit: int = 5000) -> bool:
+    """Whether the files pytest was pointed at define wec chains (a cheap text scan)."""
+    try:
+        return any(_CHAIN_SOURCE.search(text) for text in _source_files(config, limit))
+    except _TooMany:
+        return False
 
 
 _CHAIN_DECL = re.compile(rb"^[ \t]*@(?:pytest_wec\.)?chain\(\s*([^\n]*)", re.MULTILINE)
@@ -86,25 +98,15 @@ def chain_names_of_args(config: pytest.Config, limit: int = 5000) -> set[str] | 
     """The chain names declared in the files pytest was pointed at (a cheap text scan);
     None when unsure: no declaration found, one without a literal name, too many files."""
     names: set[str] = set()
-    seen = 0
-    for path in _paths_of_args(config):
-        files = [path] if path.is_file() else (path.rglob("*.py") if path.is_dir() else [])
-        for f in files:
-            seen += 1
-            if seen > limit:
-                return None
-            if any(part.startswith(".") or part in ("node_modules", "__pycache__")
-                   for part in f.parts[-4:]):
-                continue
-            try:
-                text = f.read_bytes()
-            except OSError:
-                continue
+    try:
+        for text in _source_files(config, limit):
             for decl in _CHAIN_DECL.finditer(text):
                 literal = _LITERAL_NAME.match(decl.group(1))
                 if literal is None:
                     return None
                 names.add(literal.group(2).decode(errors="replace"))
+    except _TooMany:
+        return None
     return names or None
 
 
