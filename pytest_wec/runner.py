@@ -33,6 +33,8 @@ __all__ = ["LoadPlan", "LoadRunner", "run_chain", "split_int"]
 ChainFn = Callable[[ChainContext], Awaitable[None]]
 #: open model without --wec-load: the cap on chains in flight per worker
 DEFAULT_OPEN_CAP = 10_000
+#: closed model: the first wait after a chain failed to reach the CA
+CONNECT_BACKOFF = 0.05
 #: open model: the longest step (seconds) over which the target rate counts as constant
 OPEN_TICK = 0.05
 
@@ -175,7 +177,7 @@ class LoadRunner:
         self.dropped = 0
         self.nothing_to_run = 0
         self.t_start = 0.0
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.lags: list[float] = []  # open model schedule lag, seconds (bounded below)
         self._stop = asyncio.Event()
         self.target_override: float | None = None
@@ -195,7 +197,8 @@ class LoadRunner:
             return self.target_override
         return self.plan.target(elapsed)
 
-    async def _one(self, name: str, scheduled: float | None, *, counted: bool = False) -> None:
+    async def _one(self, name: str, scheduled: float | None, *, counted: bool = False) -> bool:
+        """Run one chain; True when it failed because the CA could not be reached."""
         if not counted:
             self.in_flight += 1
         try:
@@ -203,11 +206,13 @@ class LoadRunner:
             result = await run_chain(self.runtime, name, info_fn[1], worker=self.worker,
                                      scheduled=scheduled)
             self.emit(result)
+            return not result["ok"] and bool(result["requests"]) and \
+                result["requests"][-1]["error"] == "connect"
         finally:
             self.in_flight -= 1
             self.finished += 1
 
-    def _spawn(self, name: str, scheduled: float | None) -> asyncio.Task[None]:
+    def _spawn(self, name: str, scheduled: float | None) -> asyncio.Task[bool]:
         # counted in flight now, not when the task first runs: a burst of starts caught up
         # in one go must see each other against the cap
         self.in_flight += 1
@@ -249,6 +254,7 @@ class LoadRunner:
         loop = asyncio.get_running_loop()
 
         async def user() -> None:
+            backoff = 0.0
             while not self._stop.is_set() and time.monotonic() < deadline:
                 if self.in_flight >= self.current_target():
                     return
@@ -259,7 +265,12 @@ class LoadRunner:
                         return
                     continue
                 self.started += 1
-                await self._one(name, None)
+                unreachable = await self._one(name, None)
+                # A CA that refuses connections fails chains in microseconds: back off
+                # (0.05 s doubling up to 1 s) instead of spinning on the refusals.
+                backoff = min(max(backoff * 2, CONNECT_BACKOFF), 1.0) if unreachable else 0.0
+                if backoff and await self._wait(backoff):
+                    return
 
         while not self._stop.is_set() and time.monotonic() < deadline:
             users = {u for u in users if not u.done()}

@@ -440,3 +440,26 @@ def test_outcomes_under_load() -> None:
     assert sum(map(len, by.values())) == len(h.results)
     assert {r["error"] for r in by["failed"]} == {"AssertionError: the CA said no"}
     assert {r["error"] for r in by["skipped"]} == {"NoContext: no certificate"}
+
+
+def test_closed_model_backs_off_when_the_ca_cannot_be_reached() -> None:
+    """Chains that fail on a refused connection are not retried in a tight loop."""
+
+    async def refused(ctx: ChainContext) -> None:
+        ctx.requests.append({
+            "chain_id": ctx.chain_id, "chain": ctx.name, "endpoint": "newAccount",
+            "method": "POST", "status": 0, "started": time.time(), "took": 0.0001,
+            "ok": False, "error": "connect", "problem": None})
+        raise ConnectionRefusedError("connection refused")
+
+    async def failing(ctx: ChainContext) -> None:
+        raise ValueError("not a connection problem")
+
+    down = Harness(plan("closed", load=2, duration=1.0), refused)
+    run(down.run())
+    assert all(r["outcome"] == "failed" for r in down.results)
+    # 0.05 + 0.1 + 0.2 + 0.4 s of backoff per user within the second: a handful of runs
+    assert 2 <= len(down.results) <= 12, len(down.results)
+    other = Harness(plan("closed", load=2, duration=0.3), failing)
+    run(other.run())
+    assert len(other.results) > 100, "other failures are not slowed down"
