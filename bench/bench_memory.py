@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="wec-memory-"))
     argv2 = [sys.executable, "-m", "pytest", "--pyargs", "chains", "-p", "no:cacheprovider",
              "-q", f"--wec-rate={args.rate:g}", f"--wec-duration={duration:g}s",
-             "--wec-grace=20s", f"--wec-out={out}", "-n", str(args.workers)]
+             "--wec-grace=20s", f"--wec-out={out}", "-n", str(args.workers),
+             # the repository's pytest-timeout (300 s) would fail the 300 s load items
+             "-o", "timeout=0"]
     print(f"bench_memory: {' '.join(argv2[1:])}; {machine()}")
     # output to a file: a pipe nobody reads until the end would fill up and block pytest
     output = out.parent / f"{out.name}.log"

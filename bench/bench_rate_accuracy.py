@@ -52,6 +52,7 @@ class BenchRuntime:
         self.publisher: Any = None
         self.pebble: Any = None
         self.holder = "bench"
+        self.accounts: list[Any] = []
 
 
 async def trivial(ctx: ChainContext) -> None:
