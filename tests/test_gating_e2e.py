@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,35 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _loadruns import BASIC, NEEDS_STACK, chain_names
 
 from pytest_wec.baseline import machine_id
 from pytest_wec.gating import EXIT_GATE_FAILED, format_value
 
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.pebble,
-    pytest.mark.redis,
-    pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("redis-server") is None,
-                       reason="needs pebble and redis-server (apt-get install pebble "
-                              "redis-server)"),
+    *NEEDS_STACK,
 ]
 
 BIN = Path(sys.executable).parent
-#: the chains every run here uses: fast, and each needs only what the one before produces
-BASIC = ("new_account", "new_order", "new_certificate")
 USAGE_ERROR = int(pytest.ExitCode.USAGE_ERROR)
-
-
-def chain_names() -> set[str]:
-    """The chains of the installed ``chains`` package, read from their declarations."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("chains")
-    assert spec is not None and spec.origin is not None
-    names: set[str] = set()
-    for path in Path(spec.origin).parent.glob("*.py"):
-        names.update(re.findall(r'^@chain\(\s*"([^"]+)"', path.read_text(), re.MULTILINE))
-    return names
 
 
 #: ``--wec-mix`` pinned to BASIC, every other chain weighed 0

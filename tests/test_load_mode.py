@@ -7,7 +7,6 @@ the terminal, summary.json, the results log, benchmark.json and the ``wec`` comm
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -24,24 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _loadruns import BASIC, NEEDS_STACK, chain_names, log_lines, only, wait_until
 
 from pytest_wec.resultlog import read_results
 from pytest_wec.results import ChainResult
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.pebble,
-    pytest.mark.redis,
-    pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("redis-server") is None,
-                       reason="needs pebble and redis-server (apt-get install pebble "
-                              "redis-server)"),
+    *NEEDS_STACK,
 ]
 
 BIN = Path(sys.executable).parent
 LOADCHAINS = Path(__file__).parent / "loadchains"
 RUN_LINE = re.compile(r"^wec: load run (\d{8}-\d{6}-[0-9a-f]{6}): (.*); results in (.+)$")
-#: the chains most runs use: fast, and each needs only what the one before produces
-BASIC = ("new_account", "new_order", "new_certificate")
 
 RUN_KEYS = {"id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
             "rate", "stages"}
@@ -51,21 +45,6 @@ STATE_KEYS = {"accounts", "authorizations", "certificates", "revoked"}
 GENERATOR_KEYS = {"cpu_s", "max_cpu_pct", "schedule_lag_ms"}
 SUMMARY_KEYS = {"schema", "run", "totals", "chains", "endpoints", "errors", "state",
                 "generator"}
-
-
-def chain_names() -> set[str]:
-    """The chains of the installed ``chains`` package, read from their declarations."""
-    spec = importlib.util.find_spec("chains")
-    assert spec is not None and spec.origin is not None
-    names: set[str] = set()
-    for path in Path(spec.origin).parent.glob("*.py"):
-        names.update(re.findall(r'^@chain\(\s*"([^"]+)"', path.read_text(), re.MULTILINE))
-    return names
-
-
-def only(*names: str) -> str:
-    """A ``--wec-mix`` that runs *names* (weight 1) and leaves every other chain out."""
-    return ",".join(f"{n}={int(n in names)}" for n in sorted(chain_names() | set(names)))
 
 
 @dataclass
@@ -134,31 +113,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
-
-
-def wait_until(check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (status {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout:g}s")
-        time.sleep(0.1)
-
-
-def log_lines(out: Path) -> list[dict[str, Any]]:
-    """What the controller wrote to results.jsonl so far (a torn last line is skipped)."""
-    try:
-        lines = (out / "results.jsonl").read_bytes().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 class Popened:

@@ -10,13 +10,11 @@ summary.json, the results log, the state DB and the run directory.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import inspect
 import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import ssl
@@ -26,12 +24,13 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _loadruns import BASIC, NEEDS_STACK, log_lines, only, wait_until
 
 from pytest_wec.acme import AcmeNetwork
 from pytest_wec.resultlog import read_results
@@ -39,30 +38,11 @@ from pytest_wec.results import ChainResult
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.pebble,
-    pytest.mark.redis,
-    pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("redis-server") is None,
-                       reason="needs pebble and redis-server (apt-get install pebble "
-                              "redis-server)"),
+    *NEEDS_STACK,
 ]
 
 ACME = "urn:ietf:params:acme:error:"
-BASIC = ("new_account", "new_order", "new_certificate")
 STACK_NAMES = ("pebble", "redis-server", "challenge_srv")
-
-
-def chain_names() -> set[str]:
-    spec = importlib.util.find_spec("chains")
-    assert spec is not None and spec.origin is not None
-    names: set[str] = set()
-    for path in Path(spec.origin).parent.glob("*.py"):
-        names.update(re.findall(r'^@chain\(\s*"([^"]+)"', path.read_text(), re.MULTILINE))
-    return names
-
-
-def only(*names: str) -> str:
-    """A ``--wec-mix`` that runs *names* and leaves every other chain out."""
-    return ",".join(f"{n}={int(n in names)}" for n in sorted(chain_names() | set(names)))
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -204,32 +184,6 @@ def own_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         if p.poll() is None:
             p.kill()
         p.wait(10)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (status {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout:g}s")
-        time.sleep(0.1)
-
-
-def log_lines(out: Path) -> list[dict[str, Any]]:
-    """What the controller wrote to results.jsonl so far (a torn last line is skipped)."""
-    try:
-        lines = (out / "results.jsonl").read_bytes().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 @dataclass
