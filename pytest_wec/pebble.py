@@ -1,6 +1,6 @@
 """Pebble's management API, as the chains use it (worker side).
 
-Roots and intermediates (``/roots/N``, ``/intermediates/N``) to check issued chains, and
+Roots (``/roots/N``, kept per worker) to check issued chains, and
 ``/cert-status-by-serial/SERIAL`` to check revocations. Only offered when the CA is Pebble
 (the embedded one, or one whose management URL is known).
 """
@@ -20,6 +20,7 @@ class PebbleManagement:
         self.transport = transport
         self.base = base_url.rstrip("/")
         self.timeout = timeout
+        self._roots: list[x509.Certificate] | None = None
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         resp = await self.transport.request("GET", self.base + path, headers={}, body=None,
@@ -37,9 +38,15 @@ class PebbleManagement:
             raise AssertionError(f"Pebble's management API gave no {kind} at {self.base}")
         return out
 
-    async def roots(self) -> list[x509.Certificate]:
-        """Every root (the default chain's and any alternate chains')."""
-        return await self._pem_list("roots")
+    async def roots(self, *, refresh: bool = False) -> list[x509.Certificate]:
+        """Every root (the default chain's and any alternate chains').
+
+        Fetched once per worker and kept: Pebble makes its roots at start. A Pebble restarted
+        mid-run has new ones; ``refresh=True`` fetches them again.
+        """
+        if self._roots is None or refresh:
+            self._roots = await self._pem_list("roots")
+        return self._roots
 
     async def cert_status(self, serial_hex: str) -> dict[str, Any]:
         """``{"Status": "Valid"|"Revoked", "Reason": N, ...}`` for a serial."""
