@@ -74,7 +74,10 @@ class WecLoadItem(pytest.Item):
             self._runtest(info)
 
     def _runtest(self, info: dict[str, Any]) -> None:
-        loop = asyncio.new_event_loop()
+        from pytest_wec.plugin import SETTINGS_KEY
+        from pytest_wec.runner import new_event_loop
+
+        loop = new_event_loop(self.config.stash[SETTINGS_KEY].loop)
         try:
             main = loop.create_task(self._run(info))
             stopper = _StopOnSignal(loop, main)

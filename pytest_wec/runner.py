@@ -39,6 +39,18 @@ CONNECT_BACKOFF = 0.05
 OPEN_TICK = 0.05
 
 
+def new_event_loop(name: str = "uvloop") -> asyncio.AbstractEventLoop:
+    """The event loop a load run's worker runs on: ``uvloop`` (libuv, cheaper per
+    request and connection; docs/performance.md) or the standard ``asyncio`` one."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    raise ValueError(f"unknown event loop {name!r}: uvloop or asyncio")
+
+
 def split_int(total: int, index: int, n: int) -> int:
     """Worker *index* of *n*'s share of *total*; the shares sum to *total* exactly."""
     return total // n + (1 if index < total % n else 0)

@@ -175,28 +175,17 @@ class WorkerRuntime:
         self.holder = f"{worker_id}:{os.getpid()}"
 
     async def start(self) -> WorkerRuntime:
-        from pytest_wec.acme import (
-            AcmeNetwork,
-            AiohttpTransport,
-            HttpxTransport,
-            make_ssl_context,
-        )
+        from pytest_wec.acme import AcmeNetwork, make_transport
         from pytest_wec.challenges import ChallTestSrvPublisher, RedisPublisher
         from pytest_wec.state import make_store
 
         s, info = self.settings, self.info
         await check_reachable(self.worker_id, reach_targets(s, info))
         _check_state_db(self.worker_id, db_url_for(s, info["run_dir"]))
-        transport: Any
-        if s.transport == "httpx":
-            ca = info.get("ca_bundle")
-            transport = HttpxTransport(verify=False if info.get("insecure") else (ca or True))
-        else:
-            transport = AiohttpTransport(
-                ssl=make_ssl_context(info.get("ca_bundle"), bool(info.get("insecure")))
-            )
-        # GET newNonce: a HEAD answered without Content-Length makes aiohttp drop the
-        # connection, so each one would cost a new TLS handshake.
+        transport = make_transport(s.transport, ca_bundle=info.get("ca_bundle"),
+                                   insecure=bool(info.get("insecure")))
+        # GET newNonce: the transports drop the connection after a HEAD (Pebble sends no
+        # Content-Length), so each one would cost a new TLS handshake.
         self.network = AcmeNetwork(self.directory, transport, timeout=s.timeout,
                                    nonce_method="GET")
         if info.get("pebble_management"):

@@ -29,6 +29,7 @@ from pytest_wec.acme import (
     AcmeTransportError,
     AiohttpTransport,
     Headers,
+    HttptoolsTransport,
     HttpxTransport,
     Transport,
     make_ssl_context,
@@ -174,6 +175,7 @@ async def server() -> AsyncIterator[Server]:
 TRANSPORTS: dict[str, Callable[..., Transport]] = {
     "aiohttp": lambda **kw: AiohttpTransport(ssl=False, **kw),
     "httpx": lambda **kw: HttpxTransport(verify=False, **kw),
+    "httptools": lambda **kw: HttptoolsTransport(ssl=False, **kw),
 }
 
 
@@ -260,11 +262,12 @@ async def test_connection_refused(transport: Transport) -> None:
 async def test_tls_verification(tmp_path: Path, name: str) -> None:
     srv = await start(tmp_path)
     try:
-        make: Callable[[ssl.SSLContext], Transport] = (
-            (lambda c: AiohttpTransport(ssl=c))
-            if name == "aiohttp"
-            else (lambda c: HttpxTransport(verify=c))
-        )
+        makers: dict[str, Callable[[ssl.SSLContext], Transport]] = {
+            "aiohttp": lambda c: AiohttpTransport(ssl=c),
+            "httpx": lambda c: HttpxTransport(verify=c),
+            "httptools": lambda c: HttptoolsTransport(ssl=c),
+        }
+        make = makers[name]
         for ctx, ok in (
             (make_ssl_context(insecure=True), True),
             (make_ssl_context(str(srv.cert)), True),

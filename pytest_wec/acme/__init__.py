@@ -2,7 +2,7 @@
 
 ::
 
-    network = AcmeNetwork(url, AiohttpTransport(ssl=make_ssl_context(insecure=True)))
+    network = AcmeNetwork(url, make_transport(insecure=True))
     acme = network.client("newAccount", chain_id, observer)
     account = await acme.new_account(AccountKey.generate("ES256"))
     order = await acme.new_order(account, ["example.com"])
@@ -39,6 +39,7 @@ from ._errors import (
     AcmeUnexpectedStatus,
 )
 from ._fakeca import FakeCA
+from ._httptools import HttptoolsTransport
 from ._httpx import HttpxTransport
 from ._jws import (
     AccountKey,
@@ -69,6 +70,7 @@ from ._network import AcmeNetwork
 from ._nonces import NoncePool
 from ._transport import (
     DEFAULT_MAX_BODY,
+    TRANSPORT_NAMES,
     USER_AGENT,
     Headers,
     MockHandler,
@@ -77,11 +79,13 @@ from ._transport import (
     Response,
     Transport,
     make_ssl_context,
+    make_transport,
 )
 
 __all__ = [
     "CERT_KEY_KINDS",
     "DEFAULT_MAX_BODY",
+    "TRANSPORT_NAMES",
     "USER_AGENT",
     "Account",
     "AccountKey",
@@ -105,6 +109,7 @@ __all__ = [
     "Directory",
     "FakeCA",
     "Headers",
+    "HttptoolsTransport",
     "HttpxTransport",
     "Identifier",
     "IdentifierLike",
@@ -131,6 +136,7 @@ __all__ = [
     "key_change_jws",
     "make_csr",
     "make_ssl_context",
+    "make_transport",
     "sign_jws",
     "tls_alpn01_digest",
     "verify_signature",

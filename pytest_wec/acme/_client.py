@@ -33,7 +33,7 @@ from ._messages import (
     IdentifierLike,
     Order,
 )
-from ._network import AcmeNetwork, Observed, retry_after_seconds
+from ._network import AcmeNetwork, Observed, retry_after_seconds, sleep_at_least
 from ._parse import json_body, location, media_type, parse_link_header, rfc3339
 from ._transport import Response
 
@@ -414,7 +414,7 @@ class AcmeClient:
             else:
                 delay = min(res.retry_after, cap, remaining)
             log.debug("%s is %s; polling again in %.3gs", what, res.status, delay)
-            await asyncio.sleep(delay)
+            await sleep_at_least(delay)
             res = await fetch()
         return res
 

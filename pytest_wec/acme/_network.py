@@ -57,6 +57,15 @@ _perf = time.perf_counter
 _now = time.time
 
 
+async def sleep_at_least(delay: float) -> None:
+    """Sleep ``delay`` seconds and never less: a Retry-After is a floor, and uvloop's
+    millisecond timers may fire a fraction of a millisecond early."""
+    end = time.monotonic() + delay
+    await asyncio.sleep(delay)
+    while (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(left + 0.0005)
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Seconds from a Retry-After value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
     if not value:
@@ -149,15 +158,16 @@ class AcmeNetwork:
     """Directory, nonces and transport for one CA, shared by a worker's chains.
 
     ``timeout`` bounds each HTTP exchange (total seconds). ``transport``
-    defaults to an :class:`~pytest_wec.acme._aiohttp.AiohttpTransport` with
-    system TLS trust. ``signer`` is the JWS seam (:func:`sign_jws`, or the
+    defaults to an :class:`~pytest_wec.acme._httptools.HttptoolsTransport`
+    with system TLS trust. ``signer`` is the JWS seam (:func:`sign_jws`, or the
     josepy-based reference). Without a Retry-After from the server, polls wait
     ``poll_first`` seconds, then twice as long each time up to ``poll_interval``.
 
-    ``nonce_method``: HEAD, as §7.2 suggests, or GET (answered 204). aiohttp
-    closes the connection after a HEAD response without Content-Length (Go
-    servers such as Pebble send none), so each HEAD costs a new TLS
-    handshake; GET keeps the connection. The pool makes either rare.
+    ``nonce_method``: HEAD, as §7.2 suggests, or GET (answered 204). The
+    transports close the connection after a HEAD response (whether a body
+    follows is unclear when Content-Length is missing, as from Go servers such
+    as Pebble), so each HEAD costs a new TLS handshake; GET keeps the
+    connection. The pool makes either rare.
     """
 
     def __init__(
@@ -176,9 +186,9 @@ class AcmeNetwork:
         signer: JwsSigner = sign_jws,
     ) -> None:
         if transport is None:
-            from ._aiohttp import AiohttpTransport
+            from ._httptools import HttptoolsTransport
 
-            transport = AiohttpTransport()
+            transport = HttptoolsTransport()
         self.directory_url = directory_url
         self.transport = transport
         self.timeout = timeout
@@ -307,7 +317,7 @@ class AcmeNetwork:
                     raise
             retries += 1
             log.debug("%s %s: HTTP 429/503, retry %d in %.3gs", method, endpoint, retries, delay)
-            await asyncio.sleep(delay)
+            await sleep_at_least(delay)
 
     async def post(
         self,
@@ -349,7 +359,7 @@ class AcmeNetwork:
             retries += 1
             nonce = None
             log.debug("%s: HTTP 429/503, retry %d in %.3gs", endpoint, retries, delay)
-            await asyncio.sleep(delay)
+            await sleep_at_least(delay)
 
     async def new_nonce(self, obs: Observed) -> str:
         """A fresh nonce from newNonce (§7.2), bypassing the pool."""

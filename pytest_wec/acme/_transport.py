@@ -6,9 +6,10 @@ Transports follow no redirects, keep connections alive, bound every request
 by a total ``timeout`` and refuse bodies larger than their ``max_body``
 (:class:`AcmeBodyTooLarge`) without reading them into memory.
 
-Implementations: :class:`~pytest_wec.acme._aiohttp.AiohttpTransport` (the
-default, cheapest per request), :class:`~pytest_wec.acme._httpx.HttpxTransport`
-and :class:`MockTransport` for offline tests.
+Implementations: :class:`~pytest_wec.acme._httptools.HttptoolsTransport` (the
+default, cheapest per request), :class:`~pytest_wec.acme._aiohttp.AiohttpTransport`,
+:class:`~pytest_wec.acme._httpx.HttpxTransport` and :class:`MockTransport` for
+offline tests; :func:`make_transport` builds one of the first three by name.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._errors import AcmeBodyTooLarge, AcmeTimeout
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "TRANSPORT_NAMES",
     "USER_AGENT",
     "Headers",
     "MockHandler",
@@ -35,7 +37,11 @@ __all__ = [
     "Response",
     "Transport",
     "make_ssl_context",
+    "make_transport",
 ]
+
+#: The transports :func:`make_transport` builds, the default first.
+TRANSPORT_NAMES = ("httptools", "aiohttp", "httpx")
 
 #: Default bound on a response body: certificate chains are a few KiB.
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -224,3 +230,23 @@ def make_ssl_context(ca_bundle: str | None = None, insecure: bool = False) -> ss
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     return ssl.create_default_context(cafile=ca_bundle)
+
+
+def make_transport(name: str = "httptools", *, ca_bundle: str | None = None,
+                   insecure: bool = False, max_body: int = DEFAULT_MAX_BODY) -> Transport:
+    """The transport called ``name`` (one of :data:`TRANSPORT_NAMES`), verifying
+    TLS against ``ca_bundle`` (or the system store), or not at all when ``insecure``."""
+    ctx = make_ssl_context(ca_bundle, insecure)
+    if name == "httptools":
+        from ._httptools import HttptoolsTransport
+
+        return HttptoolsTransport(ssl=ctx, max_body=max_body)
+    if name == "aiohttp":
+        from ._aiohttp import AiohttpTransport
+
+        return AiohttpTransport(ssl=ctx, max_body=max_body)
+    if name == "httpx":
+        from ._httpx import HttpxTransport
+
+        return HttpxTransport(verify=ctx, max_body=max_body)
+    raise ValueError(f"unknown transport {name!r}: one of {', '.join(TRANSPORT_NAMES)}")

@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy import (
     Row,
     Table,
+    bindparam,
     delete,
     false,
     insert,
+    or_,
     select,
     true,
     update,
@@ -67,6 +69,21 @@ log = logging.getLogger(__name__)
 
 _CLAIMABLE = {Kind.ACCOUNT: ACC, Kind.AUTHORIZATION: AUTH, Kind.CERTIFICATE: CERT}
 _DEPENDENT = (ORD, AUTH, CERT)  # rows that copy their account's validity
+
+# The statements every chain runs, built once: building one with literal values and its
+# cache key costs several times what SQLite spends executing it (docs/performance.md).
+_INSERT = {t.name: insert(t).returning(t.c.id) for t in (ACC, ORD, AUTH, CERT)}
+_ACCOUNT_STATUS = select(ACC.c.status).where(ACC.c.id == bindparam("account_id"))
+_ACCOUNT_STATUS_SHARED = _ACCOUNT_STATUS.with_for_update(read=True)
+_PICK_ACCOUNT = tuple(
+    select(ACC).where(
+        ACC.c.directory == bindparam("directory"),
+        ACC.c.status == AccountStatus.VALID.value,
+        or_(ACC.c.claimed_by.is_(None), ACC.c.claim_expires < bindparam("now")),
+        around,
+    ).order_by(ACC.c.shuffle).limit(1)
+    for around in (ACC.c.shuffle >= bindparam("pivot"), ACC.c.shuffle < bindparam("pivot"))
+)
 
 
 class SqlStateStore:
@@ -129,12 +146,10 @@ class SqlStateStore:
 
         def tx(conn: Connection) -> int:
             if t is not ACC:  # copy the account's validity, read under a share lock
-                stmt = select(ACC.c.status).where(ACC.c.id == values["account_id"])
-                if self._db.is_postgres:
-                    stmt = stmt.with_for_update(read=True)
-                status = conn.execute(stmt).scalar()
+                stmt = _ACCOUNT_STATUS_SHARED if self._db.is_postgres else _ACCOUNT_STATUS
+                status = conn.execute(stmt, {"account_id": values["account_id"]}).scalar()
                 values["account_valid"] = status == AccountStatus.VALID.value
-            return int(conn.execute(insert(t).values(**values).returning(t.c.id)).scalar_one())
+            return int(conn.execute(_INSERT[t.name], values).scalar_one())
 
         row_id = self._db.run(tx)
         n = next(self._inserted[t.name])
@@ -220,10 +235,13 @@ class SqlStateStore:
 
     def pick_account(self, directory: str) -> Account | None:
         def tx(conn: Connection) -> Account | None:
-            where = [ACC.c.directory == directory, ACC.c.status == AccountStatus.VALID.value,
-                     unclaimed(ACC, self._clock())]
-            row = pick(self._db, conn, ACC, where, None)
-            return None if row is None else to_account(row)
+            params = {"directory": directory, "now": self._clock(),
+                      "pivot": self._rng.getrandbits(31)}
+            for stmt in _PICK_ACCOUNT:  # a random start in the shuffle index, as pick() does
+                row = conn.execute(stmt, params).first()
+                if row is not None:
+                    return to_account(row)
+            return None
 
         return self._db.run(tx, write=False)
 

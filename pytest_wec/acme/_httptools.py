@@ -1,0 +1,396 @@
+"""The lean transport: HTTP/1.1 keep-alive on asyncio protocols, parsed by httptools.
+
+An ACME client needs little of HTTP: one request at a time per connection, bodies
+sized by Content-Length or chunked, no redirects, no cookies, no compression. This
+transport does exactly that on :class:`asyncio.Protocol` connections and parses
+responses with httptools (llhttp, the parser in C that uvicorn uses), so that a
+request costs about a third of what a general client spends on it
+(``bench/bench_transport_floor.py``; docs/performance.md).
+
+A connection pool per origin (scheme, host, port) hands idle connections out last in,
+first out; one the server closed while idle is retried once on a new connection when
+nothing of its response arrived. Every exchange is bounded by its ``timeout`` (connect
+included); a connection whose exchange failed, timed out or was cancelled is closed,
+never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl as _ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from ._errors import (
+    AcmeBodyTooLarge,
+    AcmeConnectError,
+    AcmeHttpError,
+    AcmeTimeout,
+    AcmeTransportError,
+)
+from ._transport import DEFAULT_MAX_BODY, USER_AGENT, Headers, Response, make_ssl_context
+
+__all__ = ["HttptoolsTransport"]
+
+log = logging.getLogger(__name__)
+
+#: Bound on a response's status line and header fields together.
+MAX_HEAD = 256 * 1024
+
+_BAD_URL = re.compile(r"[\x00-\x20\x7f]")
+_BAD_FIELD = re.compile(r"[\r\n\x00]")
+_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+class _Lost(Exception):
+    """The connection closed before the response was complete."""
+
+    def __init__(self, got_bytes: bool, cause: BaseException | None) -> None:
+        super().__init__(f"connection closed before the response was complete ({cause})"
+                         if cause else "connection closed before the response was complete")
+        self.got_bytes = got_bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection and the parser state of the exchange on it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.lost = False
+        self.used = False
+        self.idle_since = 0.0
+        self.max_body = DEFAULT_MAX_BODY
+        self.is_head = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.fields: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.head_size = 0
+        self.headers_done = False
+        self.got_bytes = False
+        self.status = 0
+        self.delimited = False  # Content-Length or chunked: the body has a known end
+
+    def begin(self, waiter: asyncio.Future[Response], max_body: int, is_head: bool) -> None:
+        self._reset()
+        self.waiter = waiter
+        self.max_body = max_body
+        self.is_head = is_head
+        self.used = True
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # bytes nobody asked for: the stream is out of step, never reuse it
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(AcmeHttpError("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            if not waiter.done():
+                self._fail(AcmeHttpError(f"malformed HTTP response: {exc}"))
+        else:
+            if not self.headers_done and not waiter.done():
+                self.head_size += len(data)
+                if self.head_size > MAX_HEAD:
+                    self._fail(AcmeHttpError(f"response head larger than {MAX_HEAD} bytes"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.headers_done and not self.delimited and self.status >= 200:
+            self._finish(keep=False)  # a body delimited by the end of the connection
+        else:
+            waiter.set_exception(_Lost(self.got_bytes, exc))
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.close()  # a second answer nobody asked for: the stream is out of step
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.status = status = self.parser.get_status_code()
+        if status < 200:
+            return  # an interim 1xx response: the real one follows
+        length: int | None = None
+        for name, value in self.fields:
+            lname = name.lower()
+            if lname == "content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+                self.delimited = True
+            elif lname == "transfer-encoding":
+                self.delimited = True
+        if self.is_head or status in (204, 304):
+            self.delimited = True
+            if self.is_head:
+                self._finish(keep=False)  # llhttp would wait for a HEAD's body
+            return
+        if length is not None and length > self.max_body:
+            self._fail(AcmeBodyTooLarge(
+                f"Content-Length {length} exceeds {self.max_body} bytes"))
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.max_body:
+            self._fail(AcmeBodyTooLarge(f"body exceeds {self.max_body} bytes"))
+        else:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:
+            self._reset()
+            self.got_bytes = True
+            return
+        self._finish(keep=self.parser.should_keep_alive())
+
+    # the exchange's end
+
+    def _finish(self, keep: bool) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        waiter.set_result(Response(self.status, Headers(self.fields), body))
+        if not keep:
+            self.close()
+
+    def _fail(self, exc: AcmeTransportError) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class HttptoolsTransport:
+    """A :class:`~pytest_wec.acme._transport.Transport` on asyncio and httptools.
+
+    ``ssl``: an ``ssl.SSLContext``, True (system trust) or False (no verification).
+    ``limit``: the most connections in use at once (0: no limit); a request waits
+    for one within its timeout. ``max_body``: the largest response body read, in
+    bytes; larger ones fail fast with :class:`AcmeBodyTooLarge` (from Content-Length
+    when given). ``keepalive_timeout``: idle connections older than this are closed
+    rather than reused.
+    """
+
+    def __init__(
+        self,
+        ssl: _ssl.SSLContext | bool = True,
+        limit: int = 0,
+        max_body: int = DEFAULT_MAX_BODY,
+        *,
+        keepalive_timeout: float = 30.0,
+    ) -> None:
+        if ssl is True:
+            ctx: _ssl.SSLContext = make_ssl_context()
+        elif ssl is False:
+            ctx = make_ssl_context(insecure=True)
+        else:
+            ctx = ssl
+        self.ssl = ctx
+        self.limit = limit
+        self.max_body = max_body
+        self.keepalive_timeout = keepalive_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: dict[str, list[_Connection]] = {}
+        self._conns: set[_Connection] = set()
+        self._routes: dict[tuple[str, str], tuple[str, str, int, bool, bytes]] = {}
+        self._sem: asyncio.Semaphore | None = None
+        self._closed = False
+
+    def _route(self, method: str, url: str) -> tuple[str, str, int, bool, bytes]:
+        """(pool key, host, port, tls, request line + Host) for ``url``."""
+        if _BAD_URL.search(url) or _BAD_URL.search(method):
+            raise AcmeHttpError(f"{method} {url!r}: whitespace or control characters in the URL")
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise AcmeHttpError(f"{method} {url}: not an http(s) URL")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError as exc:
+            raise AcmeHttpError(f"{method} {url}: {exc}") from None
+        netloc = parts.netloc.rpartition("@")[2]
+        target = parts.path or "/"
+        if parts.query:
+            target = f"{target}?{parts.query}"
+        key = f"{scheme}://{netloc}"
+        try:
+            line = f"{method} {target} HTTP/1.1\r\nHost: {netloc}\r\n".encode("ascii")
+        except UnicodeEncodeError:
+            raise AcmeHttpError(f"{method} {url}: non-ASCII characters in the URL") from None
+        return key, parts.hostname, port, scheme == "https", line
+
+    def _check_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise RuntimeError("HttptoolsTransport is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed() and self._conns:
+                raise RuntimeError("HttptoolsTransport used from a second event loop")
+            self._idle.clear()
+            self._conns.clear()
+            self._loop = loop
+            self._sem = asyncio.Semaphore(self.limit) if self.limit > 0 else None
+        return loop
+
+    def _take_idle(self, key: str) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        oldest = time.monotonic() - self.keepalive_timeout
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and conn.idle_since >= oldest:
+                return conn
+            conn.close()
+            self._conns.discard(conn)
+        return None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                       tls: bool) -> _Connection:
+        _, conn = await loop.create_connection(
+            _Connection, host, port,
+            ssl=self.ssl if tls else None, server_hostname=host if tls else None,
+        )
+        self._conns.add(conn)
+        return conn
+
+    @staticmethod
+    def _head(line: bytes, headers: Mapping[str, str], body: bytes | None,
+              method: str) -> bytes:
+        out = [line.decode("ascii")]
+        seen_ua = False
+        for name, value in headers.items():
+            lname = name.lower()
+            if lname in _RESERVED:
+                continue
+            if _BAD_FIELD.search(name) or _BAD_FIELD.search(value) or ":" in name:
+                raise AcmeHttpError(f"header {name!r}: invalid characters")
+            seen_ua = seen_ua or lname == "user-agent"
+            out.append(f"{name}: {value}\r\n")
+        if not seen_ua:
+            out.append(f"User-Agent: {USER_AGENT}\r\n")
+        out.append("Accept-Encoding: identity\r\n")
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            out.append(f"Content-Length: {len(body or b'')}\r\n")
+        out.append("\r\n")
+        try:
+            head = "".join(out).encode("latin-1")
+        except UnicodeEncodeError:
+            raise AcmeHttpError("header values must be Latin-1") from None
+        return head + body if body else head
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> Response:
+        loop = self._check_loop()
+        route = self._routes.get((method, url))
+        if route is None:
+            route = self._route(method, url)
+            if len(self._routes) < 4096:
+                self._routes[(method, url)] = route
+        data = self._head(route[4], headers, body, method)
+        try:
+            async with asyncio.timeout(timeout):
+                if self._sem is None:
+                    return await self._exchange(loop, route, data, method == "HEAD")
+                async with self._sem:
+                    return await self._exchange(loop, route, data, method == "HEAD")
+        except AcmeConnectError as exc:
+            raise AcmeConnectError(f"{method} {url}: {exc}") from exc.__cause__
+        except AcmeTransportError as exc:
+            raise type(exc)(f"{method} {url}: {exc}") from None
+        except TimeoutError:
+            raise AcmeTimeout(f"{method} {url}: no complete response within {timeout:g}s") from None
+        except OSError as exc:
+            # DNS, refused, TLS handshake or certificate, reset
+            raise AcmeConnectError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    async def _exchange(self, loop: asyncio.AbstractEventLoop,
+                        route: tuple[str, str, int, bool, bytes], data: bytes,
+                        is_head: bool) -> Response:
+        key, host, port, tls, _ = route
+        for attempt in (0, 1):
+            conn = self._take_idle(key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(loop, host, port, tls)
+            waiter: asyncio.Future[Response] = loop.create_future()
+            conn.begin(waiter, self.max_body, is_head)
+            assert conn.transport is not None
+            conn.transport.write(data)
+            try:
+                resp = await waiter
+            except _Lost as lost:
+                self._conns.discard(conn)
+                if reused and not lost.got_bytes and attempt == 0:
+                    continue  # the server closed it while it was idle: try a new one
+                if lost.got_bytes:
+                    raise AcmeHttpError(str(lost)) from None
+                raise AcmeConnectError(str(lost)) from None
+            except BaseException:
+                # failed, timed out or cancelled mid-exchange: the stream's state is unknown
+                conn.close()
+                self._conns.discard(conn)
+                raise
+            if conn.lost:
+                self._conns.discard(conn)
+            else:
+                conn.waiter = None
+                conn.idle_since = time.monotonic()
+                self._idle.setdefault(key, []).append(conn)
+            return resp
+        raise AcmeConnectError("the connection closed twice before any response")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conn in list(self._conns):
+            conn.close()
+        self._conns.clear()
+        self._idle.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Open and idle connections, for debugging."""
+        return {"open": len(self._conns),
+                "idle": sum(len(v) for v in self._idle.values())}
