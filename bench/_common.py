@@ -5,6 +5,8 @@ a Pebble that issued 10,000 certificates answers slower than a fresh one) throug
 :class:`pytest_wec.stack.Stack`, exactly as the plugin starts it.
 
     fresh_stack()          Stack.start(Settings(), ...) and stop, in a temporary run dir
+    our_network()          AcmeNetwork on the default transport, as a worker builds it
+    run_ours()             run a coroutine on the default event loop of load runs (uvloop)
     issue_ours()           account + order + http-01 + finalize + download on AcmeClient
     CertbotIssuer          the same flow on certbot's ``acme`` (ClientV2, requests, josepy)
     table()                a plain text table
@@ -12,6 +14,7 @@ a Pebble that issued 10,000 certificates answers slower than a fresh one) throug
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import itertools
@@ -21,9 +24,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,13 +36,15 @@ from pytest_wec.acme import (
     AccountKey,
     AcmeClient,
     AcmeNetwork,
-    AiohttpTransport,
     generate_cert_key,
     key_authorization,
     make_csr,
-    make_ssl_context,
+    make_transport,
 )
+from pytest_wec.runner import new_event_loop
 from pytest_wec.stack import Stack
+
+T = TypeVar("T")
 
 DOMAIN = "wec.example.com"
 POLL_TIMEOUT = 60.0
@@ -66,9 +71,16 @@ def fresh_stack() -> Iterator[Stack]:
 
 
 def our_network(directory: str, ca_bundle: str | None, *, insecure: bool = False) -> AcmeNetwork:
-    """The network layer exactly as a worker builds it (WorkerRuntime.start)."""
-    transport = AiohttpTransport(ssl=make_ssl_context(ca_bundle, insecure))
+    """The network layer exactly as a worker builds it (WorkerRuntime.start), with the
+    default transport (``--wec-transport``)."""
+    transport = make_transport(Settings().transport, ca_bundle=ca_bundle, insecure=insecure)
     return AcmeNetwork(directory, transport, nonce_method="GET")
+
+
+def run_ours(main: Coroutine[Any, Any, T]) -> T:
+    """Run *main* on the event loop a load run's worker uses (``--wec-loop``)."""
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(Settings().loop)) as runner:
+        return runner.run(main)
 
 
 def random_name() -> str:
@@ -92,8 +104,9 @@ async def issue_ours(acme: AcmeClient, publisher: Any | None,
         if publisher is not None:
             await publisher.add_http01(chall.token, key_authorization(chall.token, account.key))
         try:
-            await acme.answer_challenge(account, chall.url)
-            authz = await acme.poll_authorization(account, url, timeout=POLL_TIMEOUT)
+            answered = await acme.answer_challenge(account, chall.url)
+            authz = await acme.poll_authorization(account, url, timeout=POLL_TIMEOUT,
+                                                  answered=answered)
         finally:
             if publisher is not None:
                 await publisher.del_http01(chall.token)

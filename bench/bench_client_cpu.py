@@ -7,8 +7,8 @@ measurement, started by ``pytest_wec.stack.Stack``): newAccount with a new ES256
 newOrder for one random name, the http-01 answer written to the challenge server's Redis
 store, answer the challenge, poll, finalize with a new P-256 CSR, poll, download.
 
-    ours       AcmeNetwork/AcmeClient on AiohttpTransport, C concurrent tasks on one event
-               loop, challenges through RedisPublisher (async)
+    ours       AcmeNetwork/AcmeClient on the default transport (httptools) and event loop
+               (uvloop), C concurrent tasks on one loop, challenges through RedisPublisher (async)
     certbot    acme.client.ClientV2/ClientNetwork (requests, josepy), C threads in one
                process, challenges through a synchronous Redis client, same keys
 
@@ -39,6 +39,7 @@ from _common import (
     log,
     machine,
     our_network,
+    run_ours,
     sync_redis,
     table,
 )
@@ -81,7 +82,7 @@ def measure_ours(certs: int, concurrency: int) -> dict[str, Any]:
                 await pub.aclose()
                 await net.aclose()
 
-        return asyncio.run(run())
+        return run_ours(run())
 
 
 def measure_certbot(certs: int, concurrency: int) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def seq_ours(n: int) -> float:
             await net.aclose()
             return cpu / n * 1e6
 
-        return asyncio.run(run())
+        return run_ours(run())
 
 
 def seq_certbot(n: int) -> float:
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     log("POST-as-GET loop: ours, certbot acme")
     seq_n = 300 if args.quick else 1000
     seq_o, seq_b = seq_ours(seq_n), seq_certbot(seq_n)
-    row_o, cert_o, req_o = row("ours (aiohttp, asyncio)", ours)
+    row_o, cert_o, req_o = row("ours (httptools, uvloop)", ours)
     row_b, cert_b, req_b = row("certbot acme (threads)", base)
     print(table(["client", "certs", "errors", "req/cert", "CPU ms/cert", "CPU ms/req",
                  "certs/s wall"], [row_o, row_b]))
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  error: {e}")
     print(f"POST-as-GET of the account, {seq_n} one after another (per-request floor):")
     print(table(["client", "CPU µs/request", "vs ours"],
-                [["ours (aiohttp, asyncio)", seq_o, "1.00x"],
+                [["ours (httptools, uvloop)", seq_o, "1.00x"],
                  ["certbot acme (requests)", seq_b, f"{seq_b / seq_o:.2f}x"]]))
     ratio = cert_b / cert_o
     print(f"CPU per certificate: certbot/ours = {ratio:.1f}x "

@@ -24,7 +24,6 @@ Target: CPU per chain flat within 20% from 10 to 1,000 in flight.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fresh_stack, issue_ours, log, machine, our_network, table
+from _common import fresh_stack, issue_ours, log, machine, our_network, run_ours, table
 from bench_rate_accuracy import BenchRuntime
 from stubca import start_stub_ca
 
@@ -89,12 +88,12 @@ def measure(ca: str, n: int, duration: float) -> dict[str, Any]:
     if ca == "stub CA":
         proc, url, bundle = start_stub_ca(Path(tempfile.mkdtemp(prefix="wec-stubca-")))
         try:
-            return asyncio.run(go(url, bundle, None, None))
+            return run_ours(go(url, bundle, None, None))
         finally:
             proc.stop()
     with fresh_stack() as stack:
         i = stack.info
-        return asyncio.run(go(i["directory"], i["ca_bundle"], i["redis_url"], i["namespace"]))
+        return run_ours(go(i["directory"], i["ca_bundle"], i["redis_url"], i["namespace"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,16 +5,18 @@
 Sequential POSTs of a JWS-sized body (600 bytes) to the stub CA (bench/stubca.py, which
 answers its ~400-byte directory JSON), no JWS and no ACME logic:
 
-    AiohttpTransport        the product's transport (aiohttp ClientSession underneath)
+    HttptoolsTransport      the product's default transport (asyncio protocol + httptools)
+    AiohttpTransport        the product's aiohttp transport (ClientSession underneath)
     aiohttp session         a bare ``session.post(...)`` + ``read()``
     asyncio streams         a minimal HTTP/1.1 exchange over ``asyncio.open_connection``
-                            (Content-Length only, no pooling, no chunked bodies): the floor
-                            under any asyncio transport on this machine
+                            (Content-Length only, no pooling, no chunked bodies): a floor
+                            for a Python transport on this machine
     requests.Session        certbot's HTTP layer (blocking, one thread)
 
-Best of several interleaved rounds, in µs of process CPU per exchange. It says how much of
-bench_client_cpu.py's per-request figure is the HTTP layer, and what a leaner transport
-could save.
+each on the standard asyncio event loop and on uvloop (the default of load runs). Best of
+several interleaved rounds, in µs of process CPU per exchange, against the default
+(HttptoolsTransport on uvloop). It says how much of bench_client_cpu.py's per-request
+figure is the HTTP layer.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ import aiohttp
 from _common import machine, table
 from stubca import start_stub_ca
 
-from pytest_wec.acme import AiohttpTransport, Headers, Response, make_ssl_context
+from pytest_wec.acme import (
+    AiohttpTransport,
+    Headers,
+    HttptoolsTransport,
+    Response,
+    make_ssl_context,
+)
+from pytest_wec.runner import new_event_loop
 
 BODY = b'{"protected":"' + b"x" * 560 + b'","payload":""}'
 HEADERS = {"Content-Type": "application/jose+json", "User-Agent": "bench"}
@@ -44,6 +53,7 @@ async def run(url: str, ca: str | None, n: int, rounds: int) -> dict[str, float]
     ctx = make_ssl_context(ca)
     parts = urlsplit(url)
     transport = AiohttpTransport(ssl=ctx)
+    lean = HttptoolsTransport(ssl=ctx)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=ctx)
     head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: bench\r\n"
@@ -51,6 +61,9 @@ async def run(url: str, ca: str | None, n: int, rounds: int) -> dict[str, float]
             ).encode() + BODY
 
     async def ours() -> None:
+        await lean.request("POST", url, headers=HEADERS, body=BODY, timeout=10)
+
+    async def aio() -> None:
         await transport.request("POST", url, headers=HEADERS, body=BODY, timeout=10)
 
     async def bare() -> None:
@@ -68,7 +81,8 @@ async def run(url: str, ca: str | None, n: int, rounds: int) -> dict[str, float]
         Response(status, headers, await reader.readexactly(size) if size else b"")
 
     variants: dict[str, Callable[[], Awaitable[None]]] = {
-        "AiohttpTransport (ours)": ours, "aiohttp session": bare, "asyncio streams": streams}
+        "HttptoolsTransport": ours, "AiohttpTransport": aio, "aiohttp session": bare,
+        "asyncio streams": streams}
     best = {k: float("inf") for k in variants}
     for fn in variants.values():
         for _ in range(50):
@@ -80,6 +94,7 @@ async def run(url: str, ca: str | None, n: int, rounds: int) -> dict[str, float]
                 await fn()
             best[name] = min(best[name], (time.process_time() - c0) / n * 1e6)
     await transport.aclose()
+    await lean.aclose()
     await session.close()
     writer.close()
     return best
@@ -109,12 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_transport_floor: {n} POSTs x best of {rounds}; {machine()}")
     proc, url, ca = start_stub_ca(Path(tempfile.mkdtemp(prefix="wec-stubca-")))
     try:
-        best = asyncio.run(run(url, ca, n, rounds))
-        best["requests.Session (certbot)"] = run_requests(url, ca, n, rounds)
+        best: dict[str, float] = {}
+        for loop_name in ("uvloop", "asyncio"):
+            with asyncio.Runner(loop_factory=lambda n=loop_name: new_event_loop(n)) as runner:
+                for k, v in runner.run(run(url, ca, n, rounds)).items():
+                    best[f"{k}, {loop_name}"] = v
+        best["requests.Session (certbot), threads"] = run_requests(url, ca, n, rounds)
     finally:
         proc.stop()
-    ref = best["AiohttpTransport (ours)"]
-    print(table(["HTTP layer", "CPU µs/exchange", "vs ours"],
+    ref = best["HttptoolsTransport, uvloop"]
+    print(table(["HTTP layer, event loop", "CPU µs/exchange", "vs default"],
                 [[k, v, f"{v / ref:.2f}x"] for k, v in best.items()]))
     return 0
 

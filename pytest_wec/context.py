@@ -265,8 +265,9 @@ class ChainContext:
             key_authz = key_authorization(chall.token, account.key)
             unpublish = await self._publish(kind, ident.value, chall.token, key_authz)
             try:
-                await self.client.answer_challenge(account, chall.url)
-                authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT)
+                answered = await self.client.answer_challenge(account, chall.url)
+                authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT,
+                                                             answered=answered)
             finally:
                 await unpublish()
             done.append(authz)

@@ -171,13 +171,14 @@ class WorkerRuntime:
         self.network: Any = None
         self.publisher: Any = None
         self.store: Any = None
+        self.queue: Any = None
         self.pebble: Any = None
         self.holder = f"{worker_id}:{os.getpid()}"
 
     async def start(self) -> WorkerRuntime:
         from pytest_wec.acme import AcmeNetwork, make_transport
         from pytest_wec.challenges import ChallTestSrvPublisher, RedisPublisher
-        from pytest_wec.state import make_store
+        from pytest_wec.state import StoreQueue, make_store
 
         s, info = self.settings, self.info
         await check_reachable(self.worker_id, reach_targets(s, info))
@@ -197,11 +198,15 @@ class WorkerRuntime:
         else:
             self.publisher = RedisPublisher(info["redis_url"], info["namespace"])
         self.store = await asyncio.to_thread(make_store, db_url_for(s, info["run_dir"]))
+        self.queue = StoreQueue(self.store)
         return self
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a (sync, short) state-store call off the event loop."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run a (sync, short) state-store call off the event loop; calls made while
+        others run are committed together (:class:`~pytest_wec.state.StoreQueue`)."""
+        if self.queue is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self.queue.call(fn, *args, **kwargs)
 
     async def aclose(self) -> None:
         for closer in (
@@ -213,6 +218,8 @@ class WorkerRuntime:
                     await closer()
                 except Exception:
                     log.exception("closing the worker runtime")
+        if self.queue is not None:
+            await self.queue.aclose()
         if self.store is not None:
             try:
                 await asyncio.to_thread(self.store.release_all, self.holder)

@@ -650,3 +650,38 @@ def test_verify_signature_helpers() -> None:
         jwk_public_key({"kty": "oct", "k": "x"})
     with pytest.raises(ValueError):
         jwk_public_key({"kty": "EC", "crv": "P-256"})
+
+
+@pytest.mark.asyncio
+async def test_polls_skip_what_the_last_answer_already_says() -> None:
+    env = make_env(FakeCA(processing_polls=1), poll_first=0.05, poll_interval=0.5)
+    acct = await account(env)
+    order = await env.acme.new_order(acct, ["s.test"])
+    authz = await env.acme.get_authorization(acct, order.authorizations[0])
+    ch = authz.challenge("http-01")
+    assert ch is not None
+    answered = await env.acme.answer_challenge(acct, ch.url)
+    assert answered.status == "processing" and answered.retry_after is None
+    env.results.clear()
+    t0 = time.time()
+    # the challenge is being validated: the first poll waits the first step (50 ms)
+    await env.acme.poll_authorization(acct, authz.url, answered=answered)
+    assert [r["endpoint"] for r in env.results] == ["authz"]
+    assert env.results[0]["started"] - t0 >= 0.05
+    order = await env.acme.poll_order(acct, order, until="ready")
+    assert order.status == "ready"
+    # a ready order asked to be ready again: no request
+    env.results.clear()
+    assert await env.acme.poll_order(acct, order, until="ready") is order
+    order = await env.acme.finalize(acct, order, make_csr(["s.test"], generate_cert_key()))
+    assert order.status == "processing"
+    assert env.results == [r for r in env.results if r["endpoint"] == "finalize"]
+    env.results.clear()
+    t0 = time.time()
+    # processing: the first poll waits 50 ms (processing), the next 100 ms (valid)
+    order = await env.acme.poll_order(acct, order)
+    assert order.status == "valid" and [r["endpoint"] for r in env.results] == ["order"] * 2
+    first, second = (r["started"] for r in env.results)
+    assert first - t0 >= 0.05 and second - first >= 0.1
+    env.results.clear()
+    assert await env.acme.poll_order(acct, order) is order and env.results == []

@@ -6,6 +6,7 @@ and drop it at the end; they are skipped when no server answers within 2 s.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import queue
@@ -27,6 +28,7 @@ from pytest_wec.state import (
     Counts,
     Kind,
     SqlStateStore,
+    StateError,
     StateSchemaError,
     StateStore,
     StateUnavailableError,
@@ -550,3 +552,61 @@ def test_postgres_url_forms_are_normalised() -> None:
         assert target.url.drivername == "postgresql+psycopg"
         assert target.shown == "postgresql+psycopg://u:***@h/db"
     assert resolve_target("sqlite:///rel/state.db").sqlite_path == Path("rel/state.db").absolute()
+
+
+# -- group commit: run_batch and StoreQueue ------------------------------------------------
+
+
+def test_run_batch_keeps_each_calls_outcome(store: SqlStateStore) -> None:
+    acc = _account(store)
+    calls = [
+        lambda: store.add_order(DIR_A, acc, "https://ca-a.test/o/1", "pending", ["a.test"]),
+        lambda: store.add_order(DIR_A, "not an id", "u", "pending", []),  # type: ignore[arg-type]
+        lambda: store.add_order(DIR_A, 10**9, "https://ca-a.test/o/x", "pending", []),  # no FK
+        lambda: store.add_order(DIR_A, acc, "https://ca-a.test/o/2", "pending", ["b.test"]),
+        lambda: store.pick_account(DIR_A),
+    ]
+    outcomes = store.run_batch(calls)
+    assert [ok for ok, _ in outcomes] == [True, False, False, True, True]
+    assert isinstance(outcomes[1][1], ValueError)
+    assert isinstance(outcomes[2][1], StateError)  # the FK violation, in its own savepoint
+    o1, o2 = outcomes[0][1], outcomes[3][1]
+    assert store.get_order(o1).url.endswith("/o/1")  # type: ignore[union-attr]
+    assert store.get_order(o2).names == ("b.test",)  # type: ignore[union-attr]
+    assert outcomes[4][1].id == acc
+    assert store.counts(DIR_A).orders == 2
+
+
+@pytest.mark.asyncio
+async def test_store_queue_groups_concurrent_calls(store: SqlStateStore) -> None:
+    from pytest_wec.state import StoreQueue
+
+    acc = _account(store)
+    queue = StoreQueue(store, max_batch=16)
+    ids = await asyncio.gather(*(
+        queue.call(store.add_order, DIR_A, acc, f"https://ca-a.test/o/{i}", "pending",
+                   [f"n{i}.test"]) for i in range(100)))
+    assert len(set(ids)) == 100 and store.counts(DIR_A).orders == 100
+    assert queue.calls == 100 and 100 / 16 <= queue.groups < 100  # grouped, none lost
+    with pytest.raises(ValueError, match="account_id"):
+        await queue.call(store.add_order, DIR_A, None, "u", "pending", [])  # type: ignore[arg-type]
+    got = await asyncio.gather(queue.call(store.pick_account, DIR_A),
+                               queue.call(store.get_order, ids[7]))
+    assert got[0] is not None and got[0].id == acc and got[1].names == ("n7.test",)
+    await queue.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await queue.call(store.pick_account, DIR_A)
+
+
+@pytest.mark.asyncio
+async def test_store_queue_without_run_batch_calls_one_by_one() -> None:
+    from pytest_wec.state import StoreQueue
+
+    class Plain:
+        def double(self, x: int) -> int:
+            return 2 * x
+
+    queue = StoreQueue(Plain())
+    assert await asyncio.gather(*(queue.call(Plain().double, i) for i in range(5))) == [
+        0, 2, 4, 6, 8]
+    assert queue.groups == 0

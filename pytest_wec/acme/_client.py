@@ -77,7 +77,7 @@ def _authz_parser(url: str) -> Callable[[Response], Authorization]:
 
 
 def _challenge(resp: Response) -> Challenge:
-    return Challenge.from_body(json_body(resp, "challenge"))
+    return Challenge.from_body(json_body(resp, "challenge"), retry_after=_retry_after(resp))
 
 
 def _raw(resp: Response) -> Response:
@@ -268,14 +268,25 @@ class AcmeClient:
 
         ``until="ready"`` also stops at ``ready``: use it before finalize, to
         wait for the authorizations to be validated. Raises AcmePollTimeout.
+
+        *order* is the state last seen: one already final is returned without a
+        request (a CA that finalizes at once answers finalize with ``valid``), and
+        after a ``processing`` one (the CA is issuing) the first poll waits its
+        Retry-After or the first polling step rather than asking at once.
         """
         done = ("ready", "valid", "invalid") if until == "ready" else ("valid", "invalid")
+        if order.status in done:
+            return order
+        first: float | Literal["step"] | None = None
+        if order.status == "processing":
+            first = order.retry_after if order.retry_after is not None else "step"
         return await self._poll(
             lambda: self.get_order(account, order.url),
             lambda o: o.status in done,
             timeout,
             interval,
             f"order {order.url}",
+            wait_first=first,
         )
 
     # -- authorizations and challenges ---------------------------------------
@@ -299,14 +310,24 @@ class AcmeClient:
         timeout: float = 60.0,
         *,
         interval: float | None = None,
+        answered: Challenge | None = None,
     ) -> Authorization:
-        """Poll until the authorization leaves ``pending`` (§7.5.1). Raises AcmePollTimeout."""
+        """Poll until the authorization leaves ``pending`` (§7.5.1). Raises AcmePollTimeout.
+
+        *answered*: the challenge just answered (:meth:`answer_challenge`'s result).
+        While it is still being validated the first poll waits its Retry-After or the
+        first polling step: asked at once, the answer is nearly always ``pending``.
+        """
+        first: float | Literal["step"] | None = None
+        if answered is not None and answered.status in ("pending", "processing"):
+            first = answered.retry_after if answered.retry_after is not None else "step"
         return await self._poll(
             lambda: self.get_authorization(account, url),
             lambda a: a.status != "pending",
             timeout,
             interval,
             f"authorization {url}",
+            wait_first=first,
         )
 
     async def deactivate_authorization(self, account: Account, url: str) -> Authorization:
@@ -395,7 +416,11 @@ class AcmeClient:
         timeout: float,
         interval: float | None,
         what: str,
+        *,
+        wait_first: float | Literal["step"] | None = None,
     ) -> P:
+        """Fetch until *done*. ``wait_first``: None fetches at once; seconds (a Retry-After)
+        wait that long first, capped; ``"step"`` waits the first polling step first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         default = self.network.poll_interval if interval is None else interval
@@ -403,6 +428,13 @@ class AcmeClient:
         # Without Retry-After: a short first wait, doubling up to the interval, so that a
         # fast CA's latency is measured rather than the polling interval.
         step = min(self.network.poll_first, default)
+        if wait_first is not None:
+            if wait_first == "step":
+                first, step = step, min(step * 2, default)
+            else:
+                first = min(wait_first, cap)
+            if first > 0:
+                await sleep_at_least(min(first, max(0.0, deadline - loop.time())))
         res = await fetch()
         while not done(res):
             remaining = deadline - loop.time()

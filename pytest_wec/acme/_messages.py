@@ -206,23 +206,26 @@ class Order:
 
 @dataclass(frozen=True)
 class Challenge:
-    """A challenge (RFC 8555 §7.1.5, §8): type, url, token, status and the body."""
+    """A challenge (RFC 8555 §7.1.5, §8): type, url, token, status and the body.
+    ``retry_after`` as for :class:`Order` (when it came as a response of its own)."""
 
     type: str
     url: str
     token: str | None
     status: str
     body: dict[str, Any] = field(compare=False)
+    retry_after: float | None = field(default=None, compare=False)
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], what: str = "challenge") -> Challenge:
+    def from_body(cls, body: dict[str, Any], what: str = "challenge",
+                  retry_after: float | None = None) -> Challenge:
         typ = require(body, what, "type", str)
         url = require(body, what, "url", str)
         status = require(body, what, "status", str)
         token = body.get("token")
         if token is not None and not isinstance(token, str):
             raise AcmeProtocolError(f"{what}: token is not a string")
-        return cls(typ, url, token, status, body)
+        return cls(typ, url, token, status, body, retry_after)
 
     @property
     def error(self) -> AcmeProblem | None:

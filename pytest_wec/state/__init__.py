@@ -36,6 +36,7 @@ from pytest_wec.state._exceptions import (
     StateURLError,
 )
 from pytest_wec.state._protocol import StateStore
+from pytest_wec.state._queue import StoreQueue
 from pytest_wec.state._values import (
     Account,
     AccountStatus,
@@ -68,6 +69,7 @@ __all__ = [
     "StateStore",
     "StateURLError",
     "StateUnavailableError",
+    "StoreQueue",
     "Timestamp",
     "make_store",
 ]

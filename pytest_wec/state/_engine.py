@@ -18,8 +18,9 @@ import importlib.util
 import logging
 import os
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, insert, inspect, select
@@ -150,6 +151,7 @@ class Database:
         else:
             self.engine = _postgres_engine(target, size, connect_timeout)
         self.is_postgres = not target.is_sqlite
+        self._batch = threading.local()  # the connection of run_batch(), per thread
         try:
             self._prepare(create)
         except StateUnavailableError as exc:
@@ -191,11 +193,18 @@ class Database:
         self.run(setup, write=create)
 
     def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run *fn* in one transaction; retry deadlocks; raise :class:`StateError`."""
+        """Run *fn* in one transaction; retry deadlocks; raise :class:`StateError`.
+
+        Inside :meth:`run_batch`, *fn* runs in a savepoint of the batch's transaction.
+        """
+        batch: Connection | None = getattr(self._batch, "conn", None)
         attempt = 0
         while True:
             attempt += 1
             try:
+                if batch is not None:
+                    with batch.begin_nested():
+                        return fn(batch)
                 with self.engine.connect() as conn:
                     if not self.is_postgres:
                         conn.execution_options(wec_write=write)
@@ -215,6 +224,41 @@ class Database:
                 ) from None
             except SQLAlchemyError as exc:
                 raise StateError(f"state DB {self.target.shown}: {_reason(exc)}") from None
+
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Run each of *calls* (functions that make store calls) in one write transaction,
+        each store call in a savepoint of its own: one commit for the lot (group commit).
+
+        Returns ``(True, result)`` or ``(False, exception)`` per call, in order; a call that
+        fails loses only its own writes. If the transaction itself fails (say, its commit),
+        nothing of it is kept and each call runs again alone, in its own transaction.
+        """
+        def tx(conn: Connection) -> list[tuple[bool, Any]]:
+            outcomes: list[tuple[bool, Any]] = []
+            self._batch.conn = conn
+            try:
+                for call in calls:
+                    try:
+                        outcomes.append((True, call()))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+            finally:
+                self._batch.conn = None
+            return outcomes
+
+        if len(calls) > 1 and getattr(self._batch, "conn", None) is None:
+            try:
+                return self.run(tx)
+            except StateError as exc:
+                log.debug("state DB: batch of %d failed (%s); running them one by one",
+                          len(calls), exc)
+        outcomes: list[tuple[bool, Any]] = []
+        for call in calls:
+            try:
+                outcomes.append((True, call()))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
 
     def _translate(self, exc: DBAPIError) -> StateError:
         if isinstance(exc, IntegrityError):

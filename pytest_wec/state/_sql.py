@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -134,6 +134,11 @@ class SqlStateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Run *calls* (each making calls of this store) in one transaction; see
+        :meth:`pytest_wec.state._engine.Database.run_batch`."""
+        return self._db.run_batch(calls)
 
     # -- adding rows -----------------------------------------------------------------------
 
