@@ -21,11 +21,14 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from pytest_wec._settings import Settings
 from pytest_wec.errors import UnreachableError
+
+if TYPE_CHECKING:
+    from pytest_wec.state import StoreQueue
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,7 @@ class WorkerRuntime:
         self.network: Any = None
         self.publisher: Any = None
         self.store: Any = None
-        self.queue: Any = None
+        self.queue: StoreQueue | None = None
         self.pebble: Any = None
         self.holder = f"{worker_id}:{os.getpid()}"
 
