@@ -22,7 +22,7 @@ import re
 import ssl as _ssl
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -46,6 +46,19 @@ MAX_HEAD = 256 * 1024
 _BAD_URL = re.compile(r"[\x00-\x20\x7f]")
 _BAD_FIELD = re.compile(r"[\r\n\x00]")
 _RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+class _Origin(NamedTuple):
+    key: str  # the pool's key: scheme://host:port
+    host: str
+    port: int
+    tls: bool
+    netloc: str  # the Host header
+
+
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class _Lost(Exception):
@@ -131,7 +144,7 @@ class _Connection(asyncio.Protocol):
             self.close()  # a second answer nobody asked for: the stream is out of step
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.fields.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -139,8 +152,7 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             return  # an interim 1xx response: the real one follows
         length: int | None = None
-        for name, value in self.fields:
-            lname = name.lower()
+        for lname, value in self.fields:
             if lname == "content-length":
                 try:
                     length = int(value)
@@ -180,7 +192,7 @@ class _Connection(asyncio.Protocol):
             return
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        waiter.set_result(Response(self.status, Headers(self.fields), body))
+        waiter.set_result(Response(self.status, Headers.from_lowered(self.fields), body))
         if not keep:
             self.close()
 
@@ -228,15 +240,34 @@ class HttptoolsTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[str, list[_Connection]] = {}
         self._conns: set[_Connection] = set()
-        self._routes: dict[tuple[str, str], tuple[str, str, int, bool, bytes]] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._field_cache: dict[int, tuple[dict[str, str], str]] = {}
         self._sem: asyncio.Semaphore | None = None
         self._closed = False
 
-    def _route(self, method: str, url: str) -> tuple[str, str, int, bool, bytes]:
-        """(pool key, host, port, tls, request line + Host) for ``url``."""
-        if _BAD_URL.search(url) or _BAD_URL.search(method):
-            raise AcmeHttpError(f"{method} {url!r}: whitespace or control characters in the URL")
-        parts = urlsplit(url)
+    def _split(self, method: str, url: str) -> tuple[_Origin, str]:
+        """The origin of ``url`` (parsed once per origin) and its request target."""
+        if _BAD_URL.search(url) or not url.isascii():
+            raise AcmeHttpError(
+                f"{method} {url!r}: whitespace, control or non-ASCII characters in the URL")
+        i = url.find("://")
+        j = url.find("/", i + 3) if i > 0 else -1
+        origin_text, target = (url, "/") if j < 0 else (url[:j], url[j:])
+        if "#" in target:
+            target = target.partition("#")[0]
+        if "?" in origin_text:
+            origin_text, _, query = origin_text.partition("?")
+            target = f"/?{query}"
+        origin = self._origins.get(origin_text)
+        if origin is None:
+            origin = self._parse_origin(method, url, origin_text)
+            if len(self._origins) < 256:
+                self._origins[origin_text] = origin
+        return origin, target
+
+    @staticmethod
+    def _parse_origin(method: str, url: str, origin_text: str) -> _Origin:
+        parts = urlsplit(origin_text)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise AcmeHttpError(f"{method} {url}: not an http(s) URL")
@@ -245,15 +276,34 @@ class HttptoolsTransport:
         except ValueError as exc:
             raise AcmeHttpError(f"{method} {url}: {exc}") from None
         netloc = parts.netloc.rpartition("@")[2]
-        target = parts.path or "/"
-        if parts.query:
-            target = f"{target}?{parts.query}"
-        key = f"{scheme}://{netloc}"
-        try:
-            line = f"{method} {target} HTTP/1.1\r\nHost: {netloc}\r\n".encode("ascii")
-        except UnicodeEncodeError:
-            raise AcmeHttpError(f"{method} {url}: non-ASCII characters in the URL") from None
-        return key, parts.hostname, port, scheme == "https", line
+        return _Origin(f"{scheme}://{netloc}", parts.hostname, port, scheme == "https", netloc)
+
+    def _fields(self, headers: Mapping[str, str]) -> str:
+        """The header lines for ``headers`` with User-Agent and Accept-Encoding, checked
+        once per distinct mapping (a client sends the same few again and again)."""
+        cached = self._field_cache.get(id(headers))
+        if cached is not None and cached[0] == headers:
+            return cached[1]
+        out = []
+        seen_ua = False
+        for name, value in headers.items():
+            lname = name.lower()
+            if lname in _RESERVED:
+                continue
+            if _BAD_FIELD.search(name) or _BAD_FIELD.search(value) or ":" in name:
+                raise AcmeHttpError(f"header {name!r}: invalid characters")
+            if not (name + value).isascii():
+                raise AcmeHttpError(f"header {name!r}: non-ASCII characters")
+            seen_ua = seen_ua or lname == "user-agent"
+            out.append(f"{name}: {value}\r\n")
+        if not seen_ua:
+            out.append(f"User-Agent: {USER_AGENT}\r\n")
+        out.append("Accept-Encoding: identity\r\n")
+        text = "".join(out)
+        if len(self._field_cache) >= 64:
+            self._field_cache.clear()
+        self._field_cache[id(headers)] = (dict(headers), text)
+        return text
 
     def _check_loop(self) -> asyncio.AbstractEventLoop:
         if self._closed:
@@ -290,31 +340,6 @@ class HttptoolsTransport:
         self._conns.add(conn)
         return conn
 
-    @staticmethod
-    def _head(line: bytes, headers: Mapping[str, str], body: bytes | None,
-              method: str) -> bytes:
-        out = [line.decode("ascii")]
-        seen_ua = False
-        for name, value in headers.items():
-            lname = name.lower()
-            if lname in _RESERVED:
-                continue
-            if _BAD_FIELD.search(name) or _BAD_FIELD.search(value) or ":" in name:
-                raise AcmeHttpError(f"header {name!r}: invalid characters")
-            seen_ua = seen_ua or lname == "user-agent"
-            out.append(f"{name}: {value}\r\n")
-        if not seen_ua:
-            out.append(f"User-Agent: {USER_AGENT}\r\n")
-        out.append("Accept-Encoding: identity\r\n")
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            out.append(f"Content-Length: {len(body or b'')}\r\n")
-        out.append("\r\n")
-        try:
-            head = "".join(out).encode("latin-1")
-        except UnicodeEncodeError:
-            raise AcmeHttpError("header values must be Latin-1") from None
-        return head + body if body else head
-
     async def request(
         self,
         method: str,
@@ -325,18 +350,24 @@ class HttptoolsTransport:
         timeout: float,
     ) -> Response:
         loop = self._check_loop()
-        route = self._routes.get((method, url))
-        if route is None:
-            route = self._route(method, url)
-            if len(self._routes) < 4096:
-                self._routes[(method, url)] = route
-        data = self._head(route[4], headers, body, method)
+        deadline = loop.time() + timeout
+        origin, target = self._split(method, url)
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            length = f"Content-Length: {len(body) if body else 0}\r\n"
+        else:
+            length = ""
+        head = (f"{method} {target} HTTP/1.1\r\nHost: {origin.netloc}\r\n"
+                f"{self._fields(headers)}{length}\r\n").encode("ascii")
+        data = head + body if body else head
         try:
-            async with asyncio.timeout(timeout):
-                if self._sem is None:
-                    return await self._exchange(loop, route, data, method == "HEAD")
-                async with self._sem:
-                    return await self._exchange(loop, route, data, method == "HEAD")
+            if self._sem is None:
+                return await self._exchange(loop, origin, data, method == "HEAD", deadline)
+            async with asyncio.timeout_at(deadline):
+                await self._sem.acquire()
+            try:
+                return await self._exchange(loop, origin, data, method == "HEAD", deadline)
+            finally:
+                self._sem.release()
         except AcmeConnectError as exc:
             raise AcmeConnectError(f"{method} {url}: {exc}") from exc.__cause__
         except AcmeTransportError as exc:
@@ -347,17 +378,20 @@ class HttptoolsTransport:
             # DNS, refused, TLS handshake or certificate, reset
             raise AcmeConnectError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
 
-    async def _exchange(self, loop: asyncio.AbstractEventLoop,
-                        route: tuple[str, str, int, bool, bytes], data: bytes,
-                        is_head: bool) -> Response:
-        key, host, port, tls, _ = route
+    async def _exchange(self, loop: asyncio.AbstractEventLoop, origin: _Origin, data: bytes,
+                        is_head: bool, deadline: float) -> Response:
+        key = origin.key
         for attempt in (0, 1):
             conn = self._take_idle(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(loop, host, port, tls)
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._connect(loop, origin.host, origin.port, origin.tls)
             waiter: asyncio.Future[Response] = loop.create_future()
             conn.begin(waiter, self.max_body, is_head)
+            # a timer on the waiter rather than asyncio.timeout(): the same bound, a
+            # fraction of the cost per request
+            timer = loop.call_at(deadline, _expire, waiter)
             assert conn.transport is not None
             conn.transport.write(data)
             try:
@@ -374,6 +408,8 @@ class HttptoolsTransport:
                 conn.close()
                 self._conns.discard(conn)
                 raise
+            finally:
+                timer.cancel()
             if conn.lost:
                 self._conns.discard(conn)
             else:

@@ -71,6 +71,19 @@ class Headers(Mapping[str, str]):
         self._map = joined
         self._items = flat
 
+    @classmethod
+    def from_lowered(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers from (name, value) pairs whose names are already lower case (a
+        transport's parser); the list is kept, not copied."""
+        self = cls.__new__(cls)
+        joined: dict[str, str] = {}
+        for key, value in pairs:
+            prev = joined.get(key)
+            joined[key] = value if prev is None else f"{prev}, {value}"
+        self._map = joined
+        self._items = pairs
+        return self
+
     def __getitem__(self, key: str) -> str:
         return self._map[key.lower()]
 
