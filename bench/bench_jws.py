@@ -27,6 +27,7 @@ from pytest_wec.acme import (
     AccountKey,
     AcmeNetwork,
     AiohttpTransport,
+    HttptoolsTransport,
     HttpxTransport,
     MockTransport,
     Request,
@@ -136,6 +137,10 @@ def main() -> None:
     )
     if args.directory:
         ctx = make_ssl_context(args.ca_bundle, args.insecure)
+        asyncio.run(
+            per_request(args.directory, HttptoolsTransport(ssl=ctx), args.seconds * 2,
+                        "httptools")
+        )
         asyncio.run(
             per_request(args.directory, AiohttpTransport(ssl=ctx), args.seconds * 2, "aiohttp")
         )

@@ -279,6 +279,7 @@ class Aggregator:
             "schedule_lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
             "max_loop_lag_ms": round(self.max_loop_lag_ms, 3),
             "workers": len({w.get("worker") for w in self.workers.values()}),
+            "io": sorted({str(w["io"]) for w in self.workers.values() if w.get("io")}),
         }
 
     def window(self, now: float, seconds: int = 10) -> tuple[int, Histogram]:

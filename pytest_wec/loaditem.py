@@ -105,6 +105,8 @@ class WecLoadItem(pytest.Item):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         runtime = await WorkerRuntime(settings, info, worker).start()
         sink = ResultSink(info["redis_url"], info["namespace"], worker)
+        loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        sink.io = f"{type(runtime.network.transport).__name__} on {loop_kind}"
         await sink.start()
         specs = [ChainSpec(name, ci.needs, ci.produces) for name, (ci, _) in
                  sorted(self.chains.items())]

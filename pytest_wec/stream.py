@@ -84,6 +84,7 @@ class WorkerStatus(TypedDict):
     dropped_requests: int  # their requests
     dropped_starts: int  # open model: starts over the cap on chains in flight, so far
     final: bool  # True in the end record
+    io: str  # the HTTP transport and event loop, e.g. "HttptoolsTransport on uvloop"
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class ResultSink:
         self.sent = self.dropped = self.dropped_requests = 0
         self._in_flight, self._target_share, self._lag_max = 0, 0.0, 0.0
         self._dropped_starts = 0
+        self.io = ""  # set by the worker: its transport and event loop
         self._cpu0 = time.process_time()
         self._cpu_last = (time.monotonic(), self._cpu0)
         self._failures, self._retry_at = 0, 0.0
@@ -354,7 +356,7 @@ class ResultSink:
             cpu_pct=round(100.0 * (cpu - last_cpu) / max(now - last_now, 1e-6), 1),
             cpu_s=round(cpu - self._cpu0, 3), sent=self.sent, dropped=self.dropped,
             dropped_requests=self.dropped_requests, dropped_starts=self._dropped_starts,
-            final=final)
+            final=final, io=self.io)
 
     async def _send_status(self, final: bool) -> bool:
         if self._client is None:

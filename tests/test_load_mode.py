@@ -258,6 +258,7 @@ def test_closed_model_stages_on_two_workers(pytester: pytest.Pytester) -> None:
     assert set(per_worker) == {"gw0", "gw1"} and min(per_worker.values()) > 0, per_worker
     assert sum(per_worker.values()) == s["totals"]["chains"]
     assert s["generator"].get("workers", 2) == 2
+    assert s["generator"]["io"] == ["HttptoolsTransport on uvloop"]
     # Worker 0 of 2 runs a chain while the rounded total is >= 1 (0.375 s to 5.625 s of the
     # stages), worker 1 while it is >= 2 (1.125 s to 4.875 s): nothing runs at the end.
     spans = []
@@ -272,11 +273,14 @@ def test_closed_model_stages_on_two_workers(pytester: pytest.Pytester) -> None:
 
 
 def test_open_model_rate(pytester: pytest.Pytester) -> None:
-    """No -n (xdist loaded, no workers); the results log in msgpack."""
+    """No -n (xdist loaded, no workers); the results log in msgpack; the aiohttp transport on
+    the standard asyncio loop (the defaults are httptools on uvloop, as in the other runs)."""
     run = load_run(pytester, "--pyargs", "chains", "--wec-rate", "5", "--wec-load", "20",
                    "--wec-duration", "6s", "--wec-mix", only("new_account", "new_order"),
-                   "--wec-log-format", "msgpack")
+                   "--wec-log-format", "msgpack", "--wec-transport", "aiohttp",
+                   "--wec-loop", "asyncio")
     assert run.ret == 0, run.text
+    assert run.summary["generator"]["io"] == ["AiohttpTransport on asyncio"]
     assert_chains_ran_well(run)
     assert (run.out / "results.msgpack").is_file() and not (run.out / "results.jsonl").exists()
     assert set(run.by_worker()) == {"main"} and run.summary["run"]["workers"] == 1
