@@ -265,7 +265,7 @@ class ChainContext:
             key_authz = key_authorization(chall.token, account.key)
             unpublish = await self._publish(kind, ident.value, chall.token, key_authz)
             try:
-                answered = await self.client.answer_challenge(account, chall.url)
+                answered = await self._answer(account, url, chall)
                 authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT,
                                                              answered=answered)
             finally:
@@ -278,6 +278,28 @@ class ChainContext:
                     self.account_id(account), url, ident.type, ident.value, kind,
                     authz.body.get("expires")))
         return done
+
+    async def _answer(self, account: Any, authz_url: str, chall: Any) -> Any:
+        """Answer *chall*; None when it was refused because it is already answered.
+
+        Under load, two chains of one account may order the same names at once (a renewal
+        and a reuse of the same identifier, say), and a CA may hand both the same pending
+        order (Pebble does, RFC 8555 §7.4 allows it): the second answer to the shared
+        challenge is then refused. The authorization is read again, and the refusal
+        stands unless the challenge is being validated or the authorization is valid.
+        """
+        from pytest_wec.acme import AcmeProblem
+
+        try:
+            return await self.client.answer_challenge(account, chall.url)
+        except AcmeProblem:
+            current = await self.client.get_authorization(account, authz_url)
+            now = current.challenge(chall.type)
+            if current.status == "valid" or (
+                    current.status == "pending" and now is not None
+                    and now.status in ("processing", "valid")):
+                return None
+            raise
 
     async def publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
         """Publish *key_authz* where the CA looks for challenge *kind* of *ident* (§8.3,

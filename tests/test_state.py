@@ -610,3 +610,33 @@ async def test_store_queue_without_run_batch_calls_one_by_one() -> None:
     assert await asyncio.gather(*(queue.call(Plain().double, i) for i in range(5))) == [
         0, 2, 4, 6, 8]
     assert queue.groups == 0
+
+
+def test_run_batch_falls_back_to_one_by_one_after_a_deadlock(store: SqlStateStore) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    acc = _account(store)
+    tries: list[int] = []
+
+    def flaky() -> str:
+        def tx(conn: Any) -> str:
+            tries.append(1)
+            if len(tries) == 1:
+                raise DBAPIError("UPDATE ...", {}, Deadlock("deadlock detected"))
+            return "done"
+
+        return store._db.run(tx)
+
+    calls = [
+        lambda: store.add_order(DIR_A, acc, "https://ca-a.test/o/a", "pending", ["a.test"]),
+        flaky,
+        lambda: store.add_order(DIR_A, acc, "https://ca-a.test/o/b", "pending", ["b.test"]),
+    ]
+    outcomes = store.run_batch(calls)
+    assert [ok for ok, _ in outcomes] == [True, True, True], outcomes
+    assert outcomes[1][1] == "done" and len(tries) == 2
+    # the group was rolled back before the calls ran alone: each order exists once
+    assert store.counts(DIR_A).orders == 2

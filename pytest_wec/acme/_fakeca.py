@@ -360,7 +360,10 @@ class FakeCA:
         if url not in self.challenges:
             raise _Problem(404, "malformed", "no such challenge")
         authz_url, ch = self.challenges[url]
-        if payload is not None and ch["status"] == "pending":
+        if payload is not None:
+            if ch["status"] != "pending":  # as Pebble answers a second response
+                raise _Problem(400, "malformed", f"Cannot update challenge with status "
+                                                 f"{ch['status']}, only status pending")
             ch["status"] = "processing"
         return 200, {"Link": f'<{authz_url}>;rel="up"'}, ch
 

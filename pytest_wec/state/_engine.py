@@ -132,6 +132,11 @@ def _reason(exc: BaseException) -> str:
     return mask_url(text) or type(orig).__name__
 
 
+class _GroupAborted(Exception):
+    """A deadlock or serialisation failure inside :meth:`Database.run_batch`: the group is
+    rolled back and its calls run one by one (each with the usual retries)."""
+
+
 class Database:
     """One engine and its pool; every store call is one :meth:`run` of a short transaction."""
 
@@ -212,6 +217,10 @@ class Database:
                         return fn(conn)
             except DBAPIError as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None)
+                if batch is not None and sqlstate in _RETRY_SQLSTATES:
+                    # a deadlock inside a group: the group's other locks are still held,
+                    # so retrying here could meet it again; the group is run call by call
+                    raise _GroupAborted(sqlstate) from None
                 if sqlstate in _RETRY_SQLSTATES and attempt < _RETRIES:
                     log.debug("state DB: retrying after %s (attempt %d)", sqlstate, attempt)
                     time.sleep(random.uniform(0.001, 0.01) * attempt)
@@ -230,8 +239,9 @@ class Database:
         each store call in a savepoint of its own: one commit for the lot (group commit).
 
         Returns ``(True, result)`` or ``(False, exception)`` per call, in order; a call that
-        fails loses only its own writes. If the transaction itself fails (say, its commit),
-        nothing of it is kept and each call runs again alone, in its own transaction.
+        fails loses only its own writes. If the transaction itself fails (its commit, or a
+        deadlock with another process's group), nothing of it is kept and each call runs
+        again alone, in its own transaction.
         """
         def tx(conn: Connection) -> list[tuple[bool, Any]]:
             outcomes: list[tuple[bool, Any]] = []
@@ -240,6 +250,8 @@ class Database:
                 for call in calls:
                     try:
                         outcomes.append((True, call()))
+                    except _GroupAborted:
+                        raise
                     except Exception as exc:
                         outcomes.append((False, exc))
             finally:
@@ -249,7 +261,7 @@ class Database:
         if len(calls) > 1 and getattr(self._batch, "conn", None) is None:
             try:
                 return self.run(tx)
-            except StateError as exc:
+            except (StateError, _GroupAborted) as exc:
                 log.debug("state DB: batch of %d failed (%s); running them one by one",
                           len(calls), exc)
         outcomes: list[tuple[bool, Any]] = []
