@@ -97,7 +97,8 @@ def _run_ours(rate: float, duration: float, workers: int, out: Path,
     expected = round(rate * duration)
     short = starts < 0.99 * expected
     if short:  # a worker that ran nothing or stopped early: the rate was not offered
-        res["errors"].insert(0, f"only {starts} of {expected} starts; warnings: "
+        res["errors"].insert(0, f"only {starts} of {expected} starts (pytest exit "
+                                f"{proc.returncode}); warnings: "
                                 f"{'; '.join(map(str, s.get('warnings', [])))[:200]}")
     res["ok"] = res["dropped_pct"] < 1 and res["failed_pct"] < 1 and not short
     if short:
