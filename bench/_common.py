@@ -6,7 +6,7 @@ a Pebble that issued 10,000 certificates answers slower than a fresh one) throug
 
     fresh_stack()          Stack.start(Settings(), ...) and stop, in a temporary run dir
     our_network()          AcmeNetwork on the default transport, as a worker builds it
-    run_ours()             run a coroutine on the default event loop of load runs (uvloop)
+    run_like_worker()      run a coroutine on the event loop of load runs (uvloop)
     issue_ours()           account + order + http-01 + finalize + download on AcmeClient
     CertbotIssuer          the same flow on certbot's ``acme`` (ClientV2, requests, josepy)
     table()                a plain text table
@@ -77,7 +77,7 @@ def our_network(directory: str, ca_bundle: str | None, *, insecure: bool = False
     return AcmeNetwork(directory, transport, nonce_method="GET")
 
 
-def run_ours(main: Coroutine[Any, Any, T]) -> T:
+def run_like_worker(main: Coroutine[Any, Any, T]) -> T:
     """Run *main* on the event loop a load run's worker uses (``--wec-loop``)."""
     with asyncio.Runner(loop_factory=lambda: new_event_loop(Settings().loop)) as runner:
         return runner.run(main)

@@ -39,7 +39,7 @@ from _common import (
     log,
     machine,
     our_network,
-    run_ours,
+    run_like_worker,
     sync_redis,
     table,
 )
@@ -82,7 +82,7 @@ def measure_ours(certs: int, concurrency: int) -> dict[str, Any]:
                 await pub.aclose()
                 await net.aclose()
 
-        return run_ours(run())
+        return run_like_worker(run())
 
 
 def measure_certbot(certs: int, concurrency: int) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def seq_ours(n: int) -> float:
             await net.aclose()
             return cpu / n * 1e6
 
-        return run_ours(run())
+        return run_like_worker(run())
 
 
 def seq_certbot(n: int) -> float:

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fresh_stack, issue_ours, log, machine, our_network, run_ours, table
+from _common import fresh_stack, issue_ours, log, machine, our_network, run_like_worker, table
 from bench_rate_accuracy import BenchRuntime
 from stubca import start_stub_ca
 
@@ -88,12 +88,12 @@ def measure(ca: str, n: int, duration: float) -> dict[str, Any]:
     if ca == "stub CA":
         proc, url, bundle = start_stub_ca(Path(tempfile.mkdtemp(prefix="wec-stubca-")))
         try:
-            return run_ours(go(url, bundle, None, None))
+            return run_like_worker(go(url, bundle, None, None))
         finally:
             proc.stop()
     with fresh_stack() as stack:
         i = stack.info
-        return run_ours(go(i["directory"], i["ca_bundle"], i["redis_url"], i["namespace"]))
+        return run_like_worker(go(i["directory"], i["ca_bundle"], i["redis_url"], i["namespace"]))
 
 
 def main(argv: list[str] | None = None) -> int:

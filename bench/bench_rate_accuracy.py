@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import issue_ours, log, machine, our_network, percentile, run_ours, table
+from _common import issue_ours, log, machine, our_network, percentile, run_like_worker, table
 from stubca import start_stub_ca
 
 from pytest_wec._chain import ChainInfo
@@ -126,7 +126,7 @@ def measure(kind: str, sched: str, rate: float, duration: float) -> dict[str, An
             await net.aclose()
             return lags, failed, cpu
 
-        lags, failed, cpu = run_ours(go())
+        lags, failed, cpu = run_like_worker(go())
     finally:
         if proc is not None:
             proc.stop()

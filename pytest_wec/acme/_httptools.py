@@ -17,7 +17,6 @@ never reused.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import ssl as _ssl
 import time
@@ -37,8 +36,6 @@ from ._errors import (
 from ._transport import DEFAULT_MAX_BODY, USER_AGENT, Headers, Response, make_ssl_context
 
 __all__ = ["HttptoolsTransport"]
-
-log = logging.getLogger(__name__)
 
 #: Bound on a response's status line and header fields together.
 MAX_HEAD = 256 * 1024
@@ -78,7 +75,6 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
         self.lost = False
-        self.used = False
         self.idle_since = 0.0
         self.max_body = DEFAULT_MAX_BODY
         self.is_head = False
@@ -99,7 +95,6 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter
         self.max_body = max_body
         self.is_head = is_head
-        self.used = True
 
     # asyncio.Protocol
 

@@ -61,28 +61,23 @@ class Headers(Mapping[str, str]):
 
     def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items
-        joined: dict[str, str] = {}
-        flat: list[tuple[str, str]] = []
-        for name, value in pairs:
-            key = name.lower()
-            flat.append((key, value))
-            prev = joined.get(key)
-            joined[key] = value if prev is None else f"{prev}, {value}"
-        self._map = joined
-        self._items = flat
+        self._set([(name.lower(), value) for name, value in pairs])
 
     @classmethod
     def from_lowered(cls, pairs: list[tuple[str, str]]) -> Headers:
         """Headers from (name, value) pairs whose names are already lower case (a
         transport's parser); the list is kept, not copied."""
         self = cls.__new__(cls)
+        self._set(pairs)
+        return self
+
+    def _set(self, flat: list[tuple[str, str]]) -> None:
         joined: dict[str, str] = {}
-        for key, value in pairs:
+        for key, value in flat:
             prev = joined.get(key)
             joined[key] = value if prev is None else f"{prev}, {value}"
         self._map = joined
-        self._items = pairs
-        return self
+        self._items = flat
 
     def __getitem__(self, key: str) -> str:
         return self._map[key.lower()]

@@ -137,6 +137,19 @@ class _GroupAborted(Exception):
     rolled back and its calls run one by one (each with the usual retries)."""
 
 
+def _each(calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    """Each call's ``(True, result)`` or ``(False, exception)``; a group's abort is raised."""
+    outcomes: list[tuple[bool, Any]] = []
+    for call in calls:
+        try:
+            outcomes.append((True, call()))
+        except _GroupAborted:
+            raise
+        except Exception as exc:
+            outcomes.append((False, exc))
+    return outcomes
+
+
 class Database:
     """One engine and its pool; every store call is one :meth:`run` of a short transaction."""
 
@@ -244,19 +257,11 @@ class Database:
         again alone, in its own transaction.
         """
         def tx(conn: Connection) -> list[tuple[bool, Any]]:
-            outcomes: list[tuple[bool, Any]] = []
             self._batch.conn = conn
             try:
-                for call in calls:
-                    try:
-                        outcomes.append((True, call()))
-                    except _GroupAborted:
-                        raise
-                    except Exception as exc:
-                        outcomes.append((False, exc))
+                return _each(calls)
             finally:
                 self._batch.conn = None
-            return outcomes
 
         if len(calls) > 1 and getattr(self._batch, "conn", None) is None:
             try:
@@ -264,13 +269,7 @@ class Database:
             except (StateError, _GroupAborted) as exc:
                 log.debug("state DB: batch of %d failed (%s); running them one by one",
                           len(calls), exc)
-        outcomes: list[tuple[bool, Any]] = []
-        for call in calls:
-            try:
-                outcomes.append((True, call()))
-            except Exception as exc:
-                outcomes.append((False, exc))
-        return outcomes
+        return _each(calls)
 
     def _translate(self, exc: DBAPIError) -> StateError:
         if isinstance(exc, IntegrityError):
