@@ -640,3 +640,30 @@ def test_run_batch_falls_back_to_one_by_one_after_a_deadlock(store: SqlStateStor
     assert outcomes[1][1] == "done" and len(tries) == 2
     # the group was rolled back before the calls ran alone: each order exists once
     assert store.counts(DIR_A).orders == 2
+
+
+def test_sqlite_locked_at_open_is_tried_again(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_wec.state._engine import Database
+
+    real = Database._prepare
+    calls: list[int] = []
+
+    def flaky(self: Database, create: bool) -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise StateUnavailableError(f"state DB {self.target.shown}: database is locked")
+        real(self, create)
+
+    monkeypatch.setattr(Database, "_prepare", flaky)
+    with SqlStateStore(tmp_path / "state.db") as store:
+        assert store.counts(DIR_A).accounts == 0
+    assert len(calls) == 3
+    # other failures, and a lock that outlasts the connect timeout, are still errors
+    calls.clear()
+    monkeypatch.setattr(Database, "_prepare", lambda self, create: (_ for _ in ()).throw(
+        StateUnavailableError("state DB x: database is locked")))
+    t0 = time.monotonic()
+    with pytest.raises(StateUnavailableError, match=r"cannot open .*locked"):
+        SqlStateStore(tmp_path / "other.db", connect_timeout=1.0)
+    assert 0.9 <= time.monotonic() - t0 < 5

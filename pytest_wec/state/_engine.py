@@ -170,14 +170,25 @@ class Database:
             self.engine = _postgres_engine(target, size, connect_timeout)
         self.is_postgres = not target.is_sqlite
         self._batch = threading.local()  # the connection of run_batch(), per thread
-        try:
-            self._prepare(create)
-        except StateUnavailableError as exc:
-            self.engine.dispose()
-            raise StateUnavailableError(f"cannot open {exc}") from None
-        except BaseException:
-            self.engine.dispose()
-            raise
+        # SQLite may answer "database is locked" at once, without waiting its busy
+        # timeout, while another process writes (seen when one xdist worker opened the
+        # file while the other was already committing groups): try again, for a while
+        deadline = time.monotonic() + max(connect_timeout, 1.0)
+        while True:
+            try:
+                self._prepare(create)
+                break
+            except StateUnavailableError as exc:
+                if (target.is_sqlite and "locked" in str(exc)
+                        and time.monotonic() < deadline):
+                    log.debug("state DB %s: %s; opening again", target.shown, exc)
+                    time.sleep(random.uniform(0.05, 0.25))
+                    continue
+                self.engine.dispose()
+                raise StateUnavailableError(f"cannot open {exc}") from None
+            except BaseException:
+                self.engine.dispose()
+                raise
         log.info("state DB %s ready (pool %d)", target.shown, size)
 
     def _prepare(self, create: bool) -> None:
