@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_wec._settings import Settings
 from pytest_wec.acme import (
     Account,
     AccountKey,
@@ -41,8 +40,9 @@ from pytest_wec.acme import (
     make_csr,
     make_transport,
 )
-from pytest_wec.runner import new_event_loop
+from pytest_wec.settings import Settings
 from pytest_wec.stack import Stack
+from pytest_wec.worker.runner import new_event_loop
 
 T = TypeVar("T")
 

@@ -44,7 +44,7 @@ from _common import (
     table,
 )
 
-from pytest_wec.challenges import RedisPublisher
+from pytest_wec.worker.publish import RedisPublisher
 
 TARGET_RATIO = 5.0
 TARGET_REQUEST_MS = 0.3

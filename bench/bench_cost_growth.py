@@ -5,7 +5,7 @@
 
 The chain is an issuance for one of 20 existing accounts (newOrder, http-01, finalize, poll,
 download: what the new_certificate chain does) run by
-``pytest_wec.runner.LoadRunner`` in the closed model (N chains in flight) in this process,
+``pytest_wec.worker.runner.LoadRunner`` in the closed model (N chains in flight) in this process,
 one AcmeNetwork (aiohttp) for all. CPU is ``time.process_time()`` of this process over the
 measured run (after a warm-up run that opened the connections), divided by the chains and
 the requests that completed.
@@ -39,9 +39,9 @@ from stubca import start_stub_ca
 
 from pytest_wec._chain import ChainInfo
 from pytest_wec.acme import AccountKey
-from pytest_wec.challenges import RedisPublisher
-from pytest_wec.context import ChainContext
-from pytest_wec.runner import LoadPlan, LoadRunner
+from pytest_wec.worker.context import ChainContext
+from pytest_wec.worker.publish import RedisPublisher
+from pytest_wec.worker.runner import LoadPlan, LoadRunner
 
 TARGET_PCT = 20.0
 ACCOUNTS = 20  # accounts the chains pick from, made before the measurement

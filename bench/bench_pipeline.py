@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.outputs import build_summary
-from pytest_wec.resultlog import ResultLogWriter
-from pytest_wec.results import ChainResult, RequestResult
-from pytest_wec.stream import decode_batch, encode_batch
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.outputs import build_summary
+from pytest_wec.controller.resultlog import ResultLogWriter
+from pytest_wec.wire.results import ChainResult, RequestResult
+from pytest_wec.wire.stream import decode_batch, encode_batch
 
 TARGET = 50_000
 CHAIN = ("newNonce", "newAccount", "newOrder", "authz", "challenge", "authz", "finalize",

@@ -7,7 +7,7 @@ For each rate, two chains, each run by two schedulers in one asyncio process:
     chains       trivial     returns at once (no CA): the scheduler alone
                  stub CA     a full issuance (newAccount ... download) against bench/stubca.py
                              over HTTPS, a fresh stub CA per measurement
-    schedulers   LoadRunner  pytest_wec.runner's open model (absolute schedule)
+    schedulers   LoadRunner  pytest_wec.worker.runner's open model (absolute schedule)
                  naive       ``while ...: await asyncio.sleep(1 / rate); start a chain``
 
 The k-th start is due at t0 + k/rate; its lag is when it really started minus that. The
@@ -32,10 +32,10 @@ from _common import issue_ours, log, machine, our_network, percentile, run_like_
 from stubca import start_stub_ca
 
 from pytest_wec._chain import ChainInfo
-from pytest_wec._settings import Settings
 from pytest_wec.acme import AcmeNetwork, MockTransport, Response
-from pytest_wec.context import ChainContext
-from pytest_wec.runner import LoadPlan, LoadRunner, run_chain
+from pytest_wec.settings import Settings
+from pytest_wec.worker.context import ChainContext
+from pytest_wec.worker.runner import LoadPlan, LoadRunner, run_chain
 
 ChainFn = Callable[[ChainContext], Awaitable[None]]
 

@@ -43,7 +43,7 @@ from pytest_wec.acme import (
     Response,
     make_ssl_context,
 )
-from pytest_wec.runner import new_event_loop
+from pytest_wec.worker.runner import new_event_loop
 
 BODY = b'{"protected":"' + b"x" * 560 + b'","payload":""}'
 HEADERS = {"Content-Type": "application/jose+json", "User-Agent": "bench"}

@@ -19,8 +19,8 @@ from chains._checks import (
     leaf_der,
 )
 from pytest_wec import ChainContext, chain
-from pytest_wec.context import Issued
 from pytest_wec.state import Certificate
+from pytest_wec.worker.context import Issued
 
 
 async def _renew(wec: ChainContext, old: Certificate, *, ari: bool) -> Issued:

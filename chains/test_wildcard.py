@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from chains._checks import assert_chains_to_ca_root, assert_names
 from pytest_wec import ChainContext, chain
-from pytest_wec.context import Issued
+from pytest_wec.worker.context import Issued
 
 
 async def _issue_and_check(wec: ChainContext, names: list[str]) -> Issued:

@@ -1,6 +1,6 @@
 """The challenge store: one Redis key schema, shared by the requesters and the challenge server.
 
-Requesters (``pytest_wec.challenges.RedisPublisher``) and the management API write these keys;
+Requesters (``pytest_wec.worker.publish.RedisPublisher``) and the management API write these keys;
 the challenge server reads them on every query, so a freshly written token is served at once.
 Every key of a run lives under ``wec:NS:`` where ``NS`` is the run's namespace:
 

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from pytest_wec._chain import ChainInfo, chain
-    from pytest_wec.context import ChainContext, NoContext
+    from pytest_wec.worker.context import ChainContext, NoContext
 
 
 def __getattr__(name: str) -> Any:
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_chain, name)
     if name in ("ChainContext", "NoContext"):
-        from pytest_wec import context as _context
+        from pytest_wec.worker import context as _context
 
         return getattr(_context, name)
     raise AttributeError(name)

@@ -1,10 +1,10 @@
 """Declaring chains: ``@chain(name, needs=..., produces=...)`` on an async pytest test.
 
 A chain is an ordinary async pytest test taking one fixture, ``wec`` (a
-:class:`~pytest_wec.context.ChainContext`). Run once, it is an integration test; under
+:class:`~pytest_wec.worker.context.ChainContext`). Run once, it is an integration test; under
 ``--wec-load`` the load runner calls the same function concurrently with a fresh context
 per run. What a chain needs (an account, a valid authorization, a certificate) and what it
-produces drive the context-aware choice (:mod:`pytest_wec.picker`).
+produces drive the context-aware choice (:mod:`pytest_wec.worker.picker`).
 """
 
 from __future__ import annotations

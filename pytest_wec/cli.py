@@ -27,7 +27,7 @@ def _run(argv: list[str]) -> int:
 
     import pytest
 
-    from pytest_wec.controller import new_run_id
+    from pytest_wec.controller.run import new_run_id
 
     out: str | None = None
     for i, a in enumerate(argv):
@@ -50,9 +50,9 @@ def _run(argv: list[str]) -> int:
 
 
 def _stack(argv: list[str]) -> int:
-    from pytest_wec._settings import OPTIONS, resolve
-    from pytest_wec.controller import new_run_id
+    from pytest_wec.controller.run import new_run_id
     from pytest_wec.errors import ConfigError, StackError
+    from pytest_wec.settings import OPTIONS, resolve
     from pytest_wec.stack import Stack
 
     parser = argparse.ArgumentParser(prog="wec stack", description=(
@@ -116,13 +116,13 @@ def _challenge_server(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from pytest_wec.resultlog import convert_main
+    from pytest_wec.controller.resultlog import convert_main
 
     return convert_main(argv)
 
 
 def _report(argv: list[str]) -> int:
-    from pytest_wec.loadsession import report_main
+    from pytest_wec.controller.collector import report_main
 
     return report_main(argv)
 

@@ -1,7 +1,7 @@
 """pytest hooks and option registration only; nothing heavy is imported here.
 
 The run's state lives in one object registered in ``pytest_configure``: the
-:class:`~pytest_wec.controller.WecController` on the controller (or in a run without
+:class:`~pytest_wec.controller.run.WecController` on the controller (or in a run without
 xdist), nothing but settings on an xdist worker: the controller's, as it sent them through
 ``workerinput`` (a worker on another host sees neither the controller's environment nor its
 ini file).
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_wec._settings import OPTIONS, Settings, resolve
 from pytest_wec.errors import ConfigError
+from pytest_wec.settings import OPTIONS, Settings, resolve
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 
@@ -64,17 +64,17 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         settings = _resolve(config)
     config.stash[SETTINGS_KEY] = settings
-    from pytest_wec import fixtures
+    from pytest_wec.worker import fixtures
 
     config.pluginmanager.register(fixtures, "wec-fixtures")
     if hasattr(config, "workerinput"):
         return
-    from pytest_wec.controller import WecController
+    from pytest_wec.controller.run import WecController
 
     controller = WecController(config, settings)
     config.pluginmanager.register(controller, "wec-controller")
     if config.pluginmanager.hasplugin("xdist"):
-        from pytest_wec.controller import XdistHooks
+        from pytest_wec.controller.run import XdistHooks
 
         config.pluginmanager.register(XdistHooks(controller), "wec-xdist")
 
@@ -84,6 +84,6 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     if config.stash[SETTINGS_KEY].load_mode:
-        from pytest_wec.loaditem import collect_load_items
+        from pytest_wec.worker.items import collect_load_items
 
         collect_load_items(session, config, items)

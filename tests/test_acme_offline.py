@@ -42,7 +42,7 @@ from pytest_wec.acme import (
     verify_signature,
 )
 from pytest_wec.acme._network import retry_after_seconds
-from pytest_wec.results import ENDPOINTS, RequestResult
+from pytest_wec.wire.results import ENDPOINTS, RequestResult
 
 DIR = "https://ca.test/dir"
 _KEY = AccountKey.generate("ES256")

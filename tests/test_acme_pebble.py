@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from pytest_wec._settings import Settings
 from pytest_wec.acme import (
     AccountKey,
     AcmeNetwork,
@@ -28,9 +27,10 @@ from pytest_wec.acme import (
     make_csr,
     make_ssl_context,
 )
-from pytest_wec.challenges import RedisPublisher
-from pytest_wec.results import RequestResult
+from pytest_wec.settings import Settings
 from pytest_wec.stack import Stack
+from pytest_wec.wire.results import RequestResult
+from pytest_wec.worker.publish import RedisPublisher
 
 pytestmark = [
     pytest.mark.timeout(180),

@@ -34,7 +34,7 @@ from pytest_wec.acme import (
     Transport,
     make_ssl_context,
 )
-from pytest_wec.results import RequestResult
+from pytest_wec.wire.results import RequestResult
 
 MiB = 1024 * 1024
 CHUNK = b"x" * 65536

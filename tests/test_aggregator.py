@@ -9,8 +9,8 @@ import msgpack
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from pytest_wec.aggregator import HIGHEST_US, Aggregator, Histogram
-from pytest_wec.results import ChainResult, RequestResult
+from pytest_wec.controller.aggregator import HIGHEST_US, Aggregator, Histogram
+from pytest_wec.wire.results import ChainResult, RequestResult
 
 T0 = 1_700_000_000.0
 

@@ -29,14 +29,14 @@ from cryptography.x509.oid import ObjectIdentifier
 from dnslib import DNSRecord
 
 from challenge_srv.store import CHALLENGE_TTL, Keys
-from pytest_wec.challenges import (
+from pytest_wec.errors import WecError
+from pytest_wec.stack._challsrv import start_challenge_server
+from pytest_wec.worker.publish import (
     ChallengePublisher,
     ChallengePublishError,
     ChallTestSrvPublisher,
     RedisPublisher,
 )
-from pytest_wec.errors import WecError
-from pytest_wec.stack._challsrv import start_challenge_server
 
 pytestmark = pytest.mark.redis
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from pytest_wec._settings import Settings
 from pytest_wec.acme import AccountKey, AcmeNetwork, AcmeProblem, FakeCA, MockTransport
-from pytest_wec.context import ChainContext
+from pytest_wec.settings import Settings
+from pytest_wec.worker.context import ChainContext
 
 DIR = "https://ca.test/dir"
 

@@ -22,14 +22,14 @@ import httpx
 import pytest
 import redis
 
-from pytest_wec._settings import Settings, resolve
-from pytest_wec.control import Control, ControlReader, ControlWriter, parse_control
-from pytest_wec.dashboard import Dashboard, parse_dashboard_addr
+from pytest_wec.controller.collector import LoadSession
+from pytest_wec.controller.dashboard import Dashboard, parse_dashboard_addr
 from pytest_wec.errors import ConfigError
-from pytest_wec.loadsession import LoadSession
-from pytest_wec.results import ChainResult
-from pytest_wec.runner import LoadPlan, split_int
-from pytest_wec.stream import ResultSink
+from pytest_wec.settings import Settings, resolve
+from pytest_wec.wire.control import Control, ControlReader, ControlWriter, parse_control
+from pytest_wec.wire.results import ChainResult
+from pytest_wec.wire.stream import ResultSink
+from pytest_wec.worker.runner import LoadPlan, split_int
 
 ADDR_HELP = ("expected [HOST:]PORT such as 8089, 127.0.0.1:8089, 0.0.0.0:8089 or [::1]:8089, "
              "PORT from 0 to 65535 (0: any free port); a bare PORT binds 127.0.0.1")

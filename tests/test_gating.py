@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.baseline import (
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.baseline import (
     check_save_name,
     compare,
     find_baseline,
@@ -25,8 +25,7 @@ from pytest_wec.baseline import (
     regressions,
     save_baseline,
 )
-from pytest_wec.errors import BaselineError
-from pytest_wec.gating import (
+from pytest_wec.controller.gating import (
     ABORT_MIN_SAMPLE,
     EXIT_GATE_FAILED,
     GateResult,
@@ -40,8 +39,9 @@ from pytest_wec.gating import (
     parse_threshold,
     parse_thresholds,
 )
-from pytest_wec.outputs import build_benchmark_json, build_summary, write_json_atomic
-from pytest_wec.results import ChainResult, RequestResult
+from pytest_wec.controller.outputs import build_benchmark_json, build_summary, write_json_atomic
+from pytest_wec.errors import BaselineError
+from pytest_wec.wire.results import ChainResult, RequestResult
 
 T0 = 1_700_000_000.0
 ENDPOINTS_OF = {"new_order": ("newNonce", "newOrder"),

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from _loadruns import BASIC, NEEDS_STACK, chain_names
 
-from pytest_wec.baseline import machine_id
-from pytest_wec.gating import EXIT_GATE_FAILED, format_value
+from pytest_wec.controller.baseline import machine_id
+from pytest_wec.controller.gating import EXIT_GATE_FAILED, format_value
 
 pytestmark = [
     pytest.mark.timeout(240),

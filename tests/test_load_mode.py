@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from _loadruns import BASIC, NEEDS_STACK, chain_names, log_lines, only, wait_until
 
-from pytest_wec.resultlog import read_results
-from pytest_wec.results import ChainResult
+from pytest_wec.controller.resultlog import read_results
+from pytest_wec.wire.results import ChainResult
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -304,7 +304,7 @@ def test_open_model_rate(pytester: pytest.Pytester) -> None:
 
 
 def test_chain_names_of_args_reads_literal_declarations(pytester: pytest.Pytester) -> None:
-    from pytest_wec.controller import chain_names_of_args
+    from pytest_wec.controller.run import chain_names_of_args
 
     pytester.makepyfile(
         test_a="""

@@ -13,11 +13,11 @@ import msgpack
 import pytest
 import redis
 
-from pytest_wec._settings import Settings
-from pytest_wec.loadsession import LoadSession, rebuild, report_main
-from pytest_wec.resultlog import read_results
-from pytest_wec.results import ChainResult, RequestResult
-from pytest_wec.stream import ResultSink, WorkerStatus, encode_batch, results_key
+from pytest_wec.controller.collector import LoadSession, rebuild, report_main
+from pytest_wec.controller.resultlog import read_results
+from pytest_wec.settings import Settings
+from pytest_wec.wire.results import ChainResult, RequestResult
+from pytest_wec.wire.stream import ResultSink, WorkerStatus, encode_batch, results_key
 
 pytestmark = pytest.mark.redis
 

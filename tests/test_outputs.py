@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.outputs import (
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.outputs import (
     build_benchmark_json,
     build_summary,
     format_progress,
     format_tables,
     write_json_atomic,
 )
-from pytest_wec.results import ChainResult, RequestResult
+from pytest_wec.wire.results import ChainResult, RequestResult
 
 T0 = 1_700_000_000.0
 LATENCY_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "p999", "max"}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_wec.picker import (
+from pytest_wec.worker.picker import (
     RESOURCES,
     ChainSpec,
     Counts,

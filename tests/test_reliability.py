@@ -33,8 +33,8 @@ import pytest
 from _loadruns import BASIC, NEEDS_STACK, log_lines, only, wait_until
 
 from pytest_wec.acme import AcmeNetwork
-from pytest_wec.resultlog import read_results
-from pytest_wec.results import ChainResult
+from pytest_wec.controller.resultlog import read_results
+from pytest_wec.wire.results import ChainResult
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -645,9 +645,9 @@ def test_chains_ending_without_an_answer_do_not_end_a_stall(redis_url: str,
     import asyncio
     import uuid
 
-    from pytest_wec._settings import Settings
-    from pytest_wec.loadsession import LoadSession
-    from pytest_wec.stream import ResultSink
+    from pytest_wec.controller.collector import LoadSession
+    from pytest_wec.settings import Settings
+    from pytest_wec.wire.stream import ResultSink
 
     lines: list[str] = []
     ls = LoadSession(Settings(load=3, duration=5.0), tmp_path, "20261128-000000-abcdef",

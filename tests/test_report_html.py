@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from pytest_wec._settings import Settings, StackMode
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.loadsession import report_main
-from pytest_wec.outputs import build_summary
-from pytest_wec.report_html import REPORT_NAME, build_report, settings_view, write_report
-from pytest_wec.results import ChainResult, RequestResult
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.collector import report_main
+from pytest_wec.controller.outputs import build_summary
+from pytest_wec.controller.report_html import REPORT_NAME, build_report, settings_view, write_report
+from pytest_wec.settings import Settings, StackMode
+from pytest_wec.wire.results import ChainResult, RequestResult
 
 T0 = 1_700_000_000.0
 EVIL = "</script><script>window.PWNED = 1</script>"

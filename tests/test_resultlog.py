@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_wec.resultlog import (
+from pytest_wec.controller.resultlog import (
     ResultLogError,
     ResultLogWriter,
     convert,
@@ -19,7 +19,7 @@ from pytest_wec.resultlog import (
     detect_format,
     read_results,
 )
-from pytest_wec.results import ChainResult
+from pytest_wec.wire.results import ChainResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from tests.test_resultlog import make_chain
-    from pytest_wec.resultlog import ResultLogWriter
+    from pytest_wec.controller.resultlog import ResultLogWriter
 
     w = ResultLogWriter({path!r}, {fmt!r}, flush_interval=0.05)
     k = 0

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from pytest_wec._chain import ChainInfo
-from pytest_wec._settings import Settings, Stage
-from pytest_wec.context import ChainContext, NoContext
-from pytest_wec.results import ChainResult, RequestResult
-from pytest_wec.runner import DEFAULT_OPEN_CAP, LoadPlan, LoadRunner, run_chain, split_int
+from pytest_wec.settings import Settings, Stage
+from pytest_wec.wire.results import ChainResult, RequestResult
+from pytest_wec.worker.context import ChainContext, NoContext
+from pytest_wec.worker.runner import DEFAULT_OPEN_CAP, LoadPlan, LoadRunner, run_chain, split_int
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -35,9 +35,9 @@ import execnet
 import pytest
 
 import chains
-from pytest_wec._settings import KeyAlg, Settings, StackMode, resolve
 from pytest_wec.errors import ConfigError, UnreachableError
-from pytest_wec.worker import Target, check_reachable, reach_targets, stack_info_from
+from pytest_wec.settings import KeyAlg, Settings, StackMode, resolve
+from pytest_wec.worker.runtime import Target, check_reachable, reach_targets, stack_info_from
 
 pytestmark = pytest.mark.timeout(150)
 

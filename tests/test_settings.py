@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_wec._settings import KeyAlg, parse_duration, parse_stages
 from pytest_wec.plugin import SETTINGS_KEY
+from pytest_wec.settings import KeyAlg, parse_duration, parse_stages
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_plain_runs_start_nothing(pytester: pytest.Pytester) -> None:
 def test_docs_list_every_option() -> None:
     from pathlib import Path
 
-    from pytest_wec._settings import OPTIONS
+    from pytest_wec.settings import OPTIONS
 
     text = (Path(__file__).parent.parent / "docs" / "options.md").read_text()
     missing = [o.cli for o in OPTIONS if f"`{o.cli}" not in text or f"`{o.env}`" not in text]

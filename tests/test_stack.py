@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_wec._settings import Settings
 from pytest_wec.errors import StackError
+from pytest_wec.settings import Settings
 from pytest_wec.stack import Stack
 from pytest_wec.stack._procs import find_binary
 

@@ -9,7 +9,7 @@
 
 :class:`AcmeNetwork` (directory, nonces, transport) is shared by every chain of
 a worker; :class:`AcmeClient` is a per-chain view whose every HTTP exchange
-becomes a :class:`~pytest_wec.results.RequestResult`. Errors form one
+becomes a :class:`~pytest_wec.wire.results.RequestResult`. Errors form one
 hierarchy under :class:`AcmeError` (see ``_errors``).
 """
 

@@ -4,7 +4,7 @@ One :class:`AcmeNetwork` per worker and CA holds the transport (one pool of
 keep-alive connections), the directory (fetched once), and the nonce pool.
 Chains talk through cheap per-chain views, :class:`~pytest_wec.acme._client.AcmeClient`,
 which only add who is asking; every HTTP exchange, failed attempts and
-retries included, becomes one :class:`~pytest_wec.results.RequestResult`.
+retries included, becomes one :class:`~pytest_wec.wire.results.RequestResult`.
 
 Retries are bounded: a ``badNonce`` problem is retried with the fresh nonce
 the error response carried (§6.5), up to ``max_nonce_retries`` times; a 429

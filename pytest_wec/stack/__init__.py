@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from challenge_srv.store import redact_url
-from pytest_wec._settings import Settings
+from pytest_wec.settings import Settings
 from pytest_wec.stack._challsrv import start_challenge_server
 from pytest_wec.stack._pebble import start_pebble
 from pytest_wec.stack._procs import ManagedProcess, find_binary, is_loopback

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_wec._chain import ChainInfo
-from pytest_wec._settings import Settings, Stage
-from pytest_wec.context import ChainContext, NoContext
-from pytest_wec.results import ChainResult
+from pytest_wec.settings import Settings, Stage
+from pytest_wec.wire.results import ChainResult
+from pytest_wec.worker.context import ChainContext, NoContext
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ class WecLoadItem(pytest.Item):
         self.outcome: dict[str, Any] = {}
 
     def runtest(self) -> None:
-        from pytest_wec.fixtures import stack_info
+        from pytest_wec.worker.fixtures import stack_info
 
         info = stack_info(self.config)
         if hasattr(self.config, "workerinput"):
@@ -75,7 +75,7 @@ class WecLoadItem(pytest.Item):
 
     def _runtest(self, info: dict[str, Any]) -> None:
         from pytest_wec.plugin import SETTINGS_KEY
-        from pytest_wec.runner import new_event_loop
+        from pytest_wec.worker.runner import new_event_loop
 
         loop = new_event_loop(self.config.stash[SETTINGS_KEY].loop)
         try:
@@ -93,13 +93,13 @@ class WecLoadItem(pytest.Item):
             loop.close()
 
     async def _run(self, info: dict[str, Any]) -> None:
-        from pytest_wec.control import ControlReader
-        from pytest_wec.picker import ChainSpec, pick
         from pytest_wec.plugin import SETTINGS_KEY
-        from pytest_wec.runner import LoadPlan, LoadRunner
         from pytest_wec.state import Counts
-        from pytest_wec.stream import ResultSink
-        from pytest_wec.worker import WorkerRuntime
+        from pytest_wec.wire.control import ControlReader
+        from pytest_wec.wire.stream import ResultSink
+        from pytest_wec.worker.picker import ChainSpec, pick
+        from pytest_wec.worker.runner import LoadPlan, LoadRunner
+        from pytest_wec.worker.runtime import WorkerRuntime
 
         settings = self.config.stash[SETTINGS_KEY]
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")

@@ -1,6 +1,6 @@
 """What the live dashboard shows of a running load (controller): plain data, JSON safe.
 
-:meth:`pytest_wec.loadsession.LoadSession.snapshot` calls :func:`live_view` under the
+:meth:`pytest_wec.controller.collector.LoadSession.snapshot` calls :func:`live_view` under the
 session's lock. The shapes are those of summary.json (``totals``, ``chains``, ``endpoints``,
 ``errors``, ``generator``, ``timeline``, ``timeline_by``), so that the dashboard and
 report.html draw them with the same code; ``timeline`` and ``timeline_by`` hold the whole
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.outputs import build_tables, timeline, timeline_by
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.outputs import build_tables, timeline, timeline_by
 
 __all__ = ["SETTLE_S", "WINDOW_S", "live_view", "worker_rows"]
 

@@ -201,43 +201,43 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
 
 
 def _mix(text: str) -> dict[str, float]:
-    from pytest_wec.picker import parse_mix
+    from pytest_wec.worker.picker import parse_mix
 
     return parse_mix(text)
 
 
 def _thresholds(text: str) -> tuple[Any, ...]:
-    from pytest_wec.gating import parse_thresholds
+    from pytest_wec.controller.gating import parse_thresholds
 
     return parse_thresholds(text)
 
 
 def _save_name(text: str) -> str:
-    from pytest_wec.baseline import check_save_name
+    from pytest_wec.controller.baseline import check_save_name
 
     return check_save_name(text)
 
 
 def _storage(text: str) -> Any:
-    from pytest_wec.baseline import parse_storage
+    from pytest_wec.controller.baseline import parse_storage
 
     return parse_storage(text)
 
 
 def _compare_fail(text: str) -> tuple[Any, ...]:
-    from pytest_wec.baseline import parse_compare_fail
+    from pytest_wec.controller.baseline import parse_compare_fail
 
     return parse_compare_fail(text)
 
 
 def _dashboard(text: str) -> tuple[str, int]:
-    from pytest_wec.dashboard import parse_dashboard_addr
+    from pytest_wec.controller.dashboard import parse_dashboard_addr
 
     return parse_dashboard_addr(text)
 
 
 def _limits(text: str) -> dict[str, int]:
-    from pytest_wec.picker import parse_limits
+    from pytest_wec.worker.picker import parse_limits
 
     return parse_limits(text)
 

@@ -22,7 +22,7 @@ def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
     config = request.config
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        from pytest_wec.worker import stack_info_from
+        from pytest_wec.worker.runtime import stack_info_from
 
         info = stack_info_from(workerinput)
         if info is None:
@@ -47,7 +47,7 @@ async def wec_runtime(
 ) -> AsyncIterator[Any]:
     """The worker runtime shared by every chain of this process."""
     from pytest_wec.plugin import SETTINGS_KEY
-    from pytest_wec.worker import WorkerRuntime
+    from pytest_wec.worker.runtime import WorkerRuntime
 
     settings = request.config.stash[SETTINGS_KEY]
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -65,7 +65,7 @@ async def wec_runtime(
 async def wec(request: pytest.FixtureRequest, wec_runtime: Any) -> AsyncIterator[Any]:
     """The chain's context: ACME client, publisher, state DB and the shared flows."""
     from pytest_wec._chain import chain_info
-    from pytest_wec.context import ChainContext
+    from pytest_wec.worker.context import ChainContext
 
     info = chain_info(getattr(request.node, "function", None))
     ctx = ChainContext(wec_runtime, info.name if info else request.node.name, mode="once")
@@ -88,7 +88,7 @@ def stack_info(config: pytest.Config) -> dict[str, Any]:
     """The stack's addresses for code outside fixtures (the load items)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        from pytest_wec.worker import stack_info_from
+        from pytest_wec.worker.runtime import stack_info_from
 
         info = stack_info_from(workerinput)
         if info is None:

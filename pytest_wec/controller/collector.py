@@ -10,7 +10,7 @@
 :meth:`LoadSession.finish` drains what the workers still send, then writes summary.json,
 benchmark.json and report.html in the run directory. :meth:`LoadSession.snapshot` is the live
 view of the dashboard (from any thread), :meth:`~LoadSession.set_target` and
-:meth:`~LoadSession.request_stop` its control (through :mod:`pytest_wec.control`).
+:meth:`~LoadSession.request_stop` its control (through :mod:`pytest_wec.wire.control`).
 :func:`rebuild` makes the three files again from a results log alone::
 
     wec report RESULTS_LOG [--out DIR]
@@ -27,11 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_wec._settings import Settings
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.control import ControlWriter
-from pytest_wec.liveview import live_view, worker_rows
-from pytest_wec.outputs import (
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.liveview import live_view, worker_rows
+from pytest_wec.controller.outputs import (
     build_benchmark_json,
     build_summary,
     build_tables,
@@ -39,11 +37,13 @@ from pytest_wec.outputs import (
     format_tables,
     write_json_atomic,
 )
-from pytest_wec.rebuild import BENCHMARK_NAME, SUMMARY_NAME, rebuild, report_main
-from pytest_wec.report_html import REPORT_NAME, settings_view, write_report
-from pytest_wec.resultlog import ResultLogWriter
-from pytest_wec.results import ChainResult
-from pytest_wec.stream import Batch, Record, ResultSource, WorkerStatus
+from pytest_wec.controller.rebuild import BENCHMARK_NAME, SUMMARY_NAME, rebuild, report_main
+from pytest_wec.controller.report_html import REPORT_NAME, settings_view, write_report
+from pytest_wec.controller.resultlog import ResultLogWriter
+from pytest_wec.settings import Settings
+from pytest_wec.wire.control import ControlWriter
+from pytest_wec.wire.results import ChainResult
+from pytest_wec.wire.stream import Batch, Record, ResultSource, WorkerStatus
 
 __all__ = ["BENCHMARK_NAME", "REPORT_NAME", "SUMMARY_NAME", "LoadSession", "log_name",
            "rebuild", "report_main"]
@@ -412,7 +412,8 @@ class LoadSession:
     # -- the live view and control (any thread) ------------------------------------------
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
-        """The run so far (see :mod:`pytest_wec.liveview`); series from second ``since``."""
+        """The run so far (see :mod:`~pytest_wec.controller.liveview`); series from second
+        ``since``."""
         state = self._state_now()
         mono = time.monotonic()
         with self._lock:
@@ -436,7 +437,7 @@ class LoadSession:
     def _target_at(self, now: float) -> float:
         if self._target is not None:
             return self._target
-        from pytest_wec.runner import LoadPlan
+        from pytest_wec.worker.runner import LoadPlan
 
         return LoadPlan.from_settings(self.settings, 0, 1).total_target(now - self._started)
 

@@ -48,7 +48,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pytest_wec.results import ChainResult, RequestResult
+from pytest_wec.wire.results import ChainResult, RequestResult
 
 __all__ = ["Batch", "Record", "ResultSink", "ResultSource", "Sink", "WorkerStatus",
            "decode_batch", "encode_batch", "results_key", "workers_key"]

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pytest_wec.aggregator import Aggregator
-from pytest_wec.outputs import (
+from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.outputs import (
     build_benchmark_json,
     build_summary,
     format_tables,
     write_json_atomic,
 )
-from pytest_wec.report_html import REPORT_NAME, write_report
-from pytest_wec.resultlog import ResultLogError, read_results
-from pytest_wec.results import ChainResult
+from pytest_wec.controller.report_html import REPORT_NAME, write_report
+from pytest_wec.controller.resultlog import ResultLogError, read_results
+from pytest_wec.wire.results import ChainResult
 
 __all__ = ["BENCHMARK_NAME", "SUMMARY_NAME", "rebuild", "report_main"]
 

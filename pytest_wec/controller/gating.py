@@ -32,9 +32,10 @@ throughput seen so far plus 10 %, the rate would still break the bound. Percenti
 ``rate`` and lower bounds on ``count`` are decided at the end only.
 
 Exit status: :data:`EXIT_GATE_FAILED` (7) when a threshold failed, a regression broke its
-bound (:mod:`pytest_wec.baseline`) or an abort stopped the run, in place of pytest's 0 (and of
-its 2 when the abort interrupted the session). pytest's own 1 to 6 (tests failed,
-interrupted, internal error, usage error, no tests collected, too many warnings) are kept.
+bound (:mod:`~pytest_wec.controller.baseline`) or an abort stopped the run, in place of
+pytest's 0 (and of its 2 when the abort interrupted the session). pytest's own 1 to 6 (tests
+failed, interrupted, internal error, usage error, no tests collected, too many warnings) are
+kept.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_wec.results import ENDPOINTS
+from pytest_wec.wire.results import ENDPOINTS
 
 if TYPE_CHECKING:
-    from pytest_wec.baseline import Baseline, Bound, Diff, Regression
+    from pytest_wec.controller.baseline import Baseline, Bound, Diff, Regression
 
 __all__ = ["ABORT_MIN_SAMPLE", "EXIT_GATE_FAILED", "FUNCTIONS", "OPERATORS", "GateResult",
            "Threshold", "Verdict", "can_no_longer_pass", "doomed", "evaluate",
@@ -262,7 +263,7 @@ def _verdict(t: Threshold, s: Mapping[str, Any]) -> Verdict:
 
 
 def evaluate(thresholds: Iterable[Threshold], summary: Mapping[str, Any]) -> list[Verdict]:
-    """One verdict per threshold against a summary.json (``pytest_wec.outputs``)."""
+    """One verdict per threshold against a summary.json (``pytest_wec.controller.outputs``)."""
     return [_verdict(t, summary) for t in thresholds]
 
 
@@ -408,7 +409,7 @@ class GateResult:
 
     def text(self) -> str:
         """The thresholds table, then the comparison with the baseline."""
-        from pytest_wec.baseline import format_diffs
+        from pytest_wec.controller.baseline import format_diffs
 
         parts = [format_verdicts(self.verdicts)]
         if self.baseline is not None:
@@ -430,7 +431,7 @@ def gate(summary: Mapping[str, Any], thresholds: Iterable[Threshold] = (),
     verdicts = tuple(evaluate(thresholds, summary))
     if baseline is None:
         return GateResult(verdicts, aborted=aborted)
-    from pytest_wec.baseline import compare, regressions
+    from pytest_wec.controller.baseline import compare, regressions
 
     diffs = compare(summary, baseline.data)
     return GateResult(verdicts, tuple(diffs), tuple(regressions(diffs, bounds)),

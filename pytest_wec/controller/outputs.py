@@ -1,4 +1,4 @@
-"""End-of-run outputs from an :class:`~pytest_wec.aggregator.Aggregator` (controller).
+"""End-of-run outputs from an :class:`~pytest_wec.controller.aggregator.Aggregator` (controller).
 
 ``build_summary``         summary.json (schema 1): run, totals, chains, endpoints, errors,
                           state, generator, timeline, timeline_by
@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from pytest_wec.aggregator import (
+from pytest_wec.controller.aggregator import (
     Aggregator,
     ChainStats,
     EndpointStats,

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_wec.controller.gating import format_value, text_table
 from pytest_wec.errors import BaselineError
-from pytest_wec.gating import format_value, text_table
 
 __all__ = ["METRICS", "Baseline", "Bound", "Diff", "Regression", "check_save_name", "compare",
            "find_baseline", "format_diffs", "load_baseline", "load_benchmark", "machine_id",

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pytest_wec.results import RequestResult
+from pytest_wec.wire.results import RequestResult
 
 if TYPE_CHECKING:
-    from pytest_wec.worker import WorkerRuntime
+    from pytest_wec.worker.runtime import WorkerRuntime
 
 __all__ = ["ChainContext", "Issued", "NoContext"]
 

@@ -8,7 +8,7 @@ item's background task every 0.5 s). One hash per run (``run_ns``)::
                                    model) or chain starts per second (open model)
                            stop    "1": end the run now, as at the end of its duration
 
-A worker takes its share of ``target`` (:meth:`pytest_wec.runner.LoadPlan.share`: an exact
+A worker takes its share of ``target`` (:meth:`pytest_wec.worker.runner.LoadPlan.share`: an exact
 integer split in the closed model, ``target / workers`` in the open one); once a target was
 set, it replaces the run's stages for the rest of the run.
 """

@@ -4,7 +4,7 @@ Everything is inline: the vendored uPlot (``static/uPlot.iife.min.js``, MIT, see
 ``static/uPlot.LICENSE``), the page's own script and styles (``static/wec.js``,
 ``static/wec.css``) and the run's summary.json as data. The page opens from disk with no
 network; its Content-Security-Policy forbids any fetch. The live dashboard
-(:mod:`pytest_wec.dashboard`) is drawn by the same script from the same data shapes.
+(:mod:`pytest_wec.controller.dashboard`) is drawn by the same script from the same data shapes.
 
 ``build_report(summary, settings_view)``  the page, as text
 ``write_report(path, summary, view)``    the same, written through a temp file and a rename

@@ -6,7 +6,7 @@ and per chain and per endpoint, for the per-second percentile series); errors
 grouped by (chain, endpoint, type) with one example each; certificates issued; starts the
 generator dropped; the generator's own lag and CPU from worker status records.
 
-Latencies go into sparse HDR histograms (:mod:`pytest_wec._histogram`, re-exported here)
+Latencies go into sparse HDR histograms (:mod:`pytest_wec.controller.histogram`, re-exported here)
 that merge losslessly. Percentiles are never averaged: merged aggregators are read from
 merged histograms.
 
@@ -21,10 +21,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_wec._histogram import HIGHEST_US, Histogram, index_range
+from pytest_wec.controller.histogram import HIGHEST_US, Histogram, index_range
 
 if TYPE_CHECKING:
-    from pytest_wec.results import ChainResult, RequestResult
+    from pytest_wec.wire.results import ChainResult, RequestResult
 
 __all__ = ["HIGHEST_US", "Aggregator", "ChainStats", "EndpointStats", "Histogram",
            "NameSecondStats", "SecondStats", "index_range", "short_error_type"]

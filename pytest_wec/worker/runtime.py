@@ -2,7 +2,7 @@
 
 Runs in an xdist worker, or in the controller process itself when xdist is not used. All
 chains of the process share it; each chain run gets a cheap
-:class:`~pytest_wec.context.ChainContext` view of it.
+:class:`~pytest_wec.worker.context.ChainContext` view of it.
 
 A worker may run on another host (``--tx ssh=...``, ``--tx socket=...``): everything it
 needs comes through ``workerinput`` (:func:`stack_info_from`), and :meth:`WorkerRuntime.start`
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
-from pytest_wec._settings import Settings
 from pytest_wec.errors import UnreachableError
+from pytest_wec.settings import Settings
 
 if TYPE_CHECKING:
     from pytest_wec.state import StoreQueue
@@ -180,8 +180,8 @@ class WorkerRuntime:
 
     async def start(self) -> WorkerRuntime:
         from pytest_wec.acme import AcmeNetwork, make_transport
-        from pytest_wec.challenges import ChallTestSrvPublisher, RedisPublisher
         from pytest_wec.state import StoreQueue, make_store
+        from pytest_wec.worker.publish import ChallTestSrvPublisher, RedisPublisher
 
         s, info = self.settings, self.info
         await check_reachable(self.worker_id, reach_targets(s, info))
@@ -193,7 +193,7 @@ class WorkerRuntime:
         self.network = AcmeNetwork(self.directory, transport, timeout=s.timeout,
                                    nonce_method="GET")
         if info.get("pebble_management"):
-            from pytest_wec.pebble import PebbleManagement
+            from pytest_wec.worker.pebble import PebbleManagement
 
             self.pebble = PebbleManagement(transport, info["pebble_management"])
         if info.get("challtestsrv"):

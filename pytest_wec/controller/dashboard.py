@@ -2,8 +2,8 @@
 
     GET  /               the page (uPlot and wec.js inline), live by server-sent events
     GET  /api/events     text/event-stream; event ``snapshot`` every second: the run so far
-                         (:mod:`pytest_wec.liveview`), series from the seconds that may have
-                         changed since the previous event
+                         (:mod:`~pytest_wec.controller.liveview`), series from the seconds that may
+                         have changed since the previous event
     GET  /api/snapshot   the run so far, JSON (``?since=SECOND`` for the series' start)
     POST /api/target     ``{"value": N}``: the run's new total target, chains in flight
                          (closed model, a whole number) or starts per second (open model)
@@ -34,8 +34,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from pytest_wec.liveview import SETTLE_S
-from pytest_wec.report_html import VIEWS_HTML, page
+from pytest_wec.controller.liveview import SETTLE_S
+from pytest_wec.controller.report_html import VIEWS_HTML, page
 
 __all__ = ["Dashboard", "LiveSession", "is_loopback", "parse_dashboard_addr"]
 
@@ -99,7 +99,8 @@ def parse_dashboard_addr(text: str) -> tuple[str, int]:
 
 
 class LiveSession(Protocol):
-    """What the dashboard needs of a load run (:class:`pytest_wec.loadsession.LoadSession`)."""
+    """What the dashboard needs of a load run
+    (:class:`~pytest_wec.controller.collector.LoadSession`)."""
 
     @property
     def settings(self) -> Any: ...

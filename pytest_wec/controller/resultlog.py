@@ -26,7 +26,7 @@ from typing import IO, Any, Literal, cast
 import msgpack
 import orjson
 
-from pytest_wec.results import ChainResult
+from pytest_wec.wire.results import ChainResult
 
 __all__ = ["FORMATS", "ResultLogError", "ResultLogWriter", "convert", "convert_main",
            "detect_format", "read_results"]

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from pytest_wec._settings import Settings, StackMode
 from pytest_wec.errors import StackError
+from pytest_wec.settings import Settings, StackMode
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,11 @@ class WecController:
                 signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             # SIGTERM ends the run as Ctrl-C does: outputs complete, the stack stopped
             self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-        self.load: Any = None  # pytest_wec.loadsession.LoadSession in a load run
-        self.dashboard: Any = None  # pytest_wec.dashboard.Dashboard with --wec-dashboard
+        self.load: Any = None  # pytest_wec.controller.collector.LoadSession in a load run
+        self.dashboard: Any = None  # pytest_wec.controller.dashboard.Dashboard with --wec-dashboard
         self.summary: dict[str, Any] | None = None
-        self.baseline: Any = None  # pytest_wec.baseline.Baseline with --wec-compare
-        self.gate_result: Any = None  # pytest_wec.gating.GateResult
+        self.baseline: Any = None  # pytest_wec.controller.baseline.Baseline with --wec-compare
+        self.gate_result: Any = None  # pytest_wec.controller.gating.GateResult
         self.aborted: str | None = None
         self.saved: Path | None = None
         self._store: Any = None
@@ -263,7 +263,7 @@ class WecController:
         return max(count, 1)
 
     def _start_load(self, info: dict[str, Any]) -> None:
-        from pytest_wec.loadsession import LoadSession
+        from pytest_wec.controller.collector import LoadSession
 
         self.load = LoadSession(
             self.settings, self.run_dir, self.run_id, info["redis_url"], info["namespace"],
@@ -287,7 +287,7 @@ class WecController:
             self._start_dashboard(*s.dashboard)
 
     def _start_dashboard(self, host: str, port: int) -> None:
-        from pytest_wec.dashboard import Dashboard, is_loopback
+        from pytest_wec.controller.dashboard import Dashboard, is_loopback
 
         # reachable from other hosts: only with the token printed in the URL
         token = None if is_loopback(host) else secrets.token_urlsafe(16)
@@ -307,7 +307,7 @@ class WecController:
         if s.compare_fail and not s.compare:
             raise pytest.UsageError("--wec-compare-fail: needs --wec-compare (a baseline)")
         if s.compare:
-            from pytest_wec.baseline import load_baseline
+            from pytest_wec.controller.baseline import load_baseline
             from pytest_wec.errors import BaselineError
 
             try:
@@ -324,7 +324,7 @@ class WecController:
         return bool(s.threshold or s.compare)
 
     def _gate(self, summary: dict[str, Any]) -> None:
-        from pytest_wec.gating import gate
+        from pytest_wec.controller.gating import gate
 
         s = self.settings
         result = gate(summary, s.threshold, self.baseline, s.compare_fail or (),
@@ -337,7 +337,7 @@ class WecController:
     def _abort_check(self, live: dict[str, Any], elapsed: float) -> None:
         if self.aborted is not None or self.load is None:
             return
-        from pytest_wec.gating import doomed
+        from pytest_wec.controller.gating import doomed
 
         bad = doomed(self.settings.threshold, live, elapsed, self.settings.run_length)
         if bad:
@@ -349,7 +349,7 @@ class WecController:
     def _state_counts(self) -> dict[str, int]:
         if self._store is None:
             from pytest_wec.state import make_store
-            from pytest_wec.worker import db_url_for
+            from pytest_wec.worker.runtime import db_url_for
 
             self._store = make_store(db_url_for(self.settings, str(self.run_dir)))
         c = self._store.counts(self.stack.info["directory"])
@@ -360,7 +360,7 @@ class WecController:
         # A signal to this process alone (kill, CI) does not reach the xdist workers, whose
         # load would run on until xdist kills them: stop them as the dashboard does.
         if self.load is not None and self.stack is not None:
-            from pytest_wec.control import ControlWriter
+            from pytest_wec.wire.control import ControlWriter
 
             try:
                 writer = ControlWriter(self.stack.info["redis_url"], self.stack.info["namespace"])
@@ -382,7 +382,7 @@ class WecController:
                 self._save_baseline()
 
     def _save_baseline(self) -> None:
-        from pytest_wec.baseline import save_baseline
+        from pytest_wec.controller.baseline import save_baseline
         from pytest_wec.errors import BaselineError
 
         name = self.settings.save
