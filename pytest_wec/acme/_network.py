@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
-from ..results import RequestObserver, RequestResult
+from ..wire.results import RequestObserver, RequestResult
 from ._errors import (
     AcmeError,
     AcmeProblem,
