@@ -86,4 +86,8 @@ def pytest_collection_modifyitems(
     if config.stash[SETTINGS_KEY].load_mode:
         from pytest_wec.worker.items import collect_load_items
 
-        collect_load_items(session, config, items)
+        controller = config.pluginmanager.get_plugin("wec-controller")
+        on_xdist_controller = controller is not None and controller.distributing
+        collect_load_items(session, config, items, report=not on_xdist_controller)
+        if controller is not None:
+            controller.chains_ready = True  # the load may start: chains and options are valid

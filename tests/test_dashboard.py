@@ -28,7 +28,7 @@ from pytest_wec.errors import ConfigError
 from pytest_wec.settings import Settings, resolve
 from pytest_wec.wire.control import Control, ControlReader, ControlWriter, parse_control
 from pytest_wec.wire.results import ChainResult
-from pytest_wec.wire.stream import ResultSink
+from pytest_wec.wire.sink import ResultSink
 from pytest_wec.worker.runner import LoadPlan, split_int
 
 ADDR_HELP = ("expected [HOST:]PORT such as 8089, 127.0.0.1:8089, 0.0.0.0:8089 or [::1]:8089, "

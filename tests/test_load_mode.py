@@ -38,7 +38,8 @@ LOADCHAINS = Path(__file__).parent / "loadchains"
 RUN_LINE = re.compile(r"^wec: load run (\d{8}-\d{6}-[0-9a-f]{6}): (.*); results in (.+)$")
 
 RUN_KEYS = {"id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
-            "rate", "stages"}
+            "rate", "stages", "load_started", "load_ended", "startup_s", "tail_s",
+            "missing_at_start"}
 TOTALS_KEYS = {"chains", "chains_ok", "chains_failed", "requests", "requests_failed",
                "chains_per_s", "requests_per_s", "certificates_issued", "dropped_starts"}
 STATE_KEYS = {"accounts", "authorizations", "certificates", "revoked"}
@@ -301,42 +302,6 @@ def test_open_model_rate(pytester: pytest.Pytester) -> None:
 
 
 # -- errors and the end of a run ---------------------------------------------------------------
-
-
-def test_chain_names_of_args_reads_literal_declarations(pytester: pytest.Pytester) -> None:
-    from pytest_wec.controller.run import chain_names_of_args
-
-    pytester.makepyfile(
-        test_a="""
-        from pytest_wec import chain
-        import pytest_wec
-
-        @chain("one", produces={"account"})
-        async def test_one(wec): ...
-
-        @pytest_wec.chain(name='two')
-        async def test_two(wec): ...
-
-        @chain(
-            "three",
-            needs={"account"},
-        )
-        async def test_three(wec): ...
-        """)
-    assert chain_names_of_args(pytester.parseconfigure(pytester.path)) == {
-        "one", "two", "three"}
-    pytester.makepyfile(test_b="""
-        from pytest_wec import chain
-
-        NAME = "four"
-
-        @chain(NAME)
-        async def test_four(wec): ...
-        """)
-    assert chain_names_of_args(pytester.parseconfigure(pytester.path)) is None, \
-        "a name that is not a literal leaves the check to collection"
-    assert chain_names_of_args(pytester.parseconfigure(pytester.path / "test_a.py")) == {
-        "one", "two", "three"}
 
 
 @pytest.mark.parametrize("xdist", [("-p", "no:xdist"), ("-n", "2")], ids=["no-xdist", "n2"])

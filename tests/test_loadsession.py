@@ -17,7 +17,8 @@ from pytest_wec.controller.collector import LoadSession, rebuild, report_main
 from pytest_wec.controller.resultlog import read_results
 from pytest_wec.settings import Settings
 from pytest_wec.wire.results import ChainResult, RequestResult
-from pytest_wec.wire.stream import ResultSink, WorkerStatus, encode_batch, results_key
+from pytest_wec.wire.sink import ResultSink
+from pytest_wec.wire.stream import WorkerStatus, encode_batch, results_key
 
 pytestmark = pytest.mark.redis
 

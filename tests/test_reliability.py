@@ -647,7 +647,7 @@ def test_chains_ending_without_an_answer_do_not_end_a_stall(redis_url: str,
 
     from pytest_wec.controller.collector import LoadSession
     from pytest_wec.settings import Settings
-    from pytest_wec.wire.stream import ResultSink
+    from pytest_wec.wire.sink import ResultSink
 
     lines: list[str] = []
     ls = LoadSession(Settings(load=3, duration=5.0), tmp_path, "20261128-000000-abcdef",

@@ -20,11 +20,11 @@ import pytest
 import redis
 
 from pytest_wec.wire.results import ChainResult, RequestResult
+from pytest_wec.wire.sink import ResultSink
+from pytest_wec.wire.source import ResultSource
 from pytest_wec.wire.stream import (
     Batch,
     Record,
-    ResultSink,
-    ResultSource,
     decode_batch,
     encode_batch,
     results_key,
@@ -150,7 +150,7 @@ PRODUCER = textwrap.dedent("""
     import asyncio, sys
     sys.path.insert(0, {root!r})
     from tests.test_stream import make_chain
-    from pytest_wec.wire.stream import ResultSink
+    from pytest_wec.wire.sink import ResultSink
 
     async def main():
         sink = ResultSink({url!r}, {ns!r}, "gw-doomed", flush_interval=0.02, max_batch=50)

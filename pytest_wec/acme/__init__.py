@@ -26,6 +26,7 @@ from ._csr import (
     make_csr,
 )
 from ._errors import (
+    AcmeAuthorizationEnded,
     AcmeBodyTooLarge,
     AcmeConnectError,
     AcmeError,
@@ -34,6 +35,7 @@ from ._errors import (
     AcmePollTimeout,
     AcmeProblem,
     AcmeProtocolError,
+    AcmeStatusError,
     AcmeTimeout,
     AcmeTransportError,
     AcmeUnexpectedStatus,
@@ -89,6 +91,7 @@ __all__ = [
     "USER_AGENT",
     "Account",
     "AccountKey",
+    "AcmeAuthorizationEnded",
     "AcmeBodyTooLarge",
     "AcmeClient",
     "AcmeConnectError",
@@ -99,6 +102,7 @@ __all__ = [
     "AcmePollTimeout",
     "AcmeProblem",
     "AcmeProtocolError",
+    "AcmeStatusError",
     "AcmeTimeout",
     "AcmeTransportError",
     "AcmeUnexpectedStatus",

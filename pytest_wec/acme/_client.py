@@ -4,24 +4,22 @@ An :class:`AcmeClient` is a cheap view of an :class:`~pytest_wec.acme._network.A
 that records who is asking; make one per chain run with
 ``network.client(chain, chain_id, observer)``. Operations return frozen
 values (:mod:`~pytest_wec.acme._messages`) and raise the errors of
-:mod:`~pytest_wec.acme._errors`. Polls wait as the server's Retry-After asks
-(bounded by ``max_retry_after``) and never beyond their ``timeout``.
+:mod:`~pytest_wec.acme._errors`. Polling an order or an authorization is
+:mod:`~pytest_wec.acme._polling`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import orjson
 
 from ._ari import RenewalInfo, cert_id
 from ._csr import CertPrivateKey
-from ._errors import AcmePollTimeout, AcmeProtocolError
+from ._errors import AcmeProtocolError
 from ._jws import AccountKey, b64url, external_account_binding, key_change_jws
 from ._messages import (
     Account,
@@ -33,27 +31,17 @@ from ._messages import (
     IdentifierLike,
     Order,
 )
-from ._network import AcmeNetwork, Observed, retry_after_seconds, sleep_at_least
+from ._network import AcmeNetwork, Observed, retry_after_seconds
 from ._parse import json_body, location, media_type, parse_link_header, rfc3339
+from ._polling import Polling
 from ._transport import Response
 
 __all__ = ["AcmeClient"]
-
-log = logging.getLogger(__name__)
 
 _EMPTY = b"{}"
 _PEM_CHAIN = "application/pem-certificate-chain"
 
 
-class _Polled(Protocol):
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def retry_after(self) -> float | None: ...
-
-
-P = TypeVar("P", bound=_Polled)
 T = TypeVar("T")
 
 
@@ -88,11 +76,12 @@ def _ignore(resp: Response) -> None:
     return None
 
 
-class AcmeClient:
+class AcmeClient(Polling):
     """The ACME operations of one chain (RFC 8555 §7).
 
     ``network`` is shared; ``obs`` names the chain in every RequestResult.
-    Build it with :meth:`AcmeNetwork.client`.
+    Build it with :meth:`AcmeNetwork.client`. ``poll_order`` and ``poll_authorization``
+    come from :class:`~pytest_wec.acme._polling.Polling`.
     """
 
     __slots__ = ("_obs", "network")
@@ -255,40 +244,6 @@ class AcmeClient:
             "finalize", order.finalize, account, payload, _order_parser(order.url)
         )
 
-    async def poll_order(
-        self,
-        account: Account,
-        order: Order,
-        timeout: float = 60.0,
-        *,
-        until: Literal["ready", "valid"] = "valid",
-        interval: float | None = None,
-    ) -> Order:
-        """Poll the order until it is final (§7.4): ``valid`` or ``invalid``.
-
-        ``until="ready"`` also stops at ``ready``: use it before finalize, to
-        wait for the authorizations to be validated. Raises AcmePollTimeout.
-
-        *order* is the state last seen: one already final is returned without a
-        request (a CA that finalizes at once answers finalize with ``valid``), and
-        after a ``processing`` one (the CA is issuing) the first poll waits its
-        Retry-After or the first polling step rather than asking at once.
-        """
-        done = ("ready", "valid", "invalid") if until == "ready" else ("valid", "invalid")
-        if order.status in done:
-            return order
-        first: float | Literal["step"] | None = None
-        if order.status == "processing":
-            first = order.retry_after if order.retry_after is not None else "step"
-        return await self._poll(
-            lambda: self.get_order(account, order.url),
-            lambda o: o.status in done,
-            timeout,
-            interval,
-            f"order {order.url}",
-            wait_first=first,
-        )
-
     # -- authorizations and challenges ---------------------------------------
 
     async def get_authorization(self, account: Account, url: str) -> Authorization:
@@ -302,33 +257,6 @@ class AcmeClient:
     async def answer_challenge(self, account: Account, challenge_url: str) -> Challenge:
         """Tell the server the challenge is ready for validation: POST ``{}`` (§7.5.1)."""
         return await self._post("challenge", challenge_url, account, _EMPTY, _challenge)
-
-    async def poll_authorization(
-        self,
-        account: Account,
-        url: str,
-        timeout: float = 60.0,
-        *,
-        interval: float | None = None,
-        answered: Challenge | None = None,
-    ) -> Authorization:
-        """Poll until the authorization leaves ``pending`` (§7.5.1). Raises AcmePollTimeout.
-
-        *answered*: the challenge just answered (:meth:`answer_challenge`'s result).
-        While it is still being validated the first poll waits its Retry-After or the
-        first polling step: asked at once, the answer is nearly always ``pending``.
-        """
-        first: float | Literal["step"] | None = None
-        if answered is not None and answered.status in ("pending", "processing"):
-            first = answered.retry_after if answered.retry_after is not None else "step"
-        return await self._poll(
-            lambda: self.get_authorization(account, url),
-            lambda a: a.status != "pending",
-            timeout,
-            interval,
-            f"authorization {url}",
-            wait_first=first,
-        )
 
     async def deactivate_authorization(self, account: Account, url: str) -> Authorization:
         """Give up an authorization (§7.5.2)."""
@@ -406,49 +334,6 @@ class AcmeClient:
             return RenewalInfo.from_body(cid, json_body(resp, "renewalInfo"), _retry_after(resp))
 
         return await self.network.get(self._obs, "renewalInfo", url, parse)
-
-    # -- polling -------------------------------------------------------------
-
-    async def _poll(
-        self,
-        fetch: Callable[[], Awaitable[P]],
-        done: Callable[[P], bool],
-        timeout: float,
-        interval: float | None,
-        what: str,
-        *,
-        wait_first: float | Literal["step"] | None = None,
-    ) -> P:
-        """Fetch until *done*. ``wait_first``: None fetches at once; seconds (a Retry-After)
-        wait that long first, capped; ``"step"`` waits the first polling step first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        default = self.network.poll_interval if interval is None else interval
-        cap = self.network.max_retry_after
-        # Without Retry-After: a short first wait, doubling up to the interval, so that a
-        # fast CA's latency is measured rather than the polling interval.
-        step = min(self.network.poll_first, default)
-        if wait_first is not None:
-            if wait_first == "step":
-                first, step = step, min(step * 2, default)
-            else:
-                first = min(wait_first, cap)
-            if first > 0:
-                await sleep_at_least(min(first, max(0.0, deadline - loop.time())))
-        res = await fetch()
-        while not done(res):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AcmePollTimeout(f"{what} still {res.status} after {timeout:g}s", res)
-            if res.retry_after is None:
-                delay = min(step, remaining)
-                step = min(step * 2, default)
-            else:
-                delay = min(res.retry_after, cap, remaining)
-            log.debug("%s is %s; polling again in %.3gs", what, res.status, delay)
-            await sleep_at_least(delay)
-            res = await fetch()
-        return res
 
     def __repr__(self) -> str:
         return f"AcmeClient({self.network.directory_url!r}, chain={self.chain!r})"

@@ -12,9 +12,14 @@ class written to ``RequestResult["error"]`` when the error ends an HTTP exchange
     ├── AcmeProtocolError ......... "badBody"   a response that breaks RFC 8555: invalid
     │   │                                       JSON, wrong Content-Type, missing Location
     │   │                                       or Replay-Nonce
-    │   └── AcmeUnexpectedStatus .. "http"      an error status without a problem document
+    │   ├── AcmeUnexpectedStatus .. "http"      an error status without a problem document
+    │   └── AcmeStatusError ....... "badStatus" an order or authorization status outside
+    │                                           RFC 8555 §7.1.6's state machine for it
     ├── AcmeProblem ............... "problem"   a problem document (RFC 8555 §6.7)
     ├── AcmePollTimeout ........... "pollTimeout"  a resource stayed pending past the deadline
+    ├── AcmeAuthorizationEnded .... "authzEnded"   an authorization to validate is final but
+    │                                              not valid: deactivated, expired, revoked
+    │                                              (or invalid before it was answered)
     └── AcmeNotSupported .......... "unsupported"  the directory lacks the resource
 
 ``str(AcmeProblem)`` reads ``type :: detail`` followed by one line per
@@ -30,12 +35,14 @@ __all__ = [
     "ERROR_NS",
     "AcmeBodyTooLarge",
     "AcmeConnectError",
+    "AcmeAuthorizationEnded",
     "AcmeError",
     "AcmeHttpError",
     "AcmeNotSupported",
     "AcmePollTimeout",
     "AcmeProblem",
     "AcmeProtocolError",
+    "AcmeStatusError",
     "AcmeTimeout",
     "AcmeTransportError",
     "AcmeUnexpectedStatus",
@@ -96,6 +103,54 @@ class AcmeUnexpectedStatus(AcmeProtocolError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class AcmeStatusError(AcmeProtocolError):
+    """An order or authorization whose ``status`` is none of RFC 8555 §7.1.6's for it.
+
+    Orders are pending, ready, processing, valid or invalid; authorizations pending, valid,
+    invalid, deactivated, expired or revoked. Any other status (Pebble 2.4 shows an order
+    ``deactivated`` once one of its authorizations is) leads nowhere the RFC defines, so a
+    poll ends at once rather than waiting for its timeout. ``url`` and ``status`` name the
+    object and what it said; ``resource`` is the object as read.
+    """
+
+    kind = "badStatus"
+
+    def __init__(
+        self, message: str, url: str = "", status: str = "", resource: object = None
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.resource = resource
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url, self.status, self.resource))
+
+
+class AcmeAuthorizationEnded(AcmeError):
+    """An authorization being validated reached a final status other than ``valid``.
+
+    RFC 8555 §7.1.6: deactivated (by its account, §7.5.2), expired or revoked are final, so
+    the authorization can never become valid; one found ``invalid`` before its challenge is
+    answered is final too. Another party changed it (or time did): the CA broke no rule.
+    ``url`` and ``status`` say which authorization and what the CA reported; ``resource``
+    is the authorization as read.
+    """
+
+    kind = "authzEnded"
+
+    def __init__(
+        self, message: str, url: str = "", status: str = "", resource: object = None
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.resource = resource
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url, self.status, self.resource))
 
 
 class AcmePollTimeout(AcmeError):

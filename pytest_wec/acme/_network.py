@@ -85,12 +85,13 @@ def retry_after_seconds(value: str | None) -> float | None:
 class Observed:
     """Who is asking: the chain whose requests are being recorded."""
 
-    __slots__ = ("chain", "chain_id", "observer")
+    __slots__ = ("chain", "chain_id", "current", "observer")
 
     def __init__(self, chain: str, chain_id: str, observer: RequestObserver | None) -> None:
         self.chain = chain
         self.chain_id = chain_id
         self.observer = observer
+        self.current: str | None = None  # the endpoint of the exchange under way, if any
 
     def emit(
         self,
@@ -101,6 +102,7 @@ class Observed:
         took: float,
         error: AcmeError | None,
     ) -> None:
+        self.current = None
         observer = self.observer
         if observer is None:
             return
@@ -245,6 +247,7 @@ class AcmeNetwork:
         """
         started = _now()
         t0 = _perf()
+        obs.current = endpoint
         try:
             resp = await self.transport.request(
                 method, url, headers=headers, body=body, timeout=self.timeout

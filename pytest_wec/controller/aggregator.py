@@ -55,25 +55,31 @@ class _Stats:
         return [v.to_plain() if isinstance(v, Histogram) else v for v in values]
 
     def load_row(self, row: Sequence[Any]) -> None:
+        if len(row) == len(self.__slots__) - 1 and self.__slots__[-1] == "late":
+            row = [*row, 0]  # written before ``late`` was counted
         for name, value in zip(self.__slots__, row, strict=True):
             hist = isinstance(getattr(self, name), Histogram)
             setattr(self, name, Histogram.from_plain(value) if hist else int(value))
 
 
 class ChainStats(_Stats):
-    __slots__ = ("cancelled", "count", "failed", "from_scheduled", "latency", "ok", "skipped")
+    # "late" last: rows written before it existed load with late = 0
+    __slots__ = ("cancelled", "count", "failed", "from_scheduled", "latency", "ok",  # noqa: RUF023
+                 "skipped", "late")
 
     def __init__(self) -> None:
         self.count = self.ok = self.failed = self.cancelled = self.skipped = 0
+        self.late = 0  # of count: ended after the time under load (in the grace)
         self.latency = Histogram()  # from the real start
         self.from_scheduled = Histogram()  # from the intended start
 
 
 class EndpointStats(_Stats):
-    __slots__ = ("count", "failed", "latency", "ok")
+    __slots__ = ("count", "failed", "latency", "ok", "late")  # noqa: RUF023 (as above)
 
     def __init__(self) -> None:
         self.count = self.ok = self.failed = 0
+        self.late = 0  # of count: ended after the time under load (in the grace)
         self.latency = Histogram()
 
 
@@ -125,6 +131,9 @@ class Aggregator:
         self.max_loop_lag_ms = 0.0
         self.first_start: float | None = None
         self.last_end: float | None = None
+        #: epoch seconds: the end of the time under load; what ends later counts as ``late``
+        #: (rates are over the time under load, of what ended in it)
+        self.until: float | None = None
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -152,6 +161,8 @@ class Aggregator:
         else:
             us = int(took * 1e6 + 0.5)
             cs.count += 1
+            if self.until is not None and end > self.until:
+                cs.late += 1
             cs.latency.record(us)
             cs.from_scheduled.record(us + lag_us)
             rel = end - self.started
@@ -176,6 +187,7 @@ class Aggregator:
     def _add_requests(self, name: str, requests: list[RequestResult]) -> None:
         endpoints, by_ep = self.endpoints, self.endpoint_seconds
         base = self.started
+        until = self.until
         last_s = -1
         sec = None
         for r in requests:
@@ -187,6 +199,8 @@ class Aggregator:
             us = int(took * 1e6 + 0.5)
             es.count += 1
             es.latency.record(us)
+            if until is not None and r["started"] + took > until:
+                es.late += 1
             rel = r["started"] + took - base
             s = int(rel) if rel > 0 else 0
             if s != last_s or sec is None:

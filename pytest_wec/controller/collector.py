@@ -18,12 +18,10 @@ view of the dashboard (from any thread), :meth:`~LoadSession.set_target` and
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,54 +38,20 @@ from pytest_wec.controller.outputs import (
 from pytest_wec.controller.rebuild import BENCHMARK_NAME, SUMMARY_NAME, rebuild, report_main
 from pytest_wec.controller.report_html import REPORT_NAME, settings_view, write_report
 from pytest_wec.controller.resultlog import ResultLogWriter
+from pytest_wec.controller.watch import Watch
 from pytest_wec.settings import Settings
 from pytest_wec.wire.control import ControlWriter
-from pytest_wec.wire.results import ChainResult
-from pytest_wec.wire.stream import Batch, Record, ResultSource, WorkerStatus
+from pytest_wec.wire.source import ResultSource
+from pytest_wec.wire.stream import Batch, Record, WorkerStatus
 
 __all__ = ["BENCHMARK_NAME", "REPORT_NAME", "SUMMARY_NAME", "LoadSession", "log_name",
            "rebuild", "report_main"]
 
 log = logging.getLogger(__name__)
 
-LAG_LIMIT_MS = 100.0
-CPU_LIMIT_PCT = 90.0
-
-
 def log_name(fmt: str) -> str:
     """File name of the results log in the run directory."""
     return "results.msgpack" if fmt == "msgpack" else "results.jsonl"
-
-
-def _clock(seconds: float) -> str:
-    s = max(int(seconds), 0)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 \
-        else f"{s // 60}m{s % 60:02d}s"
-
-
-def _utc(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _answered(c: ChainResult) -> bool:
-    """Whether a chain shows the CA answering: it succeeded, or it failed on an HTTP response
-    (a chain that ends on a timeout or a refused connection got no answer)."""
-    if c["ok"]:
-        return True
-    requests = c["requests"]
-    return c["outcome"] == "failed" and bool(requests) and requests[-1]["status"] != 0
-
-
-@dataclass
-class _Worker:
-    heard: float  # monotonic time of its last entry
-    heard_at: float  # epoch seconds of the same
-    in_flight: dict[str, int] = field(default_factory=dict)  # open session -> latest in_flight
-    ended: set[str] = field(default_factory=set)
-    streak: int = 0  # consecutive status reports over the generator's limits
-    worst: tuple[float, float] = (0.0, 0.0)  # loop lag ms, cpu % over the streak
-    saturated: bool = False
-    lost: dict[str, Any] | None = None
 
 
 class LoadSession:
@@ -98,7 +62,8 @@ class LoadSession:
                  write_line: Callable[[str], None],
                  state_counts: Callable[[], Mapping[str, int]] | None = None, *,
                  progress_interval: float = 2.0, stall_after: float = 10.0,
-                 silent_after: float = 10.0, saturation_reports: int = 3) -> None:
+                 silent_after: float = 10.0, saturation_reports: int = 3,
+                 process_started: float | None = None) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.run_id = run_id
@@ -106,14 +71,11 @@ class LoadSession:
         self.directory, self.workers = directory, workers
         self.write_line, self.state_counts = write_line, state_counts
         self.progress_interval, self.stall_after = progress_interval, stall_after
-        self.silent_after, self.saturation_reports = silent_after, max(saturation_reports, 1)
+        self.silent_after = silent_after
         self.log_path = self.run_dir / log_name(settings.log_format)
         self.summary_path = self.run_dir / SUMMARY_NAME
         self.benchmark_path = self.run_dir / BENCHMARK_NAME
         self.report_path = self.run_dir / REPORT_NAME
-        self.stalls: list[dict[str, Any]] = []
-        self.saturated: list[dict[str, Any]] = []
-        self.workers_lost: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.controls: list[dict[str, Any]] = []  # live changes from the dashboard
         self._started, self._t0 = time.time(), time.monotonic()
@@ -128,10 +90,13 @@ class LoadSession:
         self._source: ResultSource | None = None
         self._writer: ResultLogWriter | None = None
         self._threads: list[threading.Thread] = []
-        self._workers: dict[str, _Worker] = {}
-        self._last_answer = self._t0
-        self._stall: dict[str, Any] | None = None
         self._notices: list[str] = []
+        self.watch = Watch(self._t0, self._note, self._notices.append, stall_after=stall_after,
+                           silent_after=silent_after, saturation_reports=saturation_reports)
+        self.process_started = process_started
+        self.load_started: float | None = None  # epoch: the common start (the barrier)
+        self.load_ended: float | None = None  # epoch: no chain starts after it
+        self.missing: list[str] = []
         self._closed = False
         self._summary: dict[str, Any] | None = None
         self._control: ControlWriter | None = None
@@ -157,7 +122,7 @@ class LoadSession:
         with self._lock:
             self._started, self._t0 = time.time(), time.monotonic()
             self._agg = Aggregator(self._started)
-            self._last_answer = self._t0
+            self.watch.restart_clock(self._t0)
         for name, target in (("wec-results", self._consume), ("wec-progress", self._progress)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -194,52 +159,13 @@ class LoadSession:
         with self._lock:
             for c in batch.chains:
                 self._agg.add(c)
-            w = self._heard(batch.worker, now)
-            if batch.session not in w.ended:
-                w.in_flight.setdefault(batch.session, 0)
-            if any(_answered(c) for c in batch.chains):
-                self._end_stall(now)
-                self._last_answer = now
+            self.watch.batch(batch.worker, batch.session, batch.chains, now)
 
     def _status(self, st: WorkerStatus) -> None:
         now = time.monotonic()
         with self._lock:
             self._agg.add_status(st)
-            name, session = st["worker"], st["session"]
-            w = self._heard(name, now)
-            if st.get("final"):
-                w.in_flight.pop(session, None)
-                w.ended.add(session)
-            elif session not in w.ended:
-                w.in_flight[session] = int(st.get("in_flight", 0))
-                self._check_saturation(name, w, st)
-
-    def _heard(self, name: str, now: float) -> _Worker:
-        w = self._workers.get(name)
-        if w is None:
-            w = self._workers[name] = _Worker(now, time.time())
-        else:
-            w.heard, w.heard_at = now, time.time()
-        if w.lost is not None and not w.lost["recovered"]:
-            w.lost["recovered"] = True
-            self._notices.append(f"wec: worker {name} is reporting again")
-        return w
-
-    def _check_saturation(self, name: str, w: _Worker, st: WorkerStatus) -> None:
-        lag, cpu = float(st.get("loop_lag_ms", 0.0)), float(st.get("cpu_pct", 0.0))
-        if lag > LAG_LIMIT_MS or cpu > CPU_LIMIT_PCT:
-            w.streak += 1
-            w.worst = (max(w.worst[0], lag), max(w.worst[1], cpu))
-        else:
-            w.streak, w.worst = 0, (0.0, 0.0)
-        if w.streak >= self.saturation_reports and not w.saturated:
-            w.saturated = True
-            msg = (f"wec: generator saturated on {name} (loop lag {w.worst[0]:.0f} ms, cpu "
-                   f"{w.worst[1]:.0f}%): results show the generator's limits, not the CA's")
-            self.saturated.append({"worker": name, "at_s": self._rel(time.monotonic()),
-                                   "loop_lag_ms": w.worst[0], "cpu_pct": w.worst[1],
-                                   "message": msg})
-            self._note(msg)
+            self.watch.status(st, now)
 
     def _rel(self, mono: float) -> float:
         return round(mono - self._t0, 1)
@@ -248,49 +174,40 @@ class LoadSession:
         self._notices.append(msg)
         self.warnings.append(msg)
 
-    def _in_flight(self) -> int:
-        return sum(sum(w.in_flight.values()) for w in self._workers.values()
-                   if w.lost is None or w.lost["recovered"])
+    def load_opened(self, load_started: float, missing: list[str] | None = None) -> None:
+        """Every worker is ready (the barrier opened): the load starts at *load_started*
+        (epoch) everywhere; second 0 of the run and its duration count from then."""
+        with self._lock:
+            self.load_started = load_started
+            offset = load_started - time.time()
+            self._started, self._t0 = load_started, time.monotonic() + offset
+            self._agg.started = load_started
+            self._agg.until = load_started + self.settings.run_length
+            self.watch.restart_clock(self._t0)
+            self.missing = list(missing or [])
+        if missing:
+            self._note(f"wec: the load started without {', '.join(missing)}: not ready within "
+                       "the barrier's timeout")
 
-    def _watch(self, now: float) -> None:
-        """Silent workers, then a stalled CA; under the lock."""
-        for name, w in self._workers.items():
-            if w.lost is None and w.in_flight and now - w.heard >= self.silent_after:
-                self._lose(name, w)
-        in_flight = self._in_flight()
-        quiet = now - self._last_answer
-        if self._stall is None and in_flight > 0 and quiet >= self.stall_after:
-            msg = (f"wec: CA stalled: no answer from the CA for {quiet:.1f}s with {in_flight} "
-                   "in flight")
-            self._stall = {"at_s": self._rel(self._last_answer), "detected_s": self._rel(now),
-                           "in_flight": in_flight, "duration_s": None, "message": msg}
-            self.stalls.append(self._stall)
-            self._note(msg)
+    @property
+    def stalls(self) -> list[dict[str, Any]]:
+        return self.watch.stalls
 
-    def _end_stall(self, now: float) -> None:
-        if self._stall is not None:
-            self._stall["duration_s"] = round(now - self._last_answer, 1)
-            log.info("the CA answers again after a stall of %.1fs", now - self._last_answer)
-            self._stall = None
+    @property
+    def saturated(self) -> list[dict[str, Any]]:
+        return self.watch.saturated
 
-    def _lose(self, name: str, w: _Worker) -> None:
-        n = sum(w.in_flight.values())
-        msg = (f"wec: worker {name} went silent at {_clock(w.heard - self._t0)} (last seen "
-               f"{_utc(w.heard_at)} with {n} chains in flight)")
-        w.lost = {"worker": name, "at_s": self._rel(w.heard), "last_seen": w.heard_at,
-                  "in_flight": n, "recovered": False, "message": msg}
-        self.workers_lost.append(w.lost)
-        self._note(msg)
+    @property
+    def workers_lost(self) -> list[dict[str, Any]]:
+        return self.watch.workers_lost
 
     def _progress(self) -> None:
         while not self._stop.wait(self.progress_interval):
             try:
                 now = time.monotonic()
                 with self._lock:
-                    self._watch(now)
-                    line = format_progress(self._agg, time.time(),
-                                           duration_s=self.settings.run_length,
-                                           in_flight=self._in_flight())
+                    self.watch.tick(now)
+                    line = self._progress_line(now)
                     live = (build_tables(self._agg, max(now - self._t0, 1e-3))
                             if self.on_tick is not None else None)
                 self._flush_notices()
@@ -299,6 +216,15 @@ class LoadSession:
                     self.on_tick(live, now - self._t0)
             except Exception:
                 log.exception("live line failed")
+
+    def _progress_line(self, now: float) -> str:
+        """The live line; before the common start, how long the workers take to be ready."""
+        if self.load_started is None and self._agg.first_start is None:
+            since = time.time() - (self.process_started or self._started)
+            return (f"wec starting {since:.0f}s: waiting for {self.workers} worker(s) to be "
+                    "ready")
+        return format_progress(self._agg, time.time(), duration_s=self.settings.run_length,
+                               in_flight=self.watch.in_flight())
 
     def _flush_notices(self) -> None:
         with self._lock:
@@ -343,7 +269,7 @@ class LoadSession:
             self._writer.close()
             with self._lock:
                 self._agg.add_lost(lost)
-                self._watch_end(time.monotonic())
+                self.watch.end(time.monotonic(), self.workers, bool(self._threads))
                 summary = self._build(ended)
                 benchmark = build_benchmark_json(self._agg, summary["run"])
             if self.gate is not None:
@@ -369,7 +295,7 @@ class LoadSession:
 
     def _drain(self, source: ResultSource, deadline: float) -> None:
         with self._lock:
-            names = set(self._workers) or None
+            names = set(self.watch.workers) or None
         try:
             for rec in source.drain(names, timeout=max(deadline - time.monotonic(), 0.1),
                                     stale_after=self.silent_after):
@@ -377,27 +303,29 @@ class LoadSession:
         except Exception:
             log.exception("draining results failed; summary from what arrived")
 
-    def _watch_end(self, now: float) -> None:
-        for name, w in self._workers.items():
-            if w.lost is None and w.in_flight:  # no end record
-                self._lose(name, w)
-        if self._stall is not None:
-            self._stall["duration_s"] = round(now - self._last_answer, 1)
-            self._stall = None
-        if self._threads and len(self._workers) < self.workers:
-            self._note(f"wec: {self.workers - len(self._workers)} of {self.workers} workers "
-                       "never reported")
-
     def _build(self, ended: float) -> dict[str, Any]:
         s = self.settings
-        # the load's own span (first chain start to last chain end), not the workers'
-        # start-up and teardown, so that rates per second are the load's
-        started = self._agg.first_start or self._started
-        ended = min(self._agg.last_end or ended, ended)
-        run_info = {"id": self.run_id, "started": started, "ended": ended,
-                    "duration_s": max(ended - started, 0.0), "directory": self.directory,
+        if self.load_started is not None:
+            # the time under load: from the common start to the moment no chain starts
+            # (the duration's end, or an earlier stop); start-up and the tail apart
+            started = self.load_started
+            stop = self.load_ended or started + s.run_length
+            load_ended = min(stop, ended)
+        else:  # no barrier (a rebuilt or interrupted run): the chains' own span
+            started = self._agg.first_start or self._started
+            load_ended = min(self._agg.last_end or ended, ended)
+        self._agg.until = load_ended
+        run_info = {"id": self.run_id, "started": started, "ended": load_ended,
+                    "duration_s": max(load_ended - started, 0.0), "directory": self.directory,
                     "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
-                    "stages": [[d, t] for d, t in s.stages] if s.stages else None}
+                    "stages": [[d, t] for d, t in s.stages] if s.stages else None,
+                    "load_started": self.load_started,
+                    "load_ended": load_ended if self.load_started is not None else None,
+                    "startup_s": (round(self.load_started - self.process_started, 3)
+                                  if self.load_started is not None and self.process_started
+                                  else None),
+                    "tail_s": round(max(ended - load_ended, 0.0), 3),
+                    "missing_at_start": list(self.missing)}
         state = self._state_now(max_age=0.0)
         sent: dict[str, int] = {}  # chains each worker delivered, by its own count
         for st in self._agg.workers.values():
@@ -405,7 +333,8 @@ class LoadSession:
         summary = build_summary(self._agg, run_info, state,
                                 {"saturated": list(self.saturated),
                                  "sent_by_worker": dict(sorted(sent.items()))}, None)
-        summary.update(stalls=list(self.stalls), workers_lost=list(self.workers_lost),
+        summary.update(stalls=list(self.stalls), waits=list(self.watch.waits),
+                       workers_lost=list(self.workers_lost),
                        warnings=list(self.warnings), controls=list(self.controls))
         return summary
 
@@ -422,14 +351,14 @@ class LoadSession:
                            "age_s": round(mono - w.heard, 1),
                            "state": "silent" if w.lost is not None and not w.lost["recovered"]
                            else "running" if w.in_flight or not w.ended else "ended"}
-                    for name, w in self._workers.items()}
+                    for name, w in self.watch.workers.items()}
             s = self.settings
             run = {"id": self.run_id, "started": self._started, "directory": self.directory,
                    "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
                    "duration_s": s.run_length, "grace_s": s.grace,
                    "stages": [[d, t] for d, t in s.stages] if s.stages else None}
             return live_view(self._agg, run=run, now=now, since=since,
-                             in_flight=self._in_flight(), target=self._target_at(now),
+                             in_flight=self.watch.in_flight(), target=self._target_at(now),
                              workers=worker_rows(self._agg.workers.values(), live), state=state,
                              stopping=self._stopping, ended=self._summary is not None,
                              warnings=self.warnings)
@@ -466,6 +395,12 @@ class LoadSession:
         if not self._stopping:
             control.stop()
             self._stopping = True
+            with self._lock:
+                now = time.time()
+                if self.load_started is not None and now < self.load_started + \
+                        self.settings.run_length:
+                    self.load_ended = max(now, self.load_started)
+                    self._agg.until = self.load_ended
             if by is None:
                 with self._lock:
                     self.controls.append({"at_s": self._rel(time.monotonic()), "stop": True})

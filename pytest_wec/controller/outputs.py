@@ -42,7 +42,8 @@ __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "f
 
 SCHEMA = 1
 _RUN_KEYS = ("id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
-             "rate", "stages")
+             "rate", "stages", "load_started", "load_ended", "startup_s", "tail_s",
+             "missing_at_start")
 _STATE_KEYS = ("accounts", "authorizations", "certificates", "revoked")
 
 
@@ -61,8 +62,11 @@ def _rate(n: int, duration: float) -> float:
     return round(n / duration, 3) if duration > 0 else 0.0
 
 
-def _entry(count: int, ok: int, failed: int, hist: Histogram, duration: float) -> dict[str, Any]:
-    return {"count": count, "ok": ok, "failed": failed, "per_s": _rate(count, duration),
+def _entry(count: int, ok: int, failed: int, hist: Histogram, duration: float,
+           late: int = 0) -> dict[str, Any]:
+    """A table row; ``per_s`` counts what ended under load (``count - late``) over the time
+    under load."""
+    return {"count": count, "ok": ok, "failed": failed, "per_s": _rate(count - late, duration),
             "latency_ms": hist.summary_ms()}
 
 
@@ -93,12 +97,12 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
     ``errors`` (the most frequent first, at most ``max_errors``) over ``duration`` seconds."""
     chains: dict[str, Any] = {}
     for name, cs in sorted(agg.chains.items()):
-        entry = _entry(cs.count, cs.ok, cs.failed, cs.latency, duration)
+        entry = _entry(cs.count, cs.ok, cs.failed, cs.latency, duration, cs.late)
         entry.update(cancelled=cs.cancelled, skipped=cs.skipped)
         if open_model:
             entry["latency_from_scheduled_ms"] = cs.from_scheduled.summary_ms()
         chains[name] = entry
-    endpoints = {ep: _entry(es.count, es.ok, es.failed, es.latency, duration)
+    endpoints = {ep: _entry(es.count, es.ok, es.failed, es.latency, duration, es.late)
                  for ep, es in sorted(agg.endpoints.items())}
     n_chains = sum(c.count for c in agg.chains.values())
     n_requests = sum(e.count for e in agg.endpoints.values())
@@ -108,8 +112,9 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
         "chains_failed": sum(c.failed for c in agg.chains.values()),
         "requests": n_requests,
         "requests_failed": sum(e.failed for e in agg.endpoints.values()),
-        "chains_per_s": _rate(n_chains, duration),
-        "requests_per_s": _rate(n_requests, duration),
+        "chains_per_s": _rate(n_chains - sum(c.late for c in agg.chains.values()), duration),
+        "requests_per_s": _rate(n_requests - sum(e.late for e in agg.endpoints.values()),
+                                duration),
         "certificates_issued": agg.certificates,
         "dropped_starts": agg.dropped_starts,
         "cancelled": sum(c.cancelled for c in agg.chains.values()),
@@ -129,12 +134,12 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
 
 def _overall(stats: Iterable[ChainStats | EndpointStats], duration: float) -> dict[str, Any]:
     """One entry over all chains (or all requests), from their merged histograms."""
-    count = ok = failed = 0
+    count = ok = failed = late = 0
     hist = Histogram()
     for s in stats:
-        count, ok, failed = count + s.count, ok + s.ok, failed + s.failed
+        count, ok, failed, late = count + s.count, ok + s.ok, failed + s.failed, late + s.late
         hist.add(s.latency)
-    return _entry(count, ok, failed, hist, duration)
+    return _entry(count, ok, failed, hist, duration, late)
 
 
 def timeline(agg: Aggregator, since: int = 0, until: int | None = None) -> list[dict[str, Any]]:

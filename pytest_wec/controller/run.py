@@ -1,9 +1,18 @@
-"""The controller: one per run (the xdist controller when ``-n`` is given).
+"""The run on the controller: one per run (the xdist controller when ``-n`` is given).
 
-It owns the run directory and the embedded stack, hands the stack's addresses, its resolved
-settings and the CA bundle's content to xdist workers through ``workerinput`` (plain data,
-so that workers on other hosts, ``--tx ssh=``/``--tx socket=``, need nothing else), prints
-the effective settings in the report header and reports at the end. Workers print nothing.
+:class:`WecController` owns the run directory, the embedded stack and the rendezvous
+(:mod:`~pytest_wec.controller.rendezvous`) through which workers get the stack on first
+need and start their load together. It hands its resolved settings and the rendezvous'
+address to xdist workers through ``workerinput`` (plain data, so that workers on other
+hosts, ``--tx ssh=``/``--tx socket=``, need nothing else), prints the effective settings in
+the report header and reports at the end. Workers print nothing.
+
+When the stack starts: in a load run, on the controller once its own collection found the
+chains and the options proved valid (the controller collects too in a load run, so that a
+bad ``--wec-mix`` is a usage error before anything starts); otherwise when the first test
+that needs it asks (the ``wec_stack_info`` fixture: in this process without xdist, through
+the rendezvous with it). A suite without chains never starts it, however chains are
+declared.
 """
 
 from __future__ import annotations
@@ -11,103 +20,36 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_wec.controller.gates import Gates
 from pytest_wec.errors import StackError
 from pytest_wec.settings import Settings, StackMode
 
 log = logging.getLogger(__name__)
-
-_CHAIN_SOURCE = re.compile(
-    rb"^(?:@chain\(|@pytest_wec\.chain\(|from pytest_wec(?:\.chain)? import [^\n]*\bchain\b)",
-    re.MULTILINE,
-)
 
 
 def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def _paths_of_args(config: pytest.Config) -> list[Path]:
-    paths: list[Path] = []
-    args = config.args or [str(config.invocation_params.dir)]
-    for arg in args:
-        base = arg.split("::", 1)[0]
-        if config.option.pyargs:
-            import importlib.util
-
-            try:
-                spec = importlib.util.find_spec(base)
-            except (ImportError, ValueError):
-                spec = None
-            if spec is not None and spec.origin:
-                origin = Path(spec.origin)
-                paths.append(origin.parent if origin.name == "__init__.py" else origin)
-                continue
-        p = Path(base)
-        if not p.is_absolute():
-            p = Path(config.invocation_params.dir) / p
-        paths.append(p)
-    return paths
-
-
-class _TooMany(Exception):
-    pass
-
-
-def _source_files(config: pytest.Config, limit: int) -> Iterator[bytes]:
-    """The text of each Python file under the paths pytest was pointed at (hidden folders and
-    caches skipped); raises :class:`_TooMany` past *limit* files."""
-    seen = 0
-    for path in _paths_of_args(config):
-        files = [path] if path.is_file() else (path.rglob("*.py") if path.is_dir() else [])
-        for f in files:
-            seen += 1
-            if seen > limit:
-                raise _TooMany
-            if any(part.startswith(".") or part in ("node_modules", "__pycache__")
-                   for part in f.parts[-4:]):
-                continue
-            try:
-                yield f.read_bytes()
-            except OSError:
-                continue
-
-
-def args_hold_chains(config: pytest.Config, limit: int = 5000) -> bool:
-    """Whether the files pytest was pointed at define wec chains (a cheap text scan)."""
+def process_started() -> float:
+    """When this process started (epoch seconds): Linux's /proc, else now."""
     try:
-        return any(_CHAIN_SOURCE.search(text) for text in _source_files(config, limit))
-    except _TooMany:
-        return False
-
-
-_CHAIN_DECL = re.compile(rb"^[ \t]*@(?:pytest_wec\.)?chain\(\s*([^\n]*)", re.MULTILINE)
-_LITERAL_NAME = re.compile(rb"""^\s*(?:name\s*=\s*)?(["'])([^"'\\\n]+)\1""")
-
-
-def chain_names_of_args(config: pytest.Config, limit: int = 5000) -> set[str] | None:
-    """The chain names declared in the files pytest was pointed at (a cheap text scan);
-    None when unsure: no declaration found, one without a literal name, too many files."""
-    names: set[str] = set()
-    try:
-        for text in _source_files(config, limit):
-            for decl in _CHAIN_DECL.finditer(text):
-                literal = _LITERAL_NAME.match(decl.group(1))
-                if literal is None:
-                    return None
-                names.add(literal.group(2).decode(errors="replace"))
-    except _TooMany:
-        return None
-    return names or None
+        with open("/proc/self/stat") as fh:
+            ticks = float(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as fh:
+            btime = next(float(line.split()[1]) for line in fh if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 class WecController:
@@ -117,22 +59,24 @@ class WecController:
         self.config = config
         self.settings = settings
         self.run_id = new_run_id()
+        self.process_started = process_started()
         self._run_dir: Path | None = None
         self.stack: Any = None  # pytest_wec.stack.Stack, imported lazily
         self.stack_error: str | None = None
+        self._stack_lock = threading.Lock()
+        self.rendezvous: Any = None  # pytest_wec.controller.rendezvous.Rendezvous
+        self._stack_thread: Any = None  # concurrent.futures.ThreadPoolExecutor
         self._old_sigterm: Any = None
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             # SIGTERM ends the run as Ctrl-C does: outputs complete, the stack stopped
             self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         self.load: Any = None  # pytest_wec.controller.collector.LoadSession in a load run
-        self.dashboard: Any = None  # pytest_wec.controller.dashboard.Dashboard with --wec-dashboard
+        self.dashboard: Any = None  # pytest_wec.controller.dashboard.Dashboard
         self.summary: dict[str, Any] | None = None
-        self.baseline: Any = None  # pytest_wec.controller.baseline.Baseline with --wec-compare
-        self.gate_result: Any = None  # pytest_wec.controller.gating.GateResult
-        self.aborted: str | None = None
-        self.saved: Path | None = None
+        self.gates = Gates(settings, Path(config.invocation_params.dir), self._write_line)
         self._store: Any = None
+        self.chains_ready = False  # a load run's chains were collected and the options hold
 
     # -- run directory and stack -------------------------------------------------------
     @property
@@ -154,28 +98,31 @@ class WecController:
             self._run_dir = d
         return self._run_dir
 
-    def wants_stack(self) -> bool:
-        mode = self.settings.stack
-        if mode is StackMode.OFF:
-            return False
-        if mode is StackMode.ON:
-            return True
-        return args_hold_chains(self.config)
-
     def ensure_stack(self) -> dict[str, Any]:
-        """Start the stack once; return its plain-data info."""
-        if self.stack is None:
-            if self.stack_error is not None:
-                raise StackError(self.stack_error)
-            from pytest_wec.stack import Stack
+        """Start the stack once (from any thread); return its plain-data info."""
+        with self._stack_lock:
+            if self.stack is None:
+                if self.stack_error is not None:
+                    raise StackError(self.stack_error)
+                from pytest_wec.stack import Stack
 
-            try:
-                self.stack = Stack.start(self.settings, self.run_dir, self.run_id)
-            except StackError as exc:
-                self.stack_error = str(exc)
-                raise
-        info: dict[str, Any] = dict(self.stack.info)
-        return info
+                try:
+                    self.stack = Stack.start(self.settings, self.run_dir, self.run_id)
+                except StackError as exc:
+                    self.stack_error = str(exc)
+                    raise
+            info: dict[str, Any] = dict(self.stack.info)
+            return info
+
+    def _stack_for_worker(self) -> tuple[dict[str, Any], str | None]:
+        """The rendezvous' ``stack`` answer: the info and the CA bundle's text.
+
+        The stack starts on one thread that lives as long as the run: its processes die
+        with the thread that started them (``PR_SET_PDEATHSIG``), and the thread of a
+        rendezvous connection ends with its request."""
+        assert self._stack_thread is not None
+        info = self._stack_thread.submit(self.ensure_stack).result()
+        return info, _read_text(info.get("ca_bundle"))
 
     def stop_stack(self) -> None:
         if self.stack is not None:
@@ -210,40 +157,64 @@ class WecController:
             line = (f"wec: warning: the challenge server's management API listens on "
                     f"{s.listen} without --wec-token; whoever reaches it can change its "
                     "answers") if s.challtestsrv is None and not s.token else None
-        if line is None or s.stack is StackMode.OFF or not self.wants_stack():
+        if line is None or s.stack is StackMode.OFF:
             return []
         return [line]
 
+    def _load_run(self) -> bool:
+        return self.settings.load_mode and self.settings.stack is not StackMode.OFF
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        # With xdist the stack must be up before workers are configured; without it the
-        # fixtures start it on first use, in this same process. A load run always starts
-        # it here, with the consumer of the workers' results.
-        load = self.settings.load_mode and self.settings.stack is not StackMode.OFF
-        if self.settings.load_mode and self.settings.mix:
-            self._check_mix()
-        if load or (_xdist_active(self.config) and self.wants_stack()):
-            if load:  # usage errors of the gates before the stack's processes start
-                self._prepare_gates()
+        # before xdist's own sessionstart configures the workers: they get the rendezvous
+        s = self.settings
+        if self._load_run():
+            _ = self.run_dir  # an unwritable --wec-out is a usage error before anything
+            self.gates.prepare()  # and so is a baseline that cannot be found
+        if self._load_run() or _xdist_active(self.config):
+            from concurrent.futures import ThreadPoolExecutor
+
+            from pytest_wec.controller.rendezvous import Rendezvous
+
+            self._stack_thread = ThreadPoolExecutor(1, thread_name_prefix="wec-stack")
+            self.rendezvous = Rendezvous(s.listen, self._stack_for_worker,
+                                         workers=self._workers())
+            self.rendezvous.on_open = self._load_opened
             try:
-                info = self.ensure_stack()
-            except StackError as exc:
-                raise pytest.UsageError(f"wec stack: {exc}") from None
-            if load:
-                self._start_load(info)
-        if self.settings.dashboard is not None and not load:
+                self.rendezvous.start()
+            except OSError as exc:
+                raise pytest.UsageError(f"--wec-listen: cannot listen on {s.listen}: "
+                                        f"{exc.strerror or exc}") from None
+        if s.dashboard is not None and not self._load_run():
             self._write_line("wec: --wec-dashboard shows load runs (--wec-load, --wec-rate or "
                              "--wec-stages, with a stack); no dashboard for this run")
 
-    def _check_mix(self) -> None:
-        # Before anything starts; under xdist a worker's collection cannot stop the run.
-        known = chain_names_of_args(self.config)
-        unknown = sorted(set(self.settings.mix or {}) - known) if known is not None else []
-        if unknown:
-            where = self.settings.sources.get("mix", "--wec-mix")
-            raise pytest.UsageError(
-                f"{where}: unknown chain {', '.join(map(repr, unknown))}; "
-                f"chains: {', '.join(sorted(known or ()))}")
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> bool | None:
+        # xdist's controller collects nothing; in a load run this one does, so that the
+        # chains (however declared) and the options they make valid are known before the
+        # stack starts, and a bad --wec-mix is a usage error here, not a worker's crash
+        if self._load_run() and _xdist_active(self.config):
+            session.perform_collect()
+            return True
+        return None
+
+    @property
+    def distributing(self) -> bool:
+        """Whether xdist workers run the tests (this process only collects)."""
+        return _xdist_active(self.config)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # called even when collection failed: only a collection that proved the chains
+        # and options valid starts the stack
+        if not self._load_run() or self.load is not None or not self.chains_ready \
+                or session.testsfailed:
+            return
+        try:
+            info = self.ensure_stack()
+        except StackError as exc:
+            raise pytest.UsageError(f"wec stack: {exc}") from None
+        self._start_load(info)
 
     def _write_line(self, line: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -268,10 +239,10 @@ class WecController:
         self.load = LoadSession(
             self.settings, self.run_dir, self.run_id, info["redis_url"], info["namespace"],
             info["directory"], self._workers(), self._write_line,
-            state_counts=self._state_counts,
+            state_counts=self._state_counts, process_started=self.process_started,
         )
-        if self._gates_active():
-            self.load.gate = self._gate
+        if self.gates.active:
+            self.load.gate = self.gates.judge
             if self.settings.abort_on_fail and self.settings.threshold:
                 self.load.on_tick = self._abort_check
         self.load.start()
@@ -285,6 +256,11 @@ class WecController:
             f"{self._workers()} worker(s) against {info['directory']}; results in {self.run_dir}")
         if s.dashboard is not None:
             self._start_dashboard(*s.dashboard)
+
+    def _load_opened(self, load_started: float) -> None:
+        """The barrier opened: the load starts everywhere at ``load_started``."""
+        if self.load is not None:
+            self.load.load_opened(load_started, missing=self.rendezvous.missing)
 
     def _start_dashboard(self, host: str, port: int) -> None:
         from pytest_wec.controller.dashboard import Dashboard, is_loopback
@@ -300,51 +276,9 @@ class WecController:
         self.dashboard = dashboard
         self._write_line(f"wec: dashboard {url}")
 
-    # -- CI gating (thresholds, baselines) ------------------------------------------------
-    def _prepare_gates(self) -> None:
-        """Before any load: a baseline that cannot be found is a usage error now."""
-        s = self.settings
-        if s.compare_fail and not s.compare:
-            raise pytest.UsageError("--wec-compare-fail: needs --wec-compare (a baseline)")
-        if s.compare:
-            from pytest_wec.controller.baseline import load_baseline
-            from pytest_wec.errors import BaselineError
-
-            try:
-                self.baseline = load_baseline(s.compare, self._storage())
-            except BaselineError as exc:
-                raise pytest.UsageError(f"--wec-compare: {exc}") from None
-
-    def _storage(self) -> Path:
-        p = Path(self.settings.storage)
-        return p if p.is_absolute() else Path(self.config.invocation_params.dir) / p
-
-    def _gates_active(self) -> bool:
-        s = self.settings
-        return bool(s.threshold or s.compare)
-
-    def _gate(self, summary: dict[str, Any]) -> None:
-        from pytest_wec.controller.gating import gate
-
-        s = self.settings
-        result = gate(summary, s.threshold, self.baseline, s.compare_fail or (),
-                      aborted=self.aborted)
-        summary["thresholds"] = [v.to_dict() for v in result.verdicts]
-        if self.baseline is not None or self.aborted:
-            summary["gate"] = result.to_dict()
-        self.gate_result = result
-
     def _abort_check(self, live: dict[str, Any], elapsed: float) -> None:
-        if self.aborted is not None or self.load is None:
-            return
-        from pytest_wec.controller.gating import doomed
-
-        bad = doomed(self.settings.threshold, live, elapsed, self.settings.run_length)
-        if bad:
-            v = bad[0]
-            self.aborted = f"{v.expr} can no longer pass ({v.reason or v.value_text})"
-            self._write_line(f"wec: aborting the run: {self.aborted}")
-            self.load.request_stop(by="--wec-abort-on-fail")
+        if self.load is not None:
+            self.gates.abort_check(live, elapsed, lambda by: self.load.request_stop(by=by))
 
     def _state_counts(self) -> dict[str, int]:
         if self._store is None:
@@ -376,21 +310,17 @@ class WecController:
         yield
         if self.load is not None:
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
-            if self.gate_result is not None:
-                session.exitstatus = self.gate_result.exit_status(int(session.exitstatus))
+            if self.gates.result is not None:
+                session.exitstatus = self.gates.result.exit_status(int(session.exitstatus))
             if self.settings.save:
-                self._save_baseline()
+                self.gates.save(self.load.benchmark_path)
+        elif self.stack_error is not None and _xdist_active(self.config) \
+                and self.stack is None and session.exitstatus != pytest.ExitCode.OK:
+            # the stack a worker asked for could not start: one line, as a usage error
+            import sys
 
-    def _save_baseline(self) -> None:
-        from pytest_wec.controller.baseline import save_baseline
-        from pytest_wec.errors import BaselineError
-
-        name = self.settings.save
-        assert name is not None
-        try:
-            self.saved = save_baseline(self.load.benchmark_path, name, self._storage())
-        except (OSError, BaselineError) as exc:
-            self._write_line(f"wec: cannot save the baseline {self.settings.save!r}: {exc}")
+            print(f"ERROR: wec stack: {self.stack_error}", file=sys.stderr)
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._old_sigterm is not None:
@@ -400,11 +330,15 @@ class WecController:
             self.load.finish(timeout=5)
         if self.dashboard is not None:
             self.dashboard.stop()
+        if self.rendezvous is not None:
+            self.rendezvous.close()
         if self._store is not None:
             self._store.close()
         self.stop_stack()
+        if self._stack_thread is not None:
+            self._stack_thread.shutdown(wait=False)
         # the gates' verdict is the last thing printed, after pytest's own summary line
-        line = self.gate_result.line() if self.gate_result is not None else None
+        line = self.gates.result.line() if self.gates.result is not None else None
         if line:
             tr = config.pluginmanager.get_plugin("terminalreporter")
             if tr is not None:
@@ -420,11 +354,11 @@ class WecController:
             tr.write_line(f"wec: results log  {self.load.log_path}")
             tr.write_line(f"wec: benchmark    {self.load.benchmark_path}")
             tr.write_line(f"wec: summary      {self.load.summary_path}")
-            if self.saved is not None:
-                tr.write_line(f"wec: baseline     {self.saved}")
+            if self.gates.saved is not None:
+                tr.write_line(f"wec: baseline     {self.gates.saved}")
             tr.write_line(f"wec: report       {self.load.report_path}")
-            if self.gate_result is not None:
-                text = self.gate_result.text()
+            if self.gates.result is not None:
+                text = self.gates.result.text()
                 if text:
                     tr.section("wec gates")
                     for line in text.splitlines():
@@ -459,14 +393,17 @@ class XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         c = self.controller
         node.workerinput["wec_run_id"] = c.run_id
-        node.workerinput["wec_stack"] = dict(c.stack.info) if c.stack is not None else None
-        node.workerinput["wec_stack_error"] = c.stack_error
-        node.workerinput["wec_run_dir"] = str(c.run_dir) if c._run_dir is not None else None
         node.workerinput["wec_environ_pid"] = os.getpid()
         # the controller's resolved settings: env vars and ini do not reach other hosts
         node.workerinput["wec_settings"] = c.settings.to_plain()
-        node.workerinput["wec_ca_pem"] = _read_text(
-            c.stack.info.get("ca_bundle") if c.stack is not None else c.settings.ca_bundle)
+        if c.rendezvous is not None:
+            node.workerinput["wec_rendezvous"] = c.rendezvous.address
+            node.workerinput["wec_token"] = c.rendezvous.token
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        if self.controller.rendezvous is not None:
+            self.controller.rendezvous.worker_down(str(node.gateway.id))
 
 
 def _read_text(path: str | None) -> str | None:

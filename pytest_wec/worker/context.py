@@ -52,6 +52,19 @@ class Issued:
     alternates: tuple[str, ...]
 
 
+@dataclass
+class _Produced:
+    """An authorization this chain validated, stored (with *status*) when the chain ends."""
+
+    account_id: int | None
+    url: str
+    id_type: str
+    id_value: str
+    challenge: str
+    expires: Any
+    status: str = "valid"
+
+
 def _key_alg(settings: Any) -> tuple[str, int | None]:
     value: str = settings.account_key.value
     if value.startswith("RS256"):
@@ -85,7 +98,8 @@ class ChainContext:
         self.publisher = runtime.publisher
         self._account_ids: dict[str, int] = {}
         self._claims: list[tuple[str, int]] = []
-        self._produced_authz: list[tuple[Any, str, str, str, str, Any]] = []
+        self._produced_authz: list[_Produced] = []
+        self._in_db = 0
 
     # -- results ---------------------------------------------------------------------------
     def _observe(self, result: RequestResult) -> None:
@@ -94,6 +108,19 @@ class ChainContext:
             result["ok"] = True
             result["error"] = "expected"
         self.requests.append(result)
+        if result["status"]:
+            self.runtime.last_answer = result["started"] + result["took"]
+
+    def waiting_on(self) -> str:
+        """What this chain waits on now, in a word or two (the stall watch's report)."""
+        current = self.client._obs.current
+        if current is not None:
+            return f"request {current}"
+        if self._in_db:
+            return "state DB"
+        if self.requests:
+            return f"after {self.requests[-1]['endpoint']}"
+        return "starting"
 
     @contextlib.contextmanager
     def expecting(self, *codes: str) -> Iterator[None]:
@@ -131,7 +158,11 @@ class ChainContext:
         return AccountKey.generate(alg, bits=bits) if bits else AccountKey.generate(alg)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self.runtime.db(fn, *args, **kwargs)
+        self._in_db += 1
+        try:
+            return await self.runtime.db(fn, *args, **kwargs)
+        finally:
+            self._in_db -= 1
 
     def client_with_signer(self, signer: Any) -> Any:
         """An ACME client whose every JWS comes from *signer* (a ``JwsSigner``).
@@ -245,17 +276,28 @@ class ChainContext:
         """Answer every pending authorization of *order* with *challenge* and wait.
 
         Returns the final authorizations (RFC 8555 §7.5). Challenge data is published before
-        the challenge is answered and removed afterwards.
+        the challenge is answered and removed afterwards. An authorization the CA reports
+        final but not valid (invalid, deactivated, expired, revoked: RFC 8555 §7.1.6) is not
+        answered: :class:`~pytest_wec.acme.AcmeAuthorizationEnded` says what the CA reported
+        (a status outside §7.1.6 raises :class:`~pytest_wec.acme.AcmeStatusError`).
         """
-        from pytest_wec.acme import key_authorization
+        from pytest_wec.acme import AcmeAuthorizationEnded, key_authorization
+        from pytest_wec.acme._polling import check_authorization_status
 
         kind = challenge or self.settings.challenge
         done = []
         for url in order.authorizations:
             authz = await self.client.get_authorization(account, url)
-            if authz.status == "valid":
+            status = check_authorization_status(authz, url)
+            if status == "valid":
                 done.append(authz)
                 continue
+            if status != "pending":
+                ident = authz.identifier
+                raise AcmeAuthorizationEnded(
+                    f"authorization {url} ({ident.type}:{ident.value}) of order {order.url} "
+                    f"is {status!r} at the CA, a final status of RFC 8555 §7.1.6: its "
+                    f"challenge is not answered", url, status, authz)
             chall = authz.challenge(kind)
             ident = authz.identifier
             if chall is None:
@@ -274,10 +316,20 @@ class ChainContext:
             if authz.status == "valid":
                 # stored when this chain ends: until then no other chain may take it (and,
                 # say, deactivate it before this chain's order is finalized)
-                self._produced_authz.append((
+                self._produced_authz.append(_Produced(
                     self.account_id(account), url, ident.type, ident.value, kind,
                     authz.body.get("expires")))
         return done
+
+    def mark_produced_authorization(self, url: str, status: str) -> None:
+        """The authorization at *url*, validated by this chain's :meth:`authorize`, is now
+        *status* at the CA (``deactivated`` by this chain, RFC 8555 §7.5.2): the state DB
+        gets it with that status when the chain ends, never as valid for others to take."""
+        found = [p for p in self._produced_authz if p.url == url]
+        if not found:
+            raise ValueError(f"authorization {url} was not validated by this chain")
+        for produced in found:
+            produced.status = status
 
     async def _answer(self, account: Any, authz_url: str, chall: Any) -> Any:
         """Answer *chall*; None when it was refused because it is already answered.
@@ -286,19 +338,27 @@ class ChainContext:
         and a reuse of the same identifier, say), and a CA may hand both the same pending
         order (Pebble does, RFC 8555 §7.4 allows it): the second answer to the shared
         challenge is then refused. The authorization is read again, and the refusal
-        stands unless the challenge is being validated or the authorization is valid.
+        stands unless the challenge is being validated or the authorization is valid; an
+        authorization found final but not valid meanwhile (deactivated, say: §7.1.6) raises
+        :class:`~pytest_wec.acme.AcmeAuthorizationEnded`, from the refusal.
         """
-        from pytest_wec.acme import AcmeProblem
+        from pytest_wec.acme import AcmeAuthorizationEnded, AcmeProblem
 
         try:
             return await self.client.answer_challenge(account, chall.url)
-        except AcmeProblem:
+        except AcmeProblem as refusal:
             current = await self.client.get_authorization(account, authz_url)
             now = current.challenge(chall.type)
             if current.status == "valid" or (
                     current.status == "pending" and now is not None
                     and now.status in ("processing", "valid")):
                 return None
+            if current.status != "pending":
+                raise AcmeAuthorizationEnded(
+                    f"authorization {authz_url} is {current.status!r} at the CA, a final "
+                    f"status of RFC 8555 §7.1.6; its challenge's answer was refused: "
+                    f"{str(refusal).splitlines()[0]}",
+                    authz_url, current.status, current) from refusal
             raise
 
     async def publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
@@ -417,9 +477,9 @@ class ChainContext:
     # -- end -----------------------------------------------------------------------------
     async def _store_produced(self) -> None:
         produced, self._produced_authz = self._produced_authz, []
-        for account_id, url, id_type, id_value, kind, expires in produced:
-            await self.db(self.store.add_authorization, self.directory, account_id, url,
-                          id_type, id_value, kind, "valid", expires=expires)
+        for p in produced:
+            await self.db(self.store.add_authorization, self.directory, p.account_id, p.url,
+                          p.id_type, p.id_value, p.challenge, p.status, expires=p.expires)
 
     async def finish(self) -> None:
         """Store what this chain produced for others and release every claim it holds."""

@@ -18,25 +18,12 @@ from pytest_wec.errors import StackError, UnreachableError
 
 @pytest.fixture(scope="session")
 def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The stack's addresses: from ``workerinput`` on an xdist worker, else started here."""
-    config = request.config
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        from pytest_wec.worker.runtime import stack_info_from
-
-        info = stack_info_from(workerinput)
-        if info is None:
-            err = workerinput.get("wec_stack_error")
-            pytest.fail(
-                f"wec stack failed to start: {err}" if err else
-                "the wec stack was not started for this xdist run (the controller saw no "
-                "chains in the paths given); pass --wec-stack=on",
-                pytrace=False,
-            )
-        return info
-    controller: Any = config.pluginmanager.get_plugin("wec-controller")
+    """The stack's addresses: asked of the controller on an xdist worker (which starts the
+    stack on the first request), else started here, in the controller's own process."""
     try:
-        return dict(controller.ensure_stack())
+        return stack_info(request.config)
+    except UnreachableError as exc:
+        pytest.fail(str(exc), pytrace=False)
     except StackError as exc:
         pytest.fail(f"wec stack: {exc}", pytrace=False)
 
@@ -82,18 +69,13 @@ def wec_settings(request: pytest.FixtureRequest) -> Any:
     return request.config.stash[SETTINGS_KEY]
 
 
-
-
 def stack_info(config: pytest.Config) -> dict[str, Any]:
-    """The stack's addresses for code outside fixtures (the load items)."""
+    """The stack's addresses, for fixtures and the load items; StackError when it cannot
+    be had."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        from pytest_wec.worker.runtime import stack_info_from
+        from pytest_wec.worker.runtime import stack_from_controller
 
-        info = stack_info_from(workerinput)
-        if info is None:
-            raise StackError(workerinput.get("wec_stack_error") or
-                             "the wec stack was not started for this run")
-        return info
+        return stack_from_controller(workerinput)
     controller: Any = config.pluginmanager.get_plugin("wec-controller")
     return dict(controller.ensure_stack())

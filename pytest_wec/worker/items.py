@@ -96,10 +96,10 @@ class WecLoadItem(pytest.Item):
         from pytest_wec.plugin import SETTINGS_KEY
         from pytest_wec.state import Counts
         from pytest_wec.wire.control import ControlReader
-        from pytest_wec.wire.stream import ResultSink
-        from pytest_wec.worker.picker import ChainSpec, pick
+        from pytest_wec.wire.sink import ResultSink
+        from pytest_wec.worker.picker import ChainSpec, mix_weights, pick
         from pytest_wec.worker.runner import LoadPlan, LoadRunner
-        from pytest_wec.worker.runtime import WorkerRuntime
+        from pytest_wec.worker.runtime import WorkerRuntime, wait_at_barrier
 
         settings = self.config.stash[SETTINGS_KEY]
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -110,7 +110,7 @@ class WecLoadItem(pytest.Item):
         await sink.start()
         specs = [ChainSpec(name, ci.needs, ci.produces) for name, (ci, _) in
                  sorted(self.chains.items())]
-        weights = dict(settings.mix or {})
+        weights = mix_weights(self.chains, settings.mix)
         limits = dict(settings.limit or {})
         rng = random.Random()
         counts: list[Counts] = [await runtime.db(runtime.store.counts, runtime.directory)]
@@ -123,6 +123,18 @@ class WecLoadItem(pytest.Item):
         runner = LoadRunner(runtime, self.chains, plan, emit=sink.add, choose=choose,
                             worker=worker)
         _RUNNERS.append(runner)
+        # every worker is ready: the load starts at one instant everywhere, and the
+        # duration counts from it
+        workerinput = getattr(self.config, "workerinput", None)
+        controller = self.config.pluginmanager.get_plugin("wec-controller")
+        try:
+            start_in = await asyncio.to_thread(wait_at_barrier, workerinput, controller, worker)
+        except BaseException:
+            _RUNNERS.remove(runner)
+            await sink.aclose()
+            await runtime.aclose()
+            raise
+        start_at = time.monotonic() + start_in
 
         control = ControlReader(info["redis_url"], info["namespace"])
 
@@ -136,7 +148,8 @@ class WecLoadItem(pytest.Item):
                 if ctl is not None and ctl.stop:
                     runner.stop()
                 sink.set_status(in_flight=runner.in_flight, target_share=runner.current_target(),
-                                dropped_starts=runner.dropped)
+                                dropped_starts=runner.dropped, last_answer=runtime.last_answer,
+                                waiting=runtime.waiting())
                 if time.monotonic() >= next_counts:
                     next_counts = time.monotonic() + COUNTS_EVERY
                     try:
@@ -146,7 +159,7 @@ class WecLoadItem(pytest.Item):
 
         bg = asyncio.get_running_loop().create_task(background())
         try:
-            await runner.run()
+            await runner.run(start_at=start_at)
         finally:
             bg.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,22 +219,47 @@ class _StopOnSignal:
                 signal.signal(sig, old)  # e.g. the controller's own SIGTERM handler
 
 
+#: The shipped catalogue, run when a load run collected no chain.
+CATALOGUE = "chains"
+
+
+def catalogue_chains() -> dict[str, tuple[ChainInfo, ChainFn]]:
+    """The shipped chains (the ``chains`` package), imported as plain modules."""
+    import importlib
+    import pkgutil
+
+    try:
+        package = importlib.import_module(CATALOGUE)
+    except ImportError as exc:
+        raise pytest.UsageError(
+            f"wec load mode: no chains collected, and the shipped catalogue "
+            f"({CATALOGUE!r}) cannot be imported: {exc}") from None
+    chains: dict[str, tuple[ChainInfo, ChainFn]] = {}
+    for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not mod.name.startswith("test_"):
+            continue
+        module = importlib.import_module(f"{CATALOGUE}.{mod.name}")
+        for value in vars(module).values():
+            info = chain_info(value)
+            if info is not None and info.load:
+                chains.setdefault(info.name, (info, value))
+    return chains
+
+
 def collect_load_items(session: pytest.Session, config: pytest.Config,
-                       items: list[pytest.Item]) -> None:
-    """Replace the collected chain tests by the load items (in place)."""
-    chains = loadable_chains(items)
+                       items: list[pytest.Item], *, report: bool = True) -> None:
+    """Replace the collected chain tests by the load items (in place). When no chain was
+    collected (``pytest --wec-load=10`` at a project's root, or in an empty directory),
+    the shipped catalogue runs. ``report``: tell pytest what was deselected (not on an
+    xdist controller, which runs none of them)."""
+    chains = loadable_chains(items) or catalogue_chains()
     from pytest_wec.plugin import SETTINGS_KEY
 
     settings = config.stash[SETTINGS_KEY]
     if not chains:
-        raise pytest.UsageError(
-            "wec load mode: no chains collected (give the chains' path, e.g. "
-            "`pytest --pyargs chains --wec-load=10`)")
-    unknown = sorted(set(settings.mix or {}) - set(chains))
-    if unknown:
-        raise pytest.UsageError(
-            f"--wec-mix: unknown chain {', '.join(map(repr, unknown))}; "
-            f"chains: {', '.join(sorted(chains))}")
+        raise pytest.UsageError("wec load mode: no chains collected, and the shipped "
+                                "catalogue has none")
+    check_mix(settings, chains)
     workerinput = getattr(config, "workerinput", None)
     workers = int(workerinput["workercount"]) if workerinput else 1
     deselected = list(items)
@@ -230,4 +268,38 @@ def collect_load_items(session: pytest.Session, config: pytest.Config,
                                 chains=chains)
         for i in range(workers)
     ]
-    config.hook.pytest_deselected(items=deselected)
+    if report:
+        config.hook.pytest_deselected(items=deselected)
+
+
+def check_mix(settings: Any, chains: dict[str, tuple[ChainInfo, ChainFn]]) -> None:
+    """``--wec-mix`` and ``--wec-limit`` name known chains, and what the chains that may run
+    need is produced by one of them; a UsageError naming the problem otherwise."""
+    from pytest_wec.worker.picker import mix_weights
+
+    for option, given in (("mix", settings.mix), ("limit", settings.limit)):
+        names = set(given or {}) - {"*"}
+        unknown = sorted(names - set(chains))
+        if unknown:
+            where = settings.sources.get(option, f"--wec-{option}")
+            raise pytest.UsageError(
+                f"{where}: unknown chain {', '.join(map(repr, unknown))}; "
+                f"chains: {', '.join(sorted(chains))}")
+    where = settings.sources.get("mix", "--wec-mix")
+    weights = mix_weights(sorted(chains), settings.mix)
+    running = [info for name, (info, _) in sorted(chains.items()) if weights[name] > 0]
+    if not running:
+        raise pytest.UsageError(f"{where}: every chain weighs 0; nothing would run")
+    produced: set[str] = set().union(*(info.produces for info in running))
+    for info in running:
+        missing = sorted(info.needs - produced)
+        if missing:
+            raise pytest.UsageError(
+                f"{where}: chain {info.name!r} needs {', '.join(missing)}, which no chain of "
+                f"the mix produces ({_producer_hint(chains, missing[0])})")
+
+
+def _producer_hint(chains: dict[str, tuple[ChainInfo, ChainFn]], resource: str) -> str:
+    names = [n for n, (i, _) in sorted(chains.items()) if resource in i.produces]
+    return f"chains that produce it: {', '.join(names)}" if names else \
+        f"no chain collected produces {resource}"

@@ -38,6 +38,7 @@ __all__ = [
     "ChainSpec",
     "Counts",
     "eligible",
+    "mix_weights",
     "parse_limits",
     "parse_mix",
     "pick",
@@ -58,7 +59,8 @@ _CHAIN_NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
 _WHOLE = re.compile(r"[0-9]+")
 _MIX_HELP = (
     "expected chain weights such as new_order=5,revoke_certificate=1 "
-    "(a chain name, '=', a number >= 0; 0 leaves the chain out)"
+    "(a chain name or '*' for the chains not named, '=', a number >= 0; the chains a mix "
+    "does not name weigh 0 unless '*' gives them a weight)"
 )
 _LIMITS_HELP = (
     "expected hard limits such as accounts=1000,certificates=20000 "
@@ -183,7 +185,7 @@ def parse_mix(text: str, known: Iterable[str] | None = None) -> dict[str, float]
         if not part.strip():
             continue
         name, sep, value = (p.strip() for p in part.partition("="))
-        if not sep or not _CHAIN_NAME.match(name):
+        if not sep or not (name == "*" or _CHAIN_NAME.match(name)):
             raise ValueError(f"{_MIX_HELP}, got {part.strip()!r}")
         try:
             weight = float(value)
@@ -191,7 +193,7 @@ def parse_mix(text: str, known: Iterable[str] | None = None) -> dict[str, float]
             raise ValueError(f"{_MIX_HELP}, got {part.strip()!r}") from None
         if not (weight >= 0 and math.isfinite(weight)):
             raise ValueError(f"{_MIX_HELP}, got {part.strip()!r}")
-        if allowed is not None and name not in allowed:
+        if allowed is not None and name != "*" and name not in allowed:
             raise ValueError(
                 f"unknown chain {name!r} in the mix; chains: {', '.join(sorted(allowed))}"
             )
@@ -199,6 +201,16 @@ def parse_mix(text: str, known: Iterable[str] | None = None) -> dict[str, float]
             raise ValueError(f"chain {name!r} appears twice in the mix")
         out[name] = weight
     return out
+
+
+def mix_weights(names: Iterable[str], mix: Mapping[str, float] | None) -> dict[str, float]:
+    """Each chain's weight under ``--wec-mix``: without a mix every chain weighs 1; with one,
+    the chains it names weigh what it says and the others what ``*`` says (0 without it:
+    a mix that names chains runs those only)."""
+    if not mix:
+        return dict.fromkeys(names, 1.0)
+    rest = float(mix.get("*", 0.0))
+    return {name: float(mix.get(name, rest)) for name in names}
 
 
 def parse_limits(text: str) -> dict[str, int]:

@@ -125,6 +125,9 @@ async def run_chain(
 ) -> ChainResult:
     """Run chain *fn* once with a fresh context; never raises (but for cancellation)."""
     ctx = ChainContext(runtime, name, mode="load", chain_id=secrets.token_hex(8))
+    contexts = getattr(runtime, "contexts", None)
+    if contexts is not None:
+        contexts.add(ctx)
     started = time.time()
     t0 = time.perf_counter()
     outcome, error = "ok", None
@@ -147,6 +150,8 @@ async def run_chain(
             await asyncio.shield(ctx.finish())
         except BaseException:
             log.debug("releasing claims of %s failed", ctx.chain_id, exc_info=True)
+        if contexts is not None:
+            contexts.discard(ctx)
     return ChainResult(
         chain_id=ctx.chain_id,
         chain=name,
@@ -234,8 +239,14 @@ class LoadRunner:
         self.started += 1
         return task
 
-    async def run(self) -> None:
-        self.t_start = time.monotonic()
+    async def run(self, start_at: float | None = None) -> None:
+        """Run the load from *start_at* (monotonic; the run's common start, now when None;
+        in the past for a worker that was late to it) until the plan's duration after it,
+        then the grace."""
+        now = time.monotonic()
+        if start_at is not None and start_at > now:
+            await self._wait(start_at - now)
+        self.t_start = start_at if start_at is not None else now
         deadline = self.t_start + self.plan.duration
         gc_threshold = _fewer_young_collections()
         try:
@@ -303,9 +314,9 @@ class LoadRunner:
         are spread over one interval.
         """
         cap = self.plan.cap()
-        wall0 = time.time()
         mono0 = self.t_start
-        at = mono0
+        wall0 = time.time() - (time.monotonic() - mono0)
+        at = max(mono0, time.monotonic())  # a worker late to the common start: no catch-up
         owed = 1.0 - self.plan.index / self.plan.workers  # 1.0: a start is due at *at*
         while not self._stop.is_set():
             rate = self._target_at(at - mono0)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ["REACH_TIMEOUT", "Target", "WorkerRuntime", "check_reachable", "db_url_for",
-           "reach_targets", "stack_info_from"]
+           "reach_targets", "stack_from_controller", "stack_info_from", "wait_at_barrier"]
 
 REACH_TIMEOUT = 3.0  # seconds a worker waits for each address to answer at start
 _DEFAULT_PORTS = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379,
@@ -44,6 +44,62 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379,
 
 def db_url_for(settings: Settings, run_dir: str) -> str:
     return settings.db or str(Path(run_dir) / "state.db")
+
+
+#: seconds a worker waits for the controller to start the stack (Pebble's start included)
+STACK_TIMEOUT = 300.0
+#: seconds a worker waits at the load barrier for the others
+BARRIER_WAIT = 600.0
+_asked: dict[str, dict[str, Any]] = {}  # rendezvous address -> the stack's info, once asked
+
+
+def stack_from_controller(workerinput: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack's info, asked of the controller through the rendezvous (which starts the
+    stack on the first request of the run); asked once per process. StackError when the
+    stack cannot start or the controller cannot be asked."""
+    from pytest_wec.errors import StackError
+    from pytest_wec.wire.rendezvous import RendezvousError, ask
+
+    address = workerinput.get("wec_rendezvous")
+    if not address:
+        raise StackError("this worker was given no way to the controller's stack")
+    info = _asked.get(address)
+    if info is None:
+        target = _target("the controller (its rendezvous)", f"tcp://{address}")
+        if target is not None:  # one line naming it, and how to fix a loopback address
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            asyncio.run(check_reachable(worker, [target]))
+        try:
+            answer = ask(address, str(workerinput.get("wec_token")), "stack", STACK_TIMEOUT)
+        except RendezvousError as exc:
+            raise StackError(str(exc)) from None
+        made = stack_info_from({"wec_stack": answer.get("stack"),
+                                "wec_ca_pem": answer.get("ca_pem")})
+        if made is None:
+            raise StackError("the controller answered no stack")
+        info = _asked[address] = made
+    return dict(info)
+
+
+def wait_at_barrier(workerinput: Mapping[str, Any] | None, controller: Any,
+                    worker: str) -> float:
+    """Block until every worker of the run is ready; the seconds still to wait before the
+    common start (from the answer's arrival; negative for a worker late to it).
+    *controller* is the in-process controller when there is no xdist."""
+    from pytest_wec.errors import StackError
+    from pytest_wec.wire.rendezvous import RendezvousError, ask
+
+    try:
+        if workerinput is None:
+            import time
+
+            started = float(controller.rendezvous.ready(worker, BARRIER_WAIT))
+            return started - time.time()
+        answer = ask(str(workerinput.get("wec_rendezvous")), str(workerinput.get("wec_token")),
+                     "ready", BARRIER_WAIT, worker=worker)
+        return float(answer.get("start_in") or 0.0)
+    except RendezvousError as exc:
+        raise StackError(f"the load barrier: {exc}") from None
 
 
 def stack_info_from(workerinput: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -177,6 +233,16 @@ class WorkerRuntime:
         self.queue: StoreQueue | None = None
         self.pebble: Any = None
         self.holder = f"{worker_id}:{os.getpid()}"
+        self.last_answer = 0.0  # epoch: the latest HTTP answer from the CA, any chain
+        self.contexts: set[Any] = set()  # the ChainContexts of the chains in flight (load)
+
+    def waiting(self) -> dict[str, int]:
+        """The chains in flight by what they wait on (request X, after X, state DB)."""
+        out: dict[str, int] = {}
+        for ctx in list(self.contexts):
+            key = ctx.waiting_on()
+            out[key] = out.get(key, 0) + 1
+        return out
 
     async def start(self) -> WorkerRuntime:
         from pytest_wec.acme import AcmeNetwork, make_transport

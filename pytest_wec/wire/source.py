@@ -1,0 +1,198 @@
+"""The controller end of the result channel: :class:`ResultSource` reads the run's stream.
+
+Blocking calls, for a controller thread. It drops batches that arrive twice and counts the
+chains of a gap as lost; the wire format is :mod:`pytest_wec.wire.stream`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+import msgpack
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from pytest_wec.wire.stream import (
+    Batch,
+    Record,
+    WorkerStatus,
+    decode_batch,
+    decode_status,
+    results_key,
+    workers_key,
+)
+
+__all__ = ["ResultSource"]
+
+log = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+class ResultSource:
+    """Reads this run's stream from its beginning; blocking calls, for a controller thread.
+
+    ``read`` returns what arrived (batches, status and end records) or ``[]`` after the block
+    timeout; while Redis is away it logs, waits with backoff and returns ``[]``, then goes on
+    after the last entry it read. ``drain`` reads until every worker sent its end record,
+    went silent for ``stale_after`` seconds, or ``timeout`` passed.
+    """
+
+    def __init__(self, redis_url: str, run_ns: str, *, count: int = 100) -> None:
+        self.key, self.workers_key = results_key(run_ns), workers_key(run_ns)
+        self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
+                                            socket_timeout=30.0, retry=Retry(NoBackoff(), 1))
+        self._count = count
+        self._last_id: bytes | str = "0-0"
+        self._failures = 0
+        self.workers: dict[str, WorkerStatus] = {}  # "worker/session" -> latest status
+        self.lost: dict[str, int] = {}  # chains known lost on the way, per worker
+        self.duplicates = self.undecodable = 0
+        self._received: dict[tuple[str, str], int] = {}  # chains per (worker, session)
+        self._seq: dict[tuple[str, str], int] = {}
+        self._open: dict[str, set[str]] = {}  # worker -> sessions without an end record
+        self._heard: dict[str, float] = {}  # worker -> monotonic time of its last entry
+
+    def read(self, block: float = 1.0) -> list[Record]:
+        try:
+            resp: list[Any] = self._client.xread(  # type: ignore[assignment]
+                {self.key: self._last_id}, count=self._count,
+                block=max(1, int(min(block, 10.0) * 1000)))
+        except _REDIS_ERRORS as exc:
+            self._failures += 1
+            log.log(logging.WARNING if self._failures == 1 else logging.DEBUG,
+                    "cannot read results from Redis (%s); retrying", exc)
+            time.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0, max(block, 0.05)))
+            return []
+        if self._failures:
+            log.info("reading results from Redis again after %d failed attempts", self._failures)
+            self._failures = 0
+        out: list[Record] = []
+        for _key, entries in resp or []:
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                rec = self._decode(fields)
+                if rec is not None:
+                    out.append(rec)
+        return out
+
+    def _decode(self, fields: dict[bytes, bytes]) -> Record | None:
+        kind, data = fields.get(b"k"), fields.get(b"d", b"")
+        try:
+            if kind == b"b":
+                return self._batch(decode_batch(data))
+            if kind in (b"s", b"e"):
+                return self._status(decode_status(data), final=kind == b"e")
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            log.debug("undecodable stream entry of kind %r: %s", kind, exc)
+        if not self.undecodable:
+            log.warning("skipping undecodable entries in %s", self.key)
+        self.undecodable += 1
+        return None
+
+    def _batch(self, batch: Batch) -> Batch | None:
+        key = (batch.worker, batch.session)
+        self._heard[batch.worker] = time.monotonic()
+        if batch.seq <= self._seq.get(key, -1):
+            self.duplicates += 1
+            return None
+        self._seq[key] = batch.seq
+        self._open.setdefault(batch.worker, set()).add(batch.session)
+        self._gap(key, batch.chains_before)
+        self._received[key] = batch.chains_before + len(batch.chains)
+        return batch
+
+    def _status(self, st: WorkerStatus, final: bool) -> WorkerStatus:
+        w, key = st["worker"], (st["worker"], st["session"])
+        self.workers[f"{w}/{st['session']}"] = st
+        self._heard[w] = time.monotonic()
+        sessions = self._open.setdefault(w, set())
+        if final:
+            sessions.discard(st["session"])
+            self._gap(key, int(st.get("sent", 0)))
+            self._received[key] = max(self._received.get(key, 0), int(st.get("sent", 0)))
+        else:
+            sessions.add(st["session"])
+        return st
+
+    def _gap(self, key: tuple[str, str], expected: int) -> None:
+        gap = expected - self._received.get(key, 0)
+        if gap > 0:
+            self.lost[key[0]] = self.lost.get(key[0], 0) + gap
+            log.warning("worker %s: %d chains lost on the way (stream gap)", key[0], gap)
+
+    @property
+    def ended(self) -> set[str]:
+        """Workers heard of whose every session sent its end record."""
+        return {w for w, sessions in self._open.items() if not sessions}
+
+    @property
+    def received(self) -> dict[str, int]:
+        """Chains received per worker."""
+        out: dict[str, int] = {}
+        for (w, _session), n in self._received.items():
+            out[w] = out.get(w, 0) + n
+        return out
+
+    def records(self, stop: Callable[[], bool], block: float = 1.0) -> Iterator[Record]:
+        """Yields records as they arrive until ``stop()`` is true."""
+        while not stop():
+            yield from self.read(block)
+
+    def drain(self, workers: Collection[str] | None = None, timeout: float = 10.0,
+              stale_after: float = 5.0) -> Iterator[Record]:
+        """Yields the remaining records; returns once every worker is done or gone.
+
+        ``workers``: the ids to wait for; None waits for every worker heard of so far, and
+        with none heard of reads until the first empty read.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            now = time.monotonic()
+            if workers is None and not self._heard:
+                records = self.read(min(0.5, max(deadline - now, 0.01)))
+                yield from records
+                if not records or time.monotonic() >= deadline:
+                    return
+                continue
+            names = set(self._heard) if workers is None else set(workers)
+            ended = self.ended
+            waiting = {w for w in names - ended if now - self._heard.get(w, start) < stale_after}
+            if not waiting:
+                gone = names - ended
+                if gone:
+                    log.warning("no end record from workers %s (silent for %.1fs)",
+                                ", ".join(sorted(gone)), stale_after)
+                return
+            if now >= deadline:
+                log.warning("stopped waiting for results of workers %s after %.1fs",
+                            ", ".join(sorted(waiting)), timeout)
+                return
+            yield from self.read(min(0.5, deadline - now))
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost.values())
+
+    def worker_statuses(self) -> dict[str, WorkerStatus]:
+        """Each sink's latest status by "worker/session", from the hash (no stream reading)."""
+        raw: dict[bytes, bytes] = self._client.hgetall(self.workers_key)  # type: ignore[assignment]
+        return {k.decode(): decode_status(v) for k, v in raw.items()}
+
+    def delete(self) -> None:
+        """Removes this run's keys."""
+        self._client.delete(self.key, self.workers_key)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ResultSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
