@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wec.controller.aggregator import Aggregator
-from pytest_wec.controller.liveview import live_view, worker_rows
+from pytest_wec.controller.livecontrol import LiveControl
 from pytest_wec.controller.outputs import (
     build_benchmark_json,
     build_summary,
@@ -54,7 +54,7 @@ def log_name(fmt: str) -> str:
     return "results.msgpack" if fmt == "msgpack" else "results.jsonl"
 
 
-class LoadSession:
+class LoadSession(LiveControl):
     """The controller's side of one load run; ``start`` once, ``finish`` at the end."""
 
     def __init__(self, settings: Settings, run_dir: Path, run_id: str, redis_url: str,
@@ -166,9 +166,6 @@ class LoadSession:
         with self._lock:
             self._agg.add_status(st)
             self.watch.status(st, now)
-
-    def _rel(self, mono: float) -> float:
-        return round(mono - self._t0, 1)
 
     def _note(self, msg: str) -> None:
         self._notices.append(msg)
@@ -337,89 +334,6 @@ class LoadSession:
                        workers_lost=list(self.workers_lost),
                        warnings=list(self.warnings), controls=list(self.controls))
         return summary
-
-    # -- the live view and control (any thread) ------------------------------------------
-
-    def snapshot(self, since: int = 0) -> dict[str, Any]:
-        """The run so far (see :mod:`~pytest_wec.controller.liveview`); series from second
-        ``since``."""
-        state = self._state_now()
-        mono = time.monotonic()
-        with self._lock:
-            now = min(time.time(), self._ended) if self._ended is not None else time.time()
-            live = {name: {"in_flight": sum(w.in_flight.values()),
-                           "age_s": round(mono - w.heard, 1),
-                           "state": "silent" if w.lost is not None and not w.lost["recovered"]
-                           else "running" if w.in_flight or not w.ended else "ended"}
-                    for name, w in self.watch.workers.items()}
-            s = self.settings
-            run = {"id": self.run_id, "started": self._started, "directory": self.directory,
-                   "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
-                   "duration_s": s.run_length, "grace_s": s.grace,
-                   "stages": [[d, t] for d, t in s.stages] if s.stages else None}
-            return live_view(self._agg, run=run, now=now, since=since,
-                             in_flight=self.watch.in_flight(), target=self._target_at(now),
-                             workers=worker_rows(self._agg.workers.values(), live), state=state,
-                             stopping=self._stopping, ended=self._summary is not None,
-                             warnings=self.warnings)
-
-    def _target_at(self, now: float) -> float:
-        if self._target is not None:
-            return self._target
-        from pytest_wec.worker.runner import LoadPlan
-
-        return LoadPlan.from_settings(self.settings, 0, 1).total_target(now - self._started)
-
-    def set_target(self, value: float) -> None:
-        """The run's new total target (chains in flight, or starts per second in the open
-        model); workers take their shares within a second. RuntimeError once the run is
-        stopping; Redis errors as raised."""
-        control = self._control
-        if control is None or self._closed or self._stopping:
-            raise RuntimeError("the run is not running")
-        control.set_target(value)
-        with self._lock:
-            self._target = float(value)
-            self.controls.append({"at_s": self._rel(time.monotonic()), "target": float(value)})
-        what = "rate" if self.settings.model == "open" else "load"
-        self._write(f"wec: {what} set to {value:g} from the dashboard")
-
-    def request_stop(self, by: str | None = None) -> None:
-        """Ends the run as at the end of its duration: no chain starts, chains in flight
-        finish within the grace, outputs are written. ``by`` names who asked when it is not
-        the dashboard (``--wec-abort-on-fail``): that stop is no live control, so it is not
-        in ``controls`` (the dashboard's changes)."""
-        control = self._control
-        if control is None or self._closed:
-            raise RuntimeError("the run is not running")
-        if not self._stopping:
-            control.stop()
-            self._stopping = True
-            with self._lock:
-                now = time.time()
-                if self.load_started is not None and now < self.load_started + \
-                        self.settings.run_length:
-                    self.load_ended = max(now, self.load_started)
-                    self._agg.until = self.load_ended
-            if by is None:
-                with self._lock:
-                    self.controls.append({"at_s": self._rel(time.monotonic()), "stop": True})
-            self._write(f"wec: stop requested {f'by {by}' if by else 'from the dashboard'}; "
-                        "chains in flight finish")
-
-    def _state_now(self, max_age: float = 2.0) -> dict[str, int]:
-        """The state DB's counts, read at most every ``max_age`` seconds."""
-        if self.state_counts is None:
-            return {}
-        with self._state_lock:
-            at, counts = self._state_cache
-            if time.monotonic() - at >= max_age:
-                try:
-                    counts = dict(self.state_counts())
-                except Exception as exc:
-                    log.warning("cannot count the state DB: %s", exc)
-                self._state_cache = (time.monotonic(), counts)
-            return counts
 
     def tables(self) -> str:
         """The terminal tables of the summary; empty before :meth:`finish`."""
