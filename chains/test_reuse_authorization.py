@@ -3,8 +3,13 @@ for (RFC 8555 §7.4: the server may include such an authorization in the new ord
 
 Against the embedded Pebble (``PEBBLE_AUTHZREUSE=100``) reuse is asserted. Against another CA
 either answer is accepted, but a reused authorization must be valid and the order ``ready``
-at once, with no challenge answered (§7.1.6). The authorization is claimed from the state DB,
-so no chain deactivates it meanwhile.
+at once, with no challenge answered (§7.1.6).
+
+The authorization is claimed from the state DB, and the chain only reads it and orders its
+identifier: the order it gets is left ready, never finalized, so no other chain that the CA
+hands the same authorization (an order of the same account for the same identifier) sees
+anything change. Nothing deactivates a stored authorization under load either:
+deactivate_authorization deactivates only one it made itself on a fresh account.
 """
 
 from __future__ import annotations

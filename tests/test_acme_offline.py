@@ -17,6 +17,7 @@ import pytest_asyncio
 from pytest_wec.acme import (
     Account,
     AccountKey,
+    AcmeAuthorizationEnded,
     AcmeBodyTooLarge,
     AcmeClient,
     AcmeConnectError,
@@ -26,12 +27,14 @@ from pytest_wec.acme import (
     AcmePollTimeout,
     AcmeProblem,
     AcmeProtocolError,
+    AcmeStatusError,
     AcmeTimeout,
     AcmeUnexpectedStatus,
     FakeCA,
     Identifier,
     MockTransport,
     NoncePool,
+    Order,
     Request,
     Response,
     b64url_decode,
@@ -424,6 +427,109 @@ async def test_processing_order_polls_until_valid() -> None:
     order = await env.acme.poll_order(acct, order, timeout=5)
     assert order.status == "valid"
     assert [r["endpoint"] for r in env.results] == ["order"] * 3
+
+
+# -- statuses outside RFC 8555 §7.1.6 end a poll at once --------------------------
+
+
+def then(ca: FakeCA, change: Callable[[], None]) -> Callable[[Request], Response]:
+    """A fault for FakeCA.inject: the CA's own answer, after which *change* happens."""
+
+    def fault(req: Request) -> Response:
+        resp = ca(req)  # the fault is taken off the queue: this is the ordinary answer
+        change()
+        return resp
+
+    return fault
+
+
+async def answered(env: Env, name: str) -> tuple[Account, Order, str]:
+    """An account, an order for *name*, and its authorization's URL, challenge answered."""
+    acct = await account(env)
+    order = await env.acme.new_order(acct, [name])
+    url = order.authorizations[0]
+    authz = await env.acme.get_authorization(acct, url)
+    ch = authz.challenge("http-01")
+    assert ch is not None
+    await env.acme.answer_challenge(acct, ch.url)
+    env.results.clear()
+    return acct, order, url
+
+
+@pytest.mark.asyncio
+async def test_an_order_status_outside_the_rfc_ends_the_poll_at_once() -> None:
+    # As Pebble 2.4 shows an order once an authorization of it is deactivated: the order is
+    # processing when first polled, then "deactivated", which no wait turns into valid.
+    env = make_env(FakeCA(processing_polls=10**6))
+    acct, order, url = await answered(env, "d.test")
+    await env.acme.poll_authorization(acct, url, timeout=5)
+    order = await env.acme.finalize(acct, order, make_csr(["d.test"], generate_cert_key()))
+    assert order.status == "processing"
+    env.ca.inject("order", then(env.ca, lambda: env.ca.orders[order.url].update(
+        status="deactivated")))
+    env.results.clear()
+    with pytest.raises(AcmeStatusError) as info:
+        await env.acme.poll_order(acct, order, timeout=60)
+    assert str(info.value) == (f"order {order.url}: status 'deactivated' is not an order "
+                               f"status of RFC 8555 §7.1.6")
+    assert isinstance(info.value, AcmeProtocolError) and info.value.kind == "badStatus"
+    assert (info.value.url, info.value.status) == (order.url, "deactivated")
+    assert info.value.resource.status == "deactivated"  # type: ignore[attr-defined]
+    # one poll saw processing, the next the status: no more requests, no timeout
+    assert [r["endpoint"] for r in env.results] == ["order"] * 2
+    # until="ready" stops there too; and an order already seen so is not polled at all
+    env.results.clear()
+    with pytest.raises(AcmeStatusError, match="'deactivated' is not an order status"):
+        await env.acme.poll_order(acct, order, timeout=60, until="ready")
+    assert [r["endpoint"] for r in env.results] == ["order"]
+    env.results.clear()
+    seen = Order(order.url, {**order.body, "status": "deactivated"})
+    with pytest.raises(AcmeStatusError):
+        await env.acme.poll_order(acct, seen, timeout=60)
+    assert env.results == []
+    err = pickle.loads(pickle.dumps(info.value))
+    assert (type(err), str(err), err.url, err.status) == (
+        AcmeStatusError, str(info.value), order.url, "deactivated")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", ["deactivated", "expired", "revoked"])
+async def test_an_authorization_ended_while_validated_ends_the_poll_at_once(status: str) -> None:
+    env = make_env(FakeCA(pending_polls=10**6))
+    acct, _, url = await answered(env, "e.test")
+    env.ca.inject("authz", then(env.ca, lambda: env.ca.authzs[url].update(status=status)))
+    with pytest.raises(AcmeAuthorizationEnded) as info:
+        await env.acme.poll_authorization(acct, url, timeout=60)
+    assert str(info.value) == (
+        f"authorization {url} (dns:e.test) became {status!r} while being validated: a "
+        f"final status of RFC 8555 §7.1.6, it can never be valid")
+    assert (info.value.url, info.value.status, info.value.kind) == (url, status, "authzEnded")
+    assert not isinstance(info.value, AcmeProtocolError)  # the CA broke no rule
+    # the first poll saw pending, the second the final status
+    assert [r["endpoint"] for r in env.results] == ["authz"] * 2
+    err = pickle.loads(pickle.dumps(info.value))
+    assert (type(err), str(err), err.status) == (AcmeAuthorizationEnded, str(info.value), status)
+
+
+@pytest.mark.asyncio
+async def test_an_authorization_status_outside_the_rfc_ends_the_poll_at_once() -> None:
+    env = make_env(FakeCA(pending_polls=10**6))
+    acct, _, url = await answered(env, "f.test")
+    env.ca.authzs[url]["status"] = "paused"
+    with pytest.raises(AcmeStatusError) as info:
+        await env.acme.poll_authorization(acct, url, timeout=60)
+    assert str(info.value) == (f"authorization {url}: status 'paused' is not an "
+                               f"authorization status of RFC 8555 §7.1.6")
+    assert [r["endpoint"] for r in env.results] == ["authz"]
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_authorization_is_a_poll_result_not_an_error() -> None:
+    env = make_env(FakeCA(pending_polls=10**6))
+    acct, _, url = await answered(env, "g.test")
+    env.ca.authzs[url]["status"] = "invalid"  # validation failed: what the poll waits for
+    assert (await env.acme.poll_authorization(acct, url, timeout=60)).status == "invalid"
+    assert [r["endpoint"] for r in env.results] == ["authz"]
 
 
 # -- transport failures --------------------------------------------------------

@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from pytest_wec.acme import AccountKey, AcmeNetwork, AcmeProblem, FakeCA, MockTransport
+from pytest_wec.acme import (
+    AccountKey,
+    AcmeAuthorizationEnded,
+    AcmeNetwork,
+    AcmeProblem,
+    FakeCA,
+    MockTransport,
+    Request,
+    Response,
+)
 from pytest_wec.settings import Settings
 from pytest_wec.worker.context import ChainContext
 
@@ -66,3 +75,73 @@ async def test_a_refused_answer_to_a_pending_challenge_still_fails() -> None:
     with pytest.raises(AcmeProblem, match="not today"):
         await ctx.authorize(account, order, "http-01")
     assert rt.publisher.live == set()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", ["deactivated", "invalid", "expired", "revoked"])
+async def test_a_final_authorization_is_not_answered(status: str) -> None:
+    ca = FakeCA()
+    rt = runtime(ca)
+    ctx = ChainContext(rt, "renew_certificate")
+    account = await ctx.client.new_account(AccountKey.generate("ES256"))
+    order = await ctx.client.new_order(account, ["gone.test"])
+    url = order.authorizations[0]
+    ca.authzs[url]["status"] = status  # e.g. deactivated by another chain of the account
+    ctx.requests.clear()
+    with pytest.raises(AcmeAuthorizationEnded) as info:
+        await ctx.authorize(account, order, "http-01")
+    assert str(info.value) == (
+        f"authorization {url} (dns:gone.test) of order {order.url} is {status!r} at the CA, "
+        f"a final status of RFC 8555 §7.1.6: its challenge is not answered")
+    assert (info.value.url, info.value.status) == (url, status)
+    assert [r["endpoint"] for r in ctx.requests] == ["authz"]
+    assert rt.publisher.live == set()  # nothing published either
+
+
+@pytest.mark.asyncio
+async def test_an_answer_refused_because_the_authorization_ended_says_so() -> None:
+    # As Pebble answers a challenge of an authorization deactivated between the chain's
+    # read and its answer: the challenge still shows valid, and the answer is refused.
+    ca = FakeCA()
+    rt = runtime(ca)
+    ctx = ChainContext(rt, "ip_identifier")
+    account = await ctx.client.new_account(AccountKey.generate("ES256"))
+    order = await ctx.client.new_order(account, ["raced.test"])
+    url = order.authorizations[0]
+
+    def deactivated_meanwhile(req: Request) -> Response:
+        ca.authzs[url]["status"] = "deactivated"
+        return ca.problem(400, "malformed", "Cannot update challenge with status valid, "
+                                            "only status pending")
+
+    ca.inject("challenge", deactivated_meanwhile)
+    with pytest.raises(AcmeAuthorizationEnded) as info:
+        await ctx.authorize(account, order, "http-01")
+    assert str(info.value).startswith(f"authorization {url} is 'deactivated' at the CA")
+    assert "Cannot update challenge with status valid" in str(info.value)
+    assert isinstance(info.value.__cause__, AcmeProblem)
+    assert rt.publisher.live == set()
+
+
+@pytest.mark.asyncio
+async def test_a_produced_authorization_marked_deactivated_is_stored_so() -> None:
+    ca = FakeCA()
+    stored: list[tuple[str, str]] = []
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    rt = runtime(ca)
+    rt.db = db
+    rt.store = SimpleNamespace(
+        add_authorization=lambda directory, account_id, url, id_type, id_value, kind, status,
+        expires: stored.append((url, status)))
+    ctx = ChainContext(rt, "deactivate_authorization")
+    account = await ctx.client.new_account(AccountKey.generate("ES256"))
+    order = await ctx.client.new_order(account, ["kept.test", "given-up.test"])
+    kept, given_up = await ctx.authorize(account, order, "http-01")
+    ctx.mark_produced_authorization(given_up.url, "deactivated")
+    with pytest.raises(ValueError, match="not validated by this chain"):
+        ctx.mark_produced_authorization("https://ca.test/authz/other", "deactivated")
+    await ctx.finish()
+    assert stored == [(kept.url, "valid"), (given_up.url, "deactivated")]

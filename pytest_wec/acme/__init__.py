@@ -70,6 +70,7 @@ from ._messages import (
 )
 from ._network import AcmeNetwork
 from ._nonces import NoncePool
+from ._polling import check_authorization_status, check_order_status
 from ._transport import (
     DEFAULT_MAX_BODY,
     TRANSPORT_NAMES,
@@ -131,6 +132,8 @@ __all__ = [
     "cert_id",
     "cert_key_from_pem",
     "cert_key_to_pem",
+    "check_authorization_status",
+    "check_order_status",
     "dns01_txt_value",
     "external_account_binding",
     "generate_cert_key",

@@ -33,9 +33,9 @@ from typing import Any
 
 __all__ = [
     "ERROR_NS",
+    "AcmeAuthorizationEnded",
     "AcmeBodyTooLarge",
     "AcmeConnectError",
-    "AcmeAuthorizationEnded",
     "AcmeError",
     "AcmeHttpError",
     "AcmeNotSupported",

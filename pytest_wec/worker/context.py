@@ -236,9 +236,13 @@ class ChainContext:
     async def take_authorization(self, *, challenge_type: str | None = None) -> Any:
         """Claim a valid, unexpired authorization of this CA (RFC 8555 §7.1.4) from the DB.
 
-        The claim keeps other chains off it (deactivation, reuse) until :meth:`finish`; its
-        account comes from :meth:`account_of`. Once: when none is free, validates one for a
-        random name and claims that. Load: :class:`NoContext` when none is free.
+        The claim keeps other chains from taking it until :meth:`finish`, but not the CA from
+        handing it to the account's other orders for its identifier (§7.4), which chains in
+        flight may hold: under load a chain taking one must not change it (the chain that
+        deactivates one makes its own). Its account comes from :meth:`account_of`.
+
+        Once: when none is free, validates one for a random name and claims that. Load:
+        :class:`NoContext` when none is free.
         """
         claim = self.store.claim_authorization
         row = await self.db(claim, self.directory, self.runtime.holder, CLAIM_TTL,
@@ -281,8 +285,12 @@ class ChainContext:
         answered: :class:`~pytest_wec.acme.AcmeAuthorizationEnded` says what the CA reported
         (a status outside §7.1.6 raises :class:`~pytest_wec.acme.AcmeStatusError`).
         """
-        from pytest_wec.acme import AcmeAuthorizationEnded, key_authorization
-        from pytest_wec.acme._polling import check_authorization_status
+        from pytest_wec.acme import (
+            AcmeAuthorizationEnded,
+            check_authorization_status,
+            key_authorization,
+        )
+        from pytest_wec.worker.publish import publish_answer
 
         kind = challenge or self.settings.challenge
         done = []
@@ -305,7 +313,8 @@ class ChainContext:
                 raise AssertionError(f"the CA offers no {kind} challenge for "
                                      f"{ident.value} (offered: {offered})")
             key_authz = key_authorization(chall.token, account.key)
-            unpublish = await self._publish(kind, ident.value, chall.token, key_authz)
+            unpublish = await publish_answer(self.publisher, kind, ident.value, chall.token,
+                                             key_authz)
             try:
                 answered = await self._answer(account, url, chall)
                 authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT,
@@ -368,31 +377,9 @@ class ChainContext:
         :meth:`authorize` does this for the right value; chains call it directly to publish
         a wrong one.
         """
-        return await self._publish(kind, ident, token, key_authz)
+        from pytest_wec.worker.publish import publish_answer
 
-    async def _publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
-        from pytest_wec.acme import dns01_txt_value
-
-        pub = self.publisher
-        if kind == "http-01":
-            await pub.add_http01(token, key_authz)
-
-            async def undo() -> None:
-                await pub.del_http01(token)
-        elif kind == "dns-01":
-            host = "_acme-challenge." + ident.removeprefix("*.")
-            await pub.set_txt(host, dns01_txt_value(key_authz))
-
-            async def undo() -> None:
-                await pub.clear_txt(host)
-        elif kind == "tls-alpn-01":
-            await pub.add_tlsalpn01(ident, key_authz)
-
-            async def undo() -> None:
-                await pub.del_tlsalpn01(ident)
-        else:
-            raise ValueError(f"unknown challenge type {kind!r}")
-        return undo
+        return await publish_answer(self.publisher, kind, ident, token, key_authz)
 
     async def order(self, account: Any, names: list[str], **kwargs: Any) -> Any:
         """newOrder for *names* (RFC 8555 §7.4), recorded in the state DB."""

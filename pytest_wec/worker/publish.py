@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from challenge_srv.store import (
@@ -45,6 +45,7 @@ __all__ = [
     "ChallengePublishError",
     "ChallengePublisher",
     "RedisPublisher",
+    "publish_answer",
 ]
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,35 @@ class ChallTestSrvPublisher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def publish_answer(
+    pub: ChallengePublisher, kind: str, ident: str, token: str, key_authz: str
+) -> Callable[[], Awaitable[None]]:
+    """Publish *key_authz* where the CA looks for challenge *kind* of identifier *ident*
+    (RFC 8555 §8.3 http-01, §8.4 dns-01, RFC 8737 tls-alpn-01); returns the coroutine
+    function that removes it again."""
+    from pytest_wec.acme import dns01_txt_value
+
+    if kind == "http-01":
+        await pub.add_http01(token, key_authz)
+
+        async def undo() -> None:
+            await pub.del_http01(token)
+    elif kind == "dns-01":
+        host = "_acme-challenge." + ident.removeprefix("*.")
+        await pub.set_txt(host, dns01_txt_value(key_authz))
+
+        async def undo() -> None:
+            await pub.clear_txt(host)
+    elif kind == "tls-alpn-01":
+        await pub.add_tlsalpn01(ident, key_authz)
+
+        async def undo() -> None:
+            await pub.del_tlsalpn01(ident)
+    else:
+        raise ValueError(f"unknown challenge type {kind!r}")
+    return undo
 
 
 def _fqdn(host: str) -> str:
