@@ -74,7 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = WecController(config, settings)
     config.pluginmanager.register(controller, "wec-controller")
     if config.pluginmanager.hasplugin("xdist"):
-        from pytest_wec.controller.run import XdistHooks
+        from pytest_wec.controller.xdist import XdistHooks
 
         config.pluginmanager.register(XdistHooks(controller), "wec-xdist")
 

@@ -143,9 +143,9 @@ def test_a_mix_runs_the_chains_it_names_and_star_weighs_the_rest(
 def test_a_mix_needing_what_none_of_its_chains_produces_is_a_usage_error(
         pytester: pytest.Pytester, xdist: tuple[str, str]) -> None:
     result, out = _run(pytester, *xdist, "--wec-load", "2", "--wec-duration", "2s",
-                       "--wec-mix", "new_certificate=1,deactivate_authorization=1")
+                       "--wec-mix", "reuse_authorization=1,new_account=1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
-        "ERROR: --wec-mix: chain 'deactivate_authorization' needs authorization, which no "
+        "ERROR: --wec-mix: chain 'reuse_authorization' needs authorization, which no "
         "chain of the mix produces (chains that produce it: new_order)"])
     assert not (out / "summary.json").exists()

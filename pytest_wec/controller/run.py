@@ -30,6 +30,9 @@ from typing import Any
 import pytest
 
 from pytest_wec.controller.gates import Gates
+from pytest_wec.controller.xdist import tx_specs as _tx_specs
+from pytest_wec.controller.xdist import worker_count
+from pytest_wec.controller.xdist import xdist_active as _xdist_active
 from pytest_wec.errors import StackError
 from pytest_wec.settings import Settings, StackMode
 
@@ -222,16 +225,7 @@ class WecController:
             tr.write_line(line)
 
     def _workers(self) -> int:
-        n = getattr(self.config.option, "numprocesses", None)
-        if isinstance(n, int) and n > 0:
-            return n
-        if not _xdist_active(self.config):
-            return 1
-        count = 0
-        for spec in _tx_specs(self.config):
-            times, star, _ = spec.partition("*")
-            count += int(times) if star and times.isdigit() else 1
-        return max(count, 1)
+        return worker_count(self.config)
 
     def _start_load(self, info: dict[str, Any]) -> None:
         from pytest_wec.controller.collector import LoadSession
@@ -369,41 +363,6 @@ class WecController:
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _tx_specs(config: pytest.Config) -> list[str]:
-    return [str(t) for t in getattr(config.option, "tx", None) or ()]
-
-
-def _xdist_active(config: pytest.Config) -> bool:
-    """Whether xdist distributes: ``-n N``, or ``--tx`` with a ``--dist`` mode (xdist's rule;
-    ``--tx`` alone runs nothing remotely)."""
-    n = getattr(config.option, "numprocesses", None)
-    dist = getattr(config.option, "dist", "no")
-    return bool(n) or (bool(_tx_specs(config)) and dist not in (None, "no"))
-
-
-class XdistHooks:
-    """xdist-only hooks, registered only when xdist is present (``-p no:xdist`` works)."""
-
-    def __init__(self, controller: WecController) -> None:
-        self.controller = controller
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node: Any) -> None:
-        c = self.controller
-        node.workerinput["wec_run_id"] = c.run_id
-        node.workerinput["wec_environ_pid"] = os.getpid()
-        # the controller's resolved settings: env vars and ini do not reach other hosts
-        node.workerinput["wec_settings"] = c.settings.to_plain()
-        if c.rendezvous is not None:
-            node.workerinput["wec_rendezvous"] = c.rendezvous.address
-            node.workerinput["wec_token"] = c.rendezvous.token
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        if self.controller.rendezvous is not None:
-            self.controller.rendezvous.worker_down(str(node.gateway.id))
 
 
 def _read_text(path: str | None) -> str | None:
