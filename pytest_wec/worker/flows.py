@@ -1,0 +1,240 @@
+"""The ACME flows chains share (RFC 8555 §7.4, §7.5): order, authorize, issue, certify.
+
+:class:`Flows` is the part of :class:`~pytest_wec.worker.context.ChainContext` that drives the
+CA through an order: publish each challenge's answer where the CA looks (the challenge
+server, or a challtestsrv), answer it, wait for the authorization, finalize with a CSR, poll
+and download, and record what was made in the state DB.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+__all__ = ["POLL_TIMEOUT", "Flows", "Issued", "Produced"]
+
+POLL_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate issued by a chain (and stored in the state DB)."""
+
+    cert_id: int | None
+    account: Any
+    order: Any
+    names: tuple[str, ...]
+    pem: str
+    key_pem: bytes
+    cert: x509.Certificate
+    alternates: tuple[str, ...]
+
+
+@dataclass
+class Produced:
+    """An authorization this chain validated, stored (with *status*) when the chain ends."""
+
+    account_id: int | None
+    url: str
+    id_type: str
+    id_value: str
+    challenge: str
+    expires: Any
+    status: str = "valid"
+
+
+class Flows:
+    """Orders, authorizations and certificates; state kept by the ChainContext."""
+
+    client: Any
+    settings: Any
+    publisher: Any
+    store: Any
+    directory: str
+    certificates: int
+    _produced_authz: list[Produced]
+    db: Callable[..., Awaitable[Any]]
+    account_id: Callable[[Any], int | None]
+    take_account: Callable[..., Awaitable[Any]]
+    random_names: Callable[..., list[str]]
+
+    # -- orders and authorizations -------------------------------------------------------
+    @staticmethod
+    def identifiers(names: list[str]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for n in names:
+            try:
+                ipaddress.ip_address(n)
+                out.append(("ip", n))
+            except ValueError:
+                out.append(("dns", n))
+        return out
+
+    async def authorize(self, account: Any, order: Any, challenge: str | None = None) -> list[
+        Any
+    ]:
+        """Answer every pending authorization of *order* with *challenge* and wait.
+
+        Returns the final authorizations (RFC 8555 §7.5). Challenge data is published before
+        the challenge is answered and removed afterwards. An authorization the CA reports
+        final but not valid (invalid, deactivated, expired, revoked: RFC 8555 §7.1.6) is not
+        answered: :class:`~pytest_wec.acme.AcmeAuthorizationEnded` says what the CA reported
+        (a status outside §7.1.6 raises :class:`~pytest_wec.acme.AcmeStatusError`).
+        """
+        from pytest_wec.acme import (
+            AcmeAuthorizationEnded,
+            check_authorization_status,
+            key_authorization,
+        )
+        from pytest_wec.worker.publish import publish_answer
+
+        kind = challenge or self.settings.challenge
+        done = []
+        for url in order.authorizations:
+            authz = await self.client.get_authorization(account, url)
+            status = check_authorization_status(authz, url)
+            if status == "valid":
+                done.append(authz)
+                continue
+            if status != "pending":
+                ident = authz.identifier
+                raise AcmeAuthorizationEnded(
+                    f"authorization {url} ({ident.type}:{ident.value}) of order {order.url} "
+                    f"is {status!r} at the CA, a final status of RFC 8555 §7.1.6: its "
+                    f"challenge is not answered", url, status, authz)
+            chall = authz.challenge(kind)
+            ident = authz.identifier
+            if chall is None:
+                offered = ", ".join(c.type for c in authz.challenges)
+                raise AssertionError(f"the CA offers no {kind} challenge for "
+                                     f"{ident.value} (offered: {offered})")
+            key_authz = key_authorization(chall.token, account.key)
+            unpublish = await publish_answer(self.publisher, kind, ident.value, chall.token,
+                                             key_authz)
+            try:
+                answered = await self._answer(account, url, chall)
+                authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT,
+                                                             answered=answered)
+            finally:
+                await unpublish()
+            done.append(authz)
+            if authz.status == "valid":
+                # stored when this chain ends: until then no other chain may take it (and,
+                # say, deactivate it before this chain's order is finalized)
+                self._produced_authz.append(Produced(
+                    self.account_id(account), url, ident.type, ident.value, kind,
+                    authz.body.get("expires")))
+        return done
+
+    def mark_produced_authorization(self, url: str, status: str) -> None:
+        """The authorization at *url*, validated by this chain's :meth:`authorize`, is now
+        *status* at the CA (``deactivated`` by this chain, RFC 8555 §7.5.2): the state DB
+        gets it with that status when the chain ends, never as valid for others to take."""
+        found = [p for p in self._produced_authz if p.url == url]
+        if not found:
+            raise ValueError(f"authorization {url} was not validated by this chain")
+        for produced in found:
+            produced.status = status
+
+    async def _answer(self, account: Any, authz_url: str, chall: Any) -> Any:
+        """Answer *chall*; None when it was refused because it is already answered.
+
+        Under load, two chains of one account may order the same names at once (a renewal
+        and a reuse of the same identifier, say), and a CA may hand both the same pending
+        order (Pebble does, RFC 8555 §7.4 allows it): the second answer to the shared
+        challenge is then refused. The authorization is read again, and the refusal
+        stands unless the challenge is being validated or the authorization is valid; an
+        authorization found final but not valid meanwhile (deactivated, say: §7.1.6) raises
+        :class:`~pytest_wec.acme.AcmeAuthorizationEnded`, from the refusal.
+        """
+        from pytest_wec.acme import AcmeAuthorizationEnded, AcmeProblem
+
+        try:
+            return await self.client.answer_challenge(account, chall.url)
+        except AcmeProblem as refusal:
+            current = await self.client.get_authorization(account, authz_url)
+            now = current.challenge(chall.type)
+            if current.status == "valid" or (
+                    current.status == "pending" and now is not None
+                    and now.status in ("processing", "valid")):
+                return None
+            if current.status != "pending":
+                raise AcmeAuthorizationEnded(
+                    f"authorization {authz_url} is {current.status!r} at the CA, a final "
+                    f"status of RFC 8555 §7.1.6; its challenge's answer was refused: "
+                    f"{str(refusal).splitlines()[0]}",
+                    authz_url, current.status, current) from refusal
+            raise
+
+    async def publish(self, kind: str, ident: str, token: str, key_authz: str) -> Any:
+        """Publish *key_authz* where the CA looks for challenge *kind* of *ident* (§8.3,
+        §8.4, RFC 8737); returns the coroutine function that removes it again.
+
+        :meth:`authorize` does this for the right value; chains call it directly to publish
+        a wrong one.
+        """
+        from pytest_wec.worker.publish import publish_answer
+
+        return await publish_answer(self.publisher, kind, ident, token, key_authz)
+
+    async def order(self, account: Any, names: list[str], **kwargs: Any) -> Any:
+        """newOrder for *names* (RFC 8555 §7.4), recorded in the state DB."""
+        order = await self.client.new_order(account, self.identifiers(names), **kwargs)
+        await self.db(self.store.add_order, self.directory, self.account_id(account), order.url,
+                      order.status, names)
+        return order
+
+    # -- certificates ------------------------------------------------------------------
+    async def issue(
+        self,
+        account: Any | None = None,
+        names: list[str] | None = None,
+        *,
+        challenge: str | None = None,
+        cert_key: str | None = None,
+        replaces: str | None = None,
+    ) -> Issued:
+        """Order, authorize, finalize, poll and download (RFC 8555 §7.4); store the result."""
+        account = account or await self.take_account()
+        names = names or self.random_names()
+        kw: dict[str, Any] = {"replaces": replaces} if replaces else {}
+        order = await self.order(account, names, **kw)
+        await self.authorize(account, order, challenge)
+        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT, until="ready")
+        if order.status != "ready":
+            raise AssertionError(f"order is {order.status}, not ready, after its "
+                                 f"authorizations: {order.body.get('error')}")
+        return await self.certify(account, order, names, cert_key=cert_key)
+
+    async def certify(
+        self, account: Any, order: Any, names: list[str], *, cert_key: str | None = None
+    ) -> Issued:
+        """Finalize a ready *order* with a CSR for *names*, poll it, download and store the
+        certificate (RFC 8555 §7.4, §7.4.2): the tail of :meth:`issue`."""
+        from pytest_wec.acme import generate_cert_key, make_csr
+
+        key = generate_cert_key(cert_key or self.settings.cert_key)
+        order = await self.client.finalize(account, order, make_csr(names, key))
+        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT)
+        if order.status != "valid" or not order.certificate:
+            raise AssertionError(f"order is {order.status} after finalize: "
+                                 f"{order.body.get('error')}")
+        cert = await self.client.download_certificate(account, order.certificate)
+        self.certificates += 1
+        parsed = x509.load_pem_x509_certificate(cert.pem.encode())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        cert_id = await self.db(
+            self.store.add_certificate, self.directory, self.account_id(account), order.url,
+            cert.pem, key_pem, format(parsed.serial_number, "x"), names,
+            parsed.not_valid_after_utc,
+        )
+        return Issued(cert_id, account, order, tuple(names), cert.pem, key_pem, parsed,
+                      tuple(cert.alternates))
