@@ -105,7 +105,22 @@ class AcmeUnexpectedStatus(AcmeProtocolError):
         self.retry_after = retry_after
 
 
-class AcmeStatusError(AcmeProtocolError):
+class _StatusOf(Exception):
+    """What an error about one object's status carries: its URL, the status, the object."""
+
+    def __init__(
+        self, message: str, url: str = "", status: str = "", resource: object = None
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.resource = resource
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url, self.status, self.resource))
+
+
+class AcmeStatusError(_StatusOf, AcmeProtocolError):
     """An order or authorization whose ``status`` is none of RFC 8555 §7.1.6's for it.
 
     Orders are pending, ready, processing, valid or invalid; authorizations pending, valid,
@@ -117,19 +132,8 @@ class AcmeStatusError(AcmeProtocolError):
 
     kind = "badStatus"
 
-    def __init__(
-        self, message: str, url: str = "", status: str = "", resource: object = None
-    ) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
-        self.resource = resource
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.url, self.status, self.resource))
-
-
-class AcmeAuthorizationEnded(AcmeError):
+class AcmeAuthorizationEnded(_StatusOf, AcmeError):
     """An authorization being validated reached a final status other than ``valid``.
 
     RFC 8555 §7.1.6: deactivated (by its account, §7.5.2), expired or revoked are final, so
@@ -140,17 +144,6 @@ class AcmeAuthorizationEnded(AcmeError):
     """
 
     kind = "authzEnded"
-
-    def __init__(
-        self, message: str, url: str = "", status: str = "", resource: object = None
-    ) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
-        self.resource = resource
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.url, self.status, self.resource))
 
 
 class AcmePollTimeout(AcmeError):
