@@ -20,7 +20,7 @@ from pytest_wec.acme import (
     HttptoolsTransport,
     make_transport,
 )
-from pytest_wec.acme._httptools import MAX_HEAD
+from pytest_wec.acme._httpconn import MAX_HEAD
 from pytest_wec.worker.runner import new_event_loop
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -14,32 +14,32 @@ import pytest
 from pytest_wec.controller.aggregator import Aggregator
 from pytest_wec.controller.baseline import (
     check_save_name,
-    compare,
     find_baseline,
-    format_diffs,
     load_baseline,
     load_benchmark,
     machine_id,
-    parse_compare_fail,
     parse_storage,
-    regressions,
     save_baseline,
+)
+from pytest_wec.controller.comparison import (
+    compare,
+    format_diffs,
+    parse_compare_fail,
+    regressions,
 )
 from pytest_wec.controller.gating import (
     ABORT_MIN_SAMPLE,
     EXIT_GATE_FAILED,
     GateResult,
-    Threshold,
     Verdict,
     can_no_longer_pass,
     doomed,
     evaluate,
     format_verdicts,
     gate,
-    parse_threshold,
-    parse_thresholds,
 )
 from pytest_wec.controller.outputs import build_benchmark_json, build_summary, write_json_atomic
+from pytest_wec.controller.thresholds import Threshold, parse_threshold, parse_thresholds
 from pytest_wec.errors import BaselineError
 from pytest_wec.wire.results import ChainResult, RequestResult
 

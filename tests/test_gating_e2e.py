@@ -21,7 +21,8 @@ import pytest
 from _loadruns import BASIC, NEEDS_STACK, chain_names
 
 from pytest_wec.controller.baseline import machine_id
-from pytest_wec.controller.gating import EXIT_GATE_FAILED, format_value
+from pytest_wec.controller.gating import EXIT_GATE_FAILED
+from pytest_wec.controller.thresholds import format_value
 
 pytestmark = [
     pytest.mark.timeout(240),

@@ -11,7 +11,9 @@ A connection pool per origin (scheme, host, port) hands idle connections out las
 first out; one the server closed while idle is retried once on a new connection when
 nothing of its response arrived. Every exchange is bounded by its ``timeout`` (connect
 included); a connection whose exchange failed, timed out or was cancelled is closed,
-never reused.
+never reused. One connection and the parsing of its responses are
+:mod:`pytest_wec.acme._httpconn`; this module is the pool: origins, request heads, reuse,
+limits and timeouts.
 """
 
 from __future__ import annotations
@@ -24,21 +26,11 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-import httptools
-
-from ._errors import (
-    AcmeBodyTooLarge,
-    AcmeConnectError,
-    AcmeHttpError,
-    AcmeTimeout,
-    AcmeTransportError,
-)
-from ._transport import DEFAULT_MAX_BODY, USER_AGENT, Headers, Response, make_ssl_context
+from ._errors import AcmeConnectError, AcmeHttpError, AcmeTimeout, AcmeTransportError
+from ._httpconn import Connection, ConnectionLost
+from ._transport import DEFAULT_MAX_BODY, USER_AGENT, Response, make_ssl_context
 
 __all__ = ["HttptoolsTransport"]
-
-#: Bound on a response's status line and header fields together.
-MAX_HEAD = 256 * 1024
 
 _BAD_URL = re.compile(r"[\x00-\x20\x7f]")
 _BAD_FIELD = re.compile(r"[\r\n\x00]")
@@ -56,151 +48,6 @@ class _Origin(NamedTuple):
 def _expire(waiter: asyncio.Future[Response]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
-
-
-class _Lost(Exception):
-    """The connection closed before the response was complete."""
-
-    def __init__(self, got_bytes: bool, cause: BaseException | None) -> None:
-        super().__init__(f"connection closed before the response was complete ({cause})"
-                         if cause else "connection closed before the response was complete")
-        self.got_bytes = got_bytes
-
-
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection and the parser state of the exchange on it."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Response] | None = None
-        self.lost = False
-        self.idle_since = 0.0
-        self.max_body = DEFAULT_MAX_BODY
-        self.is_head = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self.fields: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.head_size = 0
-        self.headers_done = False
-        self.got_bytes = False
-        self.status = 0
-        self.delimited = False  # Content-Length or chunked: the body has a known end
-
-    def begin(self, waiter: asyncio.Future[Response], max_body: int, is_head: bool) -> None:
-        self._reset()
-        self.waiter = waiter
-        self.max_body = max_body
-        self.is_head = is_head
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            # bytes nobody asked for: the stream is out of step, never reuse it
-            self.close()
-            return
-        self.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(AcmeHttpError("the server switched protocols"))
-        except httptools.HttpParserError as exc:
-            if not waiter.done():
-                self._fail(AcmeHttpError(f"malformed HTTP response: {exc}"))
-        else:
-            if not self.headers_done and not waiter.done():
-                self.head_size += len(data)
-                if self.head_size > MAX_HEAD:
-                    self._fail(AcmeHttpError(f"response head larger than {MAX_HEAD} bytes"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        if self.headers_done and not self.delimited and self.status >= 200:
-            self._finish(keep=False)  # a body delimited by the end of the connection
-        else:
-            waiter.set_exception(_Lost(self.got_bytes, exc))
-
-    # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            self.close()  # a second answer nobody asked for: the stream is out of step
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-        self.status = status = self.parser.get_status_code()
-        if status < 200:
-            return  # an interim 1xx response: the real one follows
-        length: int | None = None
-        for lname, value in self.fields:
-            if lname == "content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
-                self.delimited = True
-            elif lname == "transfer-encoding":
-                self.delimited = True
-        if self.is_head or status in (204, 304):
-            self.delimited = True
-            if self.is_head:
-                self._finish(keep=False)  # llhttp would wait for a HEAD's body
-            return
-        if length is not None and length > self.max_body:
-            self._fail(AcmeBodyTooLarge(
-                f"Content-Length {length} exceeds {self.max_body} bytes"))
-
-    def on_body(self, body: bytes) -> None:
-        self.size += len(body)
-        if self.size > self.max_body:
-            self._fail(AcmeBodyTooLarge(f"body exceeds {self.max_body} bytes"))
-        else:
-            self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.status < 200:
-            self._reset()
-            self.got_bytes = True
-            return
-        self._finish(keep=self.parser.should_keep_alive())
-
-    # the exchange's end
-
-    def _finish(self, keep: bool) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        chunks = self.chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        waiter.set_result(Response(self.status, Headers.from_lowered(self.fields), body))
-        if not keep:
-            self.close()
-
-    def _fail(self, exc: AcmeTransportError) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-        self.close()
-
-    def close(self) -> None:
-        self.lost = True
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class HttptoolsTransport:
@@ -233,8 +80,8 @@ class HttptoolsTransport:
         self.max_body = max_body
         self.keepalive_timeout = keepalive_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: dict[str, list[_Connection]] = {}
-        self._conns: set[_Connection] = set()
+        self._idle: dict[str, list[Connection]] = {}
+        self._conns: set[Connection] = set()
         self._origins: dict[str, _Origin] = {}
         self._field_cache: dict[int, tuple[dict[str, str], str]] = {}
         self._sem: asyncio.Semaphore | None = None
@@ -313,7 +160,7 @@ class HttptoolsTransport:
             self._sem = asyncio.Semaphore(self.limit) if self.limit > 0 else None
         return loop
 
-    def _take_idle(self, key: str) -> _Connection | None:
+    def _take_idle(self, key: str) -> Connection | None:
         idle = self._idle.get(key)
         if not idle:
             return None
@@ -327,9 +174,9 @@ class HttptoolsTransport:
         return None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
-                       tls: bool) -> _Connection:
+                       tls: bool) -> Connection:
         _, conn = await loop.create_connection(
-            _Connection, host, port,
+            Connection, host, port,
             ssl=self.ssl if tls else None, server_hostname=host if tls else None,
         )
         self._conns.add(conn)
@@ -391,7 +238,7 @@ class HttptoolsTransport:
             conn.transport.write(data)
             try:
                 resp = await waiter
-            except _Lost as lost:
+            except ConnectionLost as lost:
                 self._conns.discard(conn)
                 if reused and not lost.got_bytes and attempt == 0:
                     continue  # the server closed it while it was idle: try a new one

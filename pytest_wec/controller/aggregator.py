@@ -8,7 +8,8 @@ generator dropped; the generator's own lag and CPU from worker status records.
 
 Latencies go into sparse HDR histograms (:mod:`pytest_wec.controller.histogram`, re-exported here)
 that merge losslessly. Percentiles are never averaged: merged aggregators are read from
-merged histograms.
+merged histograms. The records themselves (per chain, per endpoint, per second) are in
+:mod:`pytest_wec.controller.stats`.
 
 Each chain keeps two latencies: from its real start (``took``) and from its intended start
 (``started + took - scheduled``), the open-model view that a slow CA cannot hide by slowing
@@ -18,16 +19,24 @@ the generator down (coordinated omission).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pytest_wec.controller.histogram import HIGHEST_US, Histogram, index_range
+from pytest_wec.controller.stats import (
+    ChainStats,
+    EndpointStats,
+    NameSecondStats,
+    SecondStats,
+    Series,
+    name_second,
+    series_rows,
+)
 
 if TYPE_CHECKING:
     from pytest_wec.wire.results import ChainResult, RequestResult
 
-__all__ = ["HIGHEST_US", "Aggregator", "ChainStats", "EndpointStats", "Histogram",
-           "NameSecondStats", "SecondStats", "index_range", "short_error_type"]
+__all__ = ["HIGHEST_US", "Aggregator", "Histogram", "index_range", "short_error_type"]
 
 log = logging.getLogger(__name__)
 
@@ -35,77 +44,6 @@ _MAX_ERROR_KEYS = 1000
 _TYPE_LEN = 120
 _EXAMPLE_LEN = 500
 _ACME_ERROR = "urn:ietf:params:acme:error:"
-
-
-class _Stats:
-    """Counters and histograms that merge field by field and travel as a plain list."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def merge(self, other: _Stats) -> None:
-        for name in self.__slots__:
-            mine = getattr(self, name)
-            if isinstance(mine, Histogram):
-                mine.add(getattr(other, name))
-            else:
-                setattr(self, name, mine + getattr(other, name))
-
-    def to_row(self) -> list[Any]:
-        values = (getattr(self, name) for name in self.__slots__)
-        return [v.to_plain() if isinstance(v, Histogram) else v for v in values]
-
-    def load_row(self, row: Sequence[Any]) -> None:
-        if len(row) == len(self.__slots__) - 1 and self.__slots__[-1] == "late":
-            row = [*row, 0]  # written before ``late`` was counted
-        for name, value in zip(self.__slots__, row, strict=True):
-            hist = isinstance(getattr(self, name), Histogram)
-            setattr(self, name, Histogram.from_plain(value) if hist else int(value))
-
-
-class ChainStats(_Stats):
-    # "late" last: rows written before it existed load with late = 0
-    __slots__ = ("cancelled", "count", "failed", "from_scheduled", "latency", "ok",  # noqa: RUF023
-                 "skipped", "late")
-
-    def __init__(self) -> None:
-        self.count = self.ok = self.failed = self.cancelled = self.skipped = 0
-        self.late = 0  # of count: ended after the time under load (in the grace)
-        self.latency = Histogram()  # from the real start
-        self.from_scheduled = Histogram()  # from the intended start
-
-
-class EndpointStats(_Stats):
-    __slots__ = ("count", "failed", "latency", "ok", "late")  # noqa: RUF023 (as above)
-
-    def __init__(self) -> None:
-        self.count = self.ok = self.failed = 0
-        self.late = 0  # of count: ended after the time under load (in the grace)
-        self.latency = Histogram()
-
-
-class SecondStats(_Stats):
-    """One second of the run, by completion time: chains and requests that ended in it."""
-
-    __slots__ = ("chain_latency", "chains", "failed", "ok", "request_latency", "requests",
-                 "requests_failed")
-
-    def __init__(self) -> None:
-        self.chains = self.ok = self.failed = self.requests = self.requests_failed = 0
-        self.chain_latency = Histogram()
-        self.request_latency = Histogram()
-
-
-class NameSecondStats(_Stats):
-    """One chain's or one endpoint's second, by completion time."""
-
-    __slots__ = ("count", "failed", "latency")
-
-    def __init__(self) -> None:
-        self.count = self.failed = 0
-        self.latency = Histogram()
-
-
-Series = dict[str, dict[int, NameSecondStats]]  # name -> second -> stats
 
 
 class Aggregator:
@@ -170,7 +108,7 @@ class Aggregator:
             sec = self._second(s)
             sec.chains += 1
             sec.chain_latency.record(us)
-            ns = _name_second(self.chain_seconds, name, s)
+            ns = name_second(self.chain_seconds, name, s)
             ns.count += 1
             ns.latency.record(us)
             if c["ok"] and outcome == "ok":
@@ -322,7 +260,7 @@ class Aggregator:
                              (self.endpoint_seconds, other.endpoint_seconds)):
             for name, by_s in theirs.items():
                 for s, ons in by_s.items():
-                    _name_second(mine, name, max(s + shift, 0)).merge(ons)
+                    name_second(mine, name, max(s + shift, 0)).merge(ons)
         for key, (n, example) in other.errors.items():
             entry = self.errors.setdefault(key, [0, example])
             entry[0] += n
@@ -347,8 +285,8 @@ class Aggregator:
             "chains": {n: c.to_row() for n, c in self.chains.items()},
             "endpoints": {n: e.to_row() for n, e in self.endpoints.items()},
             "seconds": [[s, *x.to_row()] for s, x in sorted(self.seconds.items())],
-            "chain_seconds": _series_rows(self.chain_seconds),
-            "endpoint_seconds": _series_rows(self.endpoint_seconds),
+            "chain_seconds": series_rows(self.chain_seconds),
+            "endpoint_seconds": series_rows(self.endpoint_seconds),
             "errors": sorted(([c, e, t, n, ex] for (c, e, t), (n, ex) in self.errors.items()),
                              key=lambda row: (row[0], row[1] or "", row[2])),
             "certificates": self.certificates,
@@ -380,7 +318,7 @@ class Aggregator:
             series: Series = getattr(agg, attr)
             for name, rows in d.get(attr, {}).items():
                 for s, *row in rows:
-                    _name_second(series, name, int(s)).load_row(row)
+                    name_second(series, name, int(s)).load_row(row)
         for chain, endpoint, kind, n, example in d["errors"]:
             agg.errors[(chain, endpoint, kind)] = [n, example]
         agg.certificates = int(d["certificates"])
@@ -393,21 +331,6 @@ class Aggregator:
         agg.max_loop_lag_ms = float(d["max_loop_lag_ms"])
         agg.first_start, agg.last_end = d["first_start"], d["last_end"]
         return agg
-
-
-def _name_second(series: Series, name: str, s: int) -> NameSecondStats:
-    by_s = series.get(name)
-    if by_s is None:
-        by_s = series[name] = {}
-    ns = by_s.get(s)
-    if ns is None:
-        ns = by_s[s] = NameSecondStats()
-    return ns
-
-
-def _series_rows(series: Series) -> dict[str, list[list[Any]]]:
-    return {name: [[s, *x.to_row()] for s, x in sorted(by_s.items())]
-            for name, by_s in series.items()}
 
 
 def short_error_type(kind: str) -> str:

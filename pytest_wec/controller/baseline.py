@@ -1,5 +1,5 @@
-"""Baselines: a run's benchmark.json saved in pytest-benchmark's storage, found again and
-compared with a later run (controller).
+"""Baselines: a run's benchmark.json saved in pytest-benchmark's storage and found again,
+to compare a later run with (controller; :mod:`pytest_wec.controller.comparison` compares).
 
 The storage layout is pytest-benchmark's own, so that ``pytest-benchmark compare`` and
 ``pytest --benchmark-compare`` read the saved runs too::
@@ -10,14 +10,6 @@ A baseline spec (``--wec-compare``) is ``latest`` (the newest run saved on this 
 ``NAME`` (the newest run saved with that name), ``NNNN`` or ``NNNN_NAME`` (one run),
 ``MACHINE/NAME`` or ``MACHINE/latest`` (another machine id's runs) or the path of a
 benchmark.json.
-
-:func:`compare` gives, per chain and per endpoint, count, rate (/s), p50, p95, p99 and mean
-(ms) and error_rate (%), with the absolute and the percent change. Bounds
-(``--wec-compare-fail``, :func:`parse_compare_fail`) such as ``p95:10%,p99:20%,error_rate:0.5``:
-
-    p50 p95 p99 mean    N% of the baseline, or an increase such as 50ms or 0.2s
-    error_rate          percentage points (0.5: from 1.0% to more than 1.5%)
-    count rate          an N% drop
 """
 
 from __future__ import annotations
@@ -27,28 +19,20 @@ import os
 import platform
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_wec.controller.gating import format_value, text_table
 from pytest_wec.errors import BaselineError
 
-__all__ = ["METRICS", "Baseline", "Bound", "Diff", "Regression", "check_save_name", "compare",
-           "find_baseline", "format_diffs", "load_baseline", "load_benchmark", "machine_id",
-           "parse_compare_fail", "parse_storage", "regressions", "save_baseline"]
+__all__ = ["KINDS", "Baseline", "check_save_name", "find_baseline", "load_baseline",
+           "load_benchmark", "machine_id", "parse_storage", "save_baseline"]
 
-METRICS = ("count", "rate", "p50", "p95", "p99", "mean", "error_rate")
-LATENCY_METRICS = ("p50", "p95", "p99", "mean")
-UNITS = {"count": "", "rate": "/s", "p50": "ms", "p95": "ms", "p99": "ms", "mean": "ms",
-         "error_rate": "%"}
+#: The benchmark groups of a wec benchmark.json, in the order they are shown.
+KINDS = ("chain", "endpoint")
 _RUN = re.compile(r"(\d{4})_(.+)\.json")
 _ILLEGAL = "\\/:*?<>|"
-_KINDS = ("chain", "endpoint")
-
-
-# -- storage ---------------------------------------------------------------------------------
 
 
 def machine_id() -> str:
@@ -178,7 +162,7 @@ def load_benchmark(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as exc:
         raise BaselineError(f"{p} is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or not any(
-            isinstance(b, dict) and b.get("group") in _KINDS and isinstance(b.get("stats"), dict)
+            isinstance(b, dict) and b.get("group") in KINDS and isinstance(b.get("stats"), dict)
             for b in data["benchmarks"]):
         raise BaselineError(f"{p} is not a wec benchmark.json (no chain or endpoint benchmarks)")
     return data
@@ -204,230 +188,3 @@ def load_baseline(spec: str, storage_dir: str | os.PathLike[str]) -> Baseline:
     else:
         label = rel.stem if rel.parent.name == machine_id() else str(rel.with_suffix(""))
     return Baseline(path, data, label)
-
-
-# -- comparing -------------------------------------------------------------------------------
-
-
-Metrics = dict[str, float | None]
-
-
-def _ms(seconds: Any) -> float | None:
-    return round(float(seconds) * 1000, 3) if isinstance(seconds, int | float) else None
-
-
-def _from_benchmark(data: Mapping[str, Any]) -> dict[tuple[str, str], Metrics]:
-    out: dict[tuple[str, str], Metrics] = {}
-    for b in data.get("benchmarks", []):
-        if b.get("group") not in _KINDS:
-            continue
-        stats, extra = b.get("stats") or {}, b.get("extra_info") or {}
-        count = extra.get("count", stats.get("rounds"))
-        failed = extra.get("failed")
-        out[(b["group"], b["name"])] = {
-            "count": count, "rate": extra.get("per_s"), "p50": _ms(stats.get("median")),
-            "p95": _ms(extra.get("p95")), "p99": _ms(extra.get("p99")),
-            "mean": _ms(stats.get("mean")),
-            "error_rate": 100 * failed / count if count and failed is not None else None}
-    return out
-
-
-def _from_summary(summary: Mapping[str, Any]) -> dict[tuple[str, str], Metrics]:
-    out: dict[tuple[str, str], Metrics] = {}
-    for kind in _KINDS:
-        for name, e in (summary.get(kind + "s") or {}).items():
-            if not e.get("count"):
-                continue
-            lat = e["latency_ms"]
-            out[(kind, name)] = {
-                "count": e["count"], "rate": e.get("per_s"), "p50": lat["p50"],
-                "p95": lat["p95"], "p99": lat["p99"], "mean": lat["mean"],
-                "error_rate": 100 * e["failed"] / e["count"]}
-    return out
-
-
-def _metrics(run: Mapping[str, Any] | str | os.PathLike[str]) -> dict[tuple[str, str], Metrics]:
-    data = load_benchmark(run) if isinstance(run, str | os.PathLike) else run
-    return _from_benchmark(data) if "benchmarks" in data else _from_summary(data)
-
-
-@dataclass(frozen=True)
-class Diff:
-    """One metric of one chain or endpoint: baseline and current value, and the change
-    (``change`` in the metric's unit; percentage points for error_rate)."""
-
-    kind: str  # "chain" or "endpoint"
-    name: str
-    metric: str
-    unit: str
-    baseline: float | None
-    current: float | None
-    change: float | None
-    change_pct: float | None
-
-
-def compare(current: Mapping[str, Any] | str | os.PathLike[str],
-            baseline: Mapping[str, Any] | str | os.PathLike[str]) -> list[Diff]:
-    """Diffs of every metric of every chain and endpoint in either run; ``current`` is a
-    summary.json or a benchmark.json (a mapping or a path), ``baseline`` a benchmark.json."""
-    now, then = _metrics(current), _metrics(baseline)
-    keys = sorted(now.keys() | then.keys(), key=lambda k: (_KINDS.index(k[0]), k[1]))
-    out = []
-    for key in keys:
-        a, b = then.get(key, {}), now.get(key, {})
-        for metric in METRICS:
-            base, cur = a.get(metric), b.get(metric)
-            change = pct = None
-            if base is not None and cur is not None:
-                change = round(cur - base, 6)
-                pct = round(change / base * 100, 4) if base else None
-            out.append(Diff(key[0], key[1], metric, UNITS[metric], base, cur, change, pct))
-    return out
-
-
-# -- bounds and regressions ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bound:
-    """``p95:10%``: how much worse than the baseline a metric may get."""
-
-    metric: str
-    limit: float  # percent when relative; ms for latency, percentage points for error_rate
-    relative: bool
-    text: str
-
-
-_FAIL_FORM = ("expected METRIC:BOUND[,...] such as p95:10%,p99:20%,error_rate:0.5 (p50, p95, "
-              "p99, mean: a percent of the baseline such as 10% or an increase such as 50ms; "
-              "error_rate: percentage points such as 0.5; count, rate: a percent drop such "
-              "as 20%)")
-_BOUND = re.compile(r"(?P<metric>\w+)\s*:\s*(?P<num>\d+\.?\d*|\.\d+)\s*(?P<unit>%|ms|s|pp)?")
-
-
-def parse_compare_fail(spec: str) -> tuple[Bound, ...]:
-    """``p95:10%,p99:20%,error_rate:0.5`` -> bounds; ValueError says what is allowed."""
-    out = []
-    for part in (p.strip() for p in spec.split(",")):
-        m = _BOUND.fullmatch(part)
-        if m is None:
-            raise ValueError(_FAIL_FORM)
-        metric, num, unit = m["metric"], float(m["num"]), m["unit"] or ""
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; {_FAIL_FORM}")
-        if metric in LATENCY_METRICS and unit in ("%", "ms", "s"):
-            limit = num * 1000 if unit == "s" else num
-            text = f"{m['num']}%" if unit == "%" else f"{m['num']} {unit}"
-            out.append(Bound(metric, limit, unit == "%", text))
-        elif metric == "error_rate" and unit in ("", "pp"):
-            out.append(Bound(metric, num, False, f"{m['num']} pp"))
-        elif metric in ("count", "rate") and unit == "%":
-            out.append(Bound(metric, num, True, f"{m['num']}%"))
-        else:
-            raise ValueError(f"{metric} does not take {part.partition(':')[2].strip()!r}; "
-                             f"{_FAIL_FORM}")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class Regression:
-    """A diff beyond its bound, with a one-line message."""
-
-    diff: Diff
-    bound: Bound
-    amount: float  # percent, ms or percentage points, as the bound
-    message: str
-
-    @property
-    def short(self) -> str:
-        """``chain new_certificate p95 +23.4%``."""
-        d, b = self.diff, self.bound
-        sign = "-" if d.metric in ("count", "rate") else "+"
-        if b.relative:
-            how = f"{sign}{self.amount:.1f}%"
-        elif d.metric == "error_rate":
-            how = f"+{self.amount:.2f} pp"
-        else:
-            how = "+" + format_value(self.amount, "ms")
-        return f"{d.kind} {d.name} {d.metric} {how}"
-
-
-def _amount(d: Diff, b: Bound) -> float | None:
-    if d.change is None:
-        return None
-    if d.metric in ("count", "rate"):
-        return -d.change_pct if d.change_pct is not None else None
-    return d.change_pct if b.relative else d.change
-
-
-def regressions(diffs: Iterable[Diff], bounds: Sequence[Bound], *,
-                min_count: int = 0) -> list[Regression]:
-    """The diffs worse than a bound of their metric; an entry new or gone is none, and so is
-    one with fewer than ``min_count`` completions in either run (too few to tell)."""
-    diffs = list(diffs)
-    few = {(d.kind, d.name) for d in diffs if d.metric == "count"
-           and min(d.baseline or 0, d.current or 0) < min_count}
-    out = []
-    for d in diffs:
-        if (d.kind, d.name) in few:
-            continue
-        for b in bounds:
-            amount = _amount(d, b) if b.metric == d.metric else None
-            if amount is None or not amount > b.limit:
-                continue
-            was, now = (format_value(v, d.unit) for v in (d.baseline, d.current))
-            if b.relative:
-                verb = "dropped" if d.metric in ("count", "rate") else "regressed"
-                how = f"{verb} {amount:.1f}%"
-            else:
-                how = "regressed " + (f"{amount:.2f} pp" if d.metric == "error_rate"
-                                      else format_value(amount, "ms"))
-            out.append(Regression(d, b, amount, f"{d.kind} {d.name} {d.metric} {how} "
-                                                f"({was} -> {now}; bound {b.text})"))
-    return out
-
-
-# -- text ------------------------------------------------------------------------------------
-
-
-_HEADER = {"count": "count", "rate": "per s", "p50": "p50 ms", "p95": "p95 ms",
-           "p99": "p99 ms", "mean": "mean ms", "error_rate": "errors %"}
-
-
-def _cell(d: Diff, flagged: bool) -> str:
-    if d.current is None:
-        return "gone" if d.baseline is not None else "-"
-    cur = format_value(d.current, d.unit).removesuffix(" ms").removesuffix("/s")
-    cur = cur.removesuffix("%")
-    if d.baseline is None:
-        return f"{cur} (new)"
-    if d.metric == "error_rate":
-        change = f"{d.change or 0:+.2f}"
-    elif d.change_pct is None:
-        change = "+0%" if not d.change else "n/a"
-    else:
-        change = f"{d.change_pct:+.1f}%"
-    return f"{cur} ({change})" + ("!" if flagged else "")
-
-
-def format_diffs(diffs: Sequence[Diff], regressions: Sequence[Regression], *,
-                 label: str | None = None) -> str:
-    """Per chain and per endpoint, each metric now with its change against the baseline
-    (``!`` beyond its bound), then one line per regression."""
-    flagged = {(r.diff.kind, r.diff.name, r.diff.metric) for r in regressions}
-    head = f"wec vs baseline {label}" if label else "wec vs baseline"
-    lines = [f"{head}: {len(regressions)} regression{'' if len(regressions) == 1 else 's'}"]
-    for kind in _KINDS:
-        rows: dict[str, dict[str, str]] = {}
-        for d in diffs:
-            if d.kind == kind:
-                rows.setdefault(d.name, {})[d.metric] = _cell(
-                    d, (d.kind, d.name, d.metric) in flagged)
-        if rows:
-            table = [[kind, *(_HEADER[m] for m in METRICS)]]
-            table += [[name, *(cells.get(m, "-") for m in METRICS)]
-                      for name, cells in rows.items()]
-            lines += ["", *text_table(table)]
-    if regressions:
-        lines += ["", *(r.message for r in regressions)]
-    return "\n".join(lines) + "\n"

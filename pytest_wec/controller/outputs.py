@@ -30,12 +30,11 @@ import orjson
 
 from pytest_wec.controller.aggregator import (
     Aggregator,
-    ChainStats,
-    EndpointStats,
     Histogram,
     index_range,
     short_error_type,
 )
+from pytest_wec.controller.stats import ChainStats, EndpointStats
 
 __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "format_progress",
            "format_tables", "timeline", "timeline_by", "write_json_atomic"]

@@ -187,7 +187,7 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def _thresholds(text: str) -> tuple[Any, ...]:
-    from pytest_wec.controller.gating import parse_thresholds
+    from pytest_wec.controller.thresholds import parse_thresholds
 
     return parse_thresholds(text)
 
@@ -205,7 +205,7 @@ def _storage(text: str) -> Any:
 
 
 def _compare_fail(text: str) -> tuple[Any, ...]:
-    from pytest_wec.controller.baseline import parse_compare_fail
+    from pytest_wec.controller.comparison import parse_compare_fail
 
     return parse_compare_fail(text)
 
