@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.doctor import PebbleDoctor
+from pytest_wec.controller.ledger import FailureLedger
 from pytest_wec.controller.livecontrol import LiveControl
 from pytest_wec.controller.outputs import (
     build_benchmark_json,
@@ -105,6 +107,29 @@ class LoadSession(LiveControl):
         self._ended: float | None = None
         self._state_lock = threading.Lock()
         self._state_cache: tuple[float, dict[str, int]] = (-1e9, {})
+        # -- CA events (pytest_wec.controller.doctor): failures by cause, the Pebble doctor
+        self.ledger = FailureLedger(self._started)
+        self.doctor: PebbleDoctor | None = None
+
+    def attach_doctor(self, stack: Any,
+                      run_on_stack_thread: Callable[[Callable[[], float]], float] | None = None,
+                      forget: Callable[[], None] | None = None) -> None:
+        """Watch the embedded Pebble of *stack* (diagnosed and restarted when it hangs);
+        *forget* marks what the state DB holds of it dead before a restart."""
+        self.doctor = PebbleDoctor(
+            stack, self.ledger, self._doctor_note, timeout=self.settings.timeout,
+            stall_after=self.stall_after, run_on_stack_thread=run_on_stack_thread,
+            state_counts=lambda: self._state_now(max_age=5.0), forget=forget)
+
+    def _doctor_note(self, line: str) -> None:
+        with self._lock:
+            self._notices.append(line)
+
+    def snapshot(self, since: int = 0) -> dict[str, Any]:
+        view = super().snapshot(since)
+        view["ca_events"] = self.ledger.snapshot()
+        view["failed_by_cause"] = self.ledger.failed_by_cause()
+        return view
 
     # -- running ---------------------------------------------------------------------------
 
@@ -123,6 +148,9 @@ class LoadSession(LiveControl):
             self._started, self._t0 = time.time(), time.monotonic()
             self._agg = Aggregator(self._started)
             self.watch.restart_clock(self._t0)
+            self.ledger.started = self._started
+        if self.doctor is not None:
+            self.doctor.start()
         for name, target in (("wec-results", self._consume), ("wec-progress", self._progress)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -160,6 +188,7 @@ class LoadSession(LiveControl):
             for c in batch.chains:
                 self._agg.add(c)
             self.watch.batch(batch.worker, batch.session, batch.chains, now)
+        self.ledger.observe(batch.chains)
 
     def _status(self, st: WorkerStatus) -> None:
         now = time.monotonic()
@@ -182,6 +211,8 @@ class LoadSession(LiveControl):
             self._agg.until = load_started + self.settings.run_length
             self.watch.restart_clock(self._t0)
             self.missing = list(missing or [])
+        self.ledger.started = load_started
+        self.ledger.answered_again(load_started)
         if missing:
             self._note(f"wec: the load started without {', '.join(missing)}: not ready within "
                        "the barrier's timeout")
@@ -204,6 +235,8 @@ class LoadSession(LiveControl):
                 now = time.monotonic()
                 with self._lock:
                     self.watch.tick(now)
+                    if self.doctor is not None:
+                        self.doctor.tick(self.watch.in_flight(), self.watch.alarm)
                     line = self._progress_line(now)
                     live = (build_tables(self._agg, max(now - self._t0, 1e-3))
                             if self.on_tick is not None else None)
@@ -244,6 +277,8 @@ class LoadSession(LiveControl):
                 return self._summary
             deadline = time.monotonic() + max(timeout, 0.0)
             ended = time.time()
+            if self.doctor is not None:  # first: it may be restarting Pebble
+                self.doctor.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
             self._stop.set()
             for thread in self._threads:
                 thread.join(max(min(deadline - time.monotonic(), 5.0), 0.1))
@@ -330,6 +365,10 @@ class LoadSession(LiveControl):
         summary = build_summary(self._agg, run_info, state,
                                 {"saturated": list(self.saturated),
                                  "sent_by_worker": dict(sorted(sent.items()))}, None)
+        # beside ``totals``, not in it: a summary rebuilt from the results log has the same
+        # totals, and no CA events to count against
+        summary.update(failed_by_cause=self.ledger.failed_by_cause(),
+                       ca_events=self.ledger.snapshot())
         summary.update(stalls=list(self.stalls), waits=list(self.watch.waits),
                        workers_lost=list(self.workers_lost),
                        warnings=list(self.warnings), controls=list(self.controls))

@@ -342,6 +342,7 @@ def format_tables(summary: Mapping[str, Any]) -> str:
     if t.get("results_lost"):
         lines.append(f"warning: {t['results_lost']} chain results lost on the way to the "
                      "controller")
+    lines += _ca_event_lines(summary)
     header = ("count", "ok", "failed", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms")
     for title, key in (("chain", "chains"), ("endpoint", "endpoints")):
         rows: list[tuple[Any, ...]] = []
@@ -357,6 +358,28 @@ def format_tables(summary: Mapping[str, Any]) -> str:
                  _clip(e["example"], 70)) for e in summary["errors"]]
         lines += ["", *_table(("errors", "type", "chain", "endpoint", "example"), rows)]
     return "\n".join(lines) + "\n"
+
+
+#: summary.json's ``failed_by_cause`` keys, as the terminal names them
+_CAUSES = (("ca_answer", "on an answer of the CA (problem, HTTP error)"),
+           ("ca_event", "because of a CA event"),
+           ("no_answer", "without an answer (timeout, connect) outside any CA event"),
+           ("ours", "in the chains, the client or the generator"))
+
+
+def _ca_event_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The failed chains by cause, then one line per CA event (``ca_events``)."""
+    by = summary.get("failed_by_cause") or {}
+    lines = []
+    if summary["totals"].get("chains_failed") and any(by.values()):
+        lines.append("failed chains by cause: " + ", ".join(
+            f"{by[k]} {words}" for k, words in _CAUSES if by.get(k)))
+    for ev in summary.get("ca_events") or []:
+        failed = ev.get("chains_failed") or 0
+        lines.append(f"CA event: {ev.get('kind')} at {_clock(ev.get('at_s') or 0)}: "
+                     f"{ev.get('diagnosis')}" + (f"; {failed} chains failed because of it"
+                                                 if failed else ""))
+    return lines
 
 
 def _clip(text: str, width: int) -> str:

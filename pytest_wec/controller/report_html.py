@@ -58,6 +58,8 @@ _REPORT_BODY = """
 <section id="thresholds-section" hidden><h2>Thresholds</h2>
   <div id="table-thresholds"></div></section>
 <section><h2>Warnings</h2><div id="warnings"></div></section>
+<section id="ca-events-section" hidden><h2>CA events</h2><div id="table-ca-events"></div>
+  </section>
 <section id="controls-section" hidden><h2>Live control</h2><div id="table-controls"></div>
   </section>
 """ + VIEWS_HTML + """

@@ -235,6 +235,8 @@ class WecController:
             info["directory"], self._workers(), self._write_line,
             state_counts=self._state_counts, process_started=self.process_started,
         )
+        if info.get("embedded") and self.stack is not None:  # CA events: the Pebble doctor
+            self.load.attach_doctor(self.stack, self._on_stack_thread, self._ca_forgot)
         if self.gates.active:
             self.load.gate = self.gates.judge
             if self.settings.abort_on_fail and self.settings.threshold:
@@ -250,6 +252,19 @@ class WecController:
             f"{self._workers()} worker(s) against {info['directory']}; results in {self.run_dir}")
         if s.dashboard is not None:
             self._start_dashboard(*s.dashboard)
+
+    def _ca_forgot(self) -> None:
+        """The embedded Pebble restarts with nothing: its accounts (and what hangs on them)
+        are dead in the state DB, so no chain takes one and fails on it."""
+        self._state_counts()  # opens the store once
+        self._store.mark_directory_dead(self.stack.info["directory"])
+
+    def _on_stack_thread(self, fn: Any) -> Any:
+        """*fn* on the stack's long-lived thread: a child (a restarted Pebble) dies with the
+        thread that started it (``PR_SET_PDEATHSIG``), and this one outlives the stack."""
+        if self._stack_thread is None:
+            return fn()
+        return self._stack_thread.submit(fn).result(timeout=120)
 
     def _load_opened(self, load_started: float) -> None:
         """The barrier opened: the load starts everywhere at ``load_started``."""

@@ -158,6 +158,12 @@ class Watch:
 
     # -- watching --------------------------------------------------------------------------
 
+    @property
+    def alarm(self) -> dict[str, Any] | None:
+        """The open ``CA stalled`` or ``no chain ended`` entry; None when neither is open
+        (the embedded Pebble's doctor looks at it every tick)."""
+        return self._stall or self._wait
+
     def in_flight(self) -> int:
         return sum(sum(w.in_flight.values()) for w in self.workers.values()
                    if w.lost is None or w.lost["recovered"])

@@ -2,24 +2,37 @@
 
     Stack.start(settings, run_dir, run_id) -> Stack    redis-server, challenge server, Pebble
     stack.info                                           plain data for xdist workers
+    stack.dump_pebble()                                  its goroutine dump (SIGQUIT; it exits)
+    stack.restart_pebble()                               the embedded Pebble started again
     stack.stop()                                         everything, idempotent
 
 Only what the user did not give by URL is started: ``--wec-redis`` replaces redis-server,
 ``--wec-challtestsrv`` the challenge server, ``--wec-directory`` Pebble. What is started binds
 ``--wec-listen`` (default 127.0.0.1) only, and the URLs in :class:`StackInfo` name that
 address, so that workers on other hosts reach them when it is not loopback.
+
+:meth:`Stack.restart_pebble` starts the embedded Pebble again on the same config (so the same
+listen addresses, WFE certificate and CA bundle) and environment; Pebble keeps no state, so
+its accounts, orders, authorizations and certificates are gone and its issuing roots are new.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import TypedDict
 
 from challenge_srv.store import redact_url
+from pytest_wec.errors import StackError
 from pytest_wec.settings import Settings
 from pytest_wec.stack._challsrv import start_challenge_server
+from pytest_wec.stack._dump import dump_text
 from pytest_wec.stack._pebble import start_pebble
 from pytest_wec.stack._procs import ManagedProcess, find_binary, is_loopback
 from pytest_wec.stack._redis import start_redis
@@ -126,6 +139,43 @@ class Stack:
 
     def alive(self) -> dict[str, bool]:
         return {p.name: p.alive() for p in self.procs}
+
+    @property
+    def pebble(self) -> ManagedProcess | None:
+        """The embedded Pebble's process; None when the CA is the user's."""
+        if not self.info["embedded"]:
+            return None
+        return next((p for p in self.procs if p.name == "pebble"), None)
+
+    def dump_pebble(self, timeout: float = 10.0) -> tuple[bool, str]:
+        """``SIGQUIT`` to the embedded Pebble: Go prints every goroutine's stack to its log
+        and exits. Returns whether it exited within *timeout* and the dump (the log's text
+        from the last ``SIGQUIT: quit`` since its last start; "" when there is none)."""
+        proc = self.pebble
+        if proc is None:
+            return False, ""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGQUIT)
+        try:
+            proc.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pebble did not exit within %gs of SIGQUIT", timeout)
+        return not proc.alive(), dump_text(proc.log_since_start())
+
+    def restart_pebble(self) -> float:
+        """Stop the embedded Pebble if it runs and start it again on the same argv, config
+        and environment, its log appended to; ready as at the start (``GET /dir`` answers
+        200). Returns the seconds it took; StackError when it cannot (no embedded Pebble,
+        the stack stopped, not ready in time). Call it from the thread that started the
+        stack (``PR_SET_PDEATHSIG`` ties a child to the thread that started it)."""
+        proc = self.pebble
+        if proc is None:
+            raise StackError("no embedded Pebble to restart")
+        t = time.monotonic()
+        proc.restart()
+        took = time.monotonic() - t
+        log.info("pebble restarted in %.2fs (pid %d)", took, proc.pid)
+        return took
 
     def stop(self) -> None:
         for p in reversed(self.procs):

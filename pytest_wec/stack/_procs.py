@@ -3,6 +3,8 @@
 Every child runs in its own session (so a stop reaches its whole process group), writes
 its output to a log file in the run directory, and on Linux is asked to die with its
 parent (``PR_SET_PDEATHSIG``), so that even a SIGKILLed controller leaves no process.
+:meth:`ManagedProcess.restart` starts it again on the same argv, environment, directory and
+log (appended to, after a marker line), readiness checked as at its start.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,7 +93,11 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
 
 
 class ManagedProcess:
-    """One child process with its log file; :meth:`stop` kills its whole process group."""
+    """One child process with its log file; :meth:`stop` kills its whole process group.
+
+    ``PR_SET_PDEATHSIG`` ties the child to the *thread* that started it: start and restart
+    it from a thread that lives as long as the child should.
+    """
 
     def __init__(
         self,
@@ -104,22 +111,35 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.restarts = 0
+        #: where this start's output begins in the log (the log is appended to)
+        self.log_offset = 0
+        self.closed = False  # stop() was called: no restart any more
+        self._lock = threading.RLock()
+        self._readiness: tuple[Callable[[], bool], float, str] | None = None
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        log.debug("starting %s: %s", name, " ".join(self.argv))
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._log.flush()
+        self.log_offset = os.fstat(self._log.fileno()).st_size
+        log.debug("starting %s: %s", self.name, " ".join(self.argv))
         try:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
-                cwd=cwd,
+                env=self.env,
+                cwd=self.cwd,
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             self._log.close()
-            raise StackError(f"{name}: cannot start {self.argv[0]}: {exc}") from exc
+            raise StackError(f"{self.name}: cannot start {self.argv[0]}: {exc}") from exc
 
     @property
     def pid(self) -> int:
@@ -127,6 +147,39 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def log_since_start(self, limit: int = 64 << 20) -> str:
+        """The log's text written since the last (re)start, at most *limit* bytes."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self.log_offset)
+                return fh.read(limit).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def restart(self) -> None:
+        """Stop the process if it runs and start it again on the same argv, environment,
+        directory and log (appended to after a marker line); readiness is checked as at
+        the start (:meth:`wait_ready`'s check). StackError when it cannot, or once
+        :meth:`stop` was called."""
+        with self._lock:
+            if self.closed:
+                raise StackError(f"{self.name}: stopped; not restarted")
+            self._terminate()
+            if self._log.closed:
+                self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self.restarts += 1
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            self._log.write(f"\n--- wec: {self.name} restarted ({self.restarts}) at "
+                            f"{stamp} UTC ---\n".encode())
+            self._log.flush()
+            self._spawn()
+            if self._readiness is not None:
+                self.wait_ready(*self._readiness)
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -136,7 +189,9 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        """Poll *check* until it is true; a StackError with the log's tail otherwise."""
+        """Poll *check* until it is true; a StackError with the log's tail otherwise (the
+        process is ended then). The check is kept for :meth:`restart`."""
+        self._readiness = (check, timeout, what)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -148,18 +203,21 @@ class ManagedProcess:
                 if check():
                     return
             time.sleep(0.05)
-        self.stop()
+        self._terminate()
+        if not self._log.closed:
+            self._log.close()
         raise StackError(
             f"{self.name}: not ready ({what}) within {timeout:g}s; "
             f"its log ({self.log_path}) ends:\n{self.tail()}"
         )
 
     def wait_line(self, pattern: Callable[[str], bool], timeout: float, what: str) -> list[str]:
-        """Wait until a line of the log satisfies *pattern*; return the log's lines so far."""
+        """Wait until a line this start wrote to the log satisfies *pattern*; return those
+        lines so far."""
         found: list[str] = []
 
         def check() -> bool:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            lines = self.log_since_start().splitlines()
             if any(pattern(line) for line in lines):
                 found[:] = lines
                 return True
@@ -169,7 +227,15 @@ class ManagedProcess:
         return found
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM to the process group, SIGKILL after *timeout*; idempotent."""
+        """SIGTERM to the process group, SIGKILL after *timeout*; idempotent. No
+        :meth:`restart` after it."""
+        with self._lock:
+            self.closed = True
+            self._terminate(timeout)
+            if not self._log.closed:
+                self._log.close()
+
+    def _terminate(self, timeout: float = 5.0) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -184,5 +250,3 @@ class ManagedProcess:
             # The leader is gone; make sure nothing it started lingers.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        if not self._log.closed:
-            self._log.close()

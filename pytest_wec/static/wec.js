@@ -285,6 +285,26 @@
     container.appendChild(ul);
   }
 
+  // CA events (summary.json "ca_events"): what the embedded Pebble's doctor found and did.
+  function eventLine(e) {
+    var failed = e.chains_failed ? "; " + fmt(e.chains_failed) + " chains failed because of it" : "";
+    return "CA event: " + e.kind + " at " + clock(e.at_s) + ": " + e.diagnosis + failed;
+  }
+
+  function causeCards(by) {
+    if (!by) return [];
+    return [["failed: CA answer", by.ca_answer], ["failed: CA event", by.ca_event, by.ca_event > 0],
+      ["failed: no answer", by.no_answer], ["failed: ours", by.ours, by.ours > 0]];
+  }
+
+  function eventsTable(section, container, events) {
+    section.hidden = !events.length;
+    table(container, [["at", function (e) { return clock(e.at_s); }], ["kind", "kind"],
+      ["diagnosis", "diagnosis", 0, "example"], ["in flight", "in_flight", 1],
+      ["chains failed", "chains_failed", 1], ["lost", "lost", 0, "example"],
+      ["dump", "dump"]], events);
+  }
+
   // -- report.html -------------------------------------------------------------------------
 
   WEC.report = function (payload) {
@@ -299,7 +319,8 @@
       run.id ? "run " + run.id : "run", utc(run.started) + " .. " + utc(run.ended),
       clock(run.duration_s), run.model + " model", target, fmt(run.workers) + " worker(s)",
       run.directory || ""].filter(Boolean).join("  ·  ");
-    totalsCards(byId("totals"), s.totals || {});
+    totalsCards(byId("totals"), s.totals || {}, causeCards(s.failed_by_cause));
+    eventsTable(byId("ca-events-section"), byId("table-ca-events"), s.ca_events || []);
     var th = s.thresholds || [];
     byId("thresholds-section").hidden = !th.length;
     table(byId("table-thresholds"), [["threshold", "expr"], ["value", "value", 1],
@@ -394,13 +415,13 @@
         ["chains/s (last " + (w.seconds || 10) + " s)", w.chains_per_s],
         ["p95 ms (last " + (w.seconds || 10) + " s)", w.p95_ms]]);
       byId("live").firstChild.id = "in-flight-card";
-      totalsCards(byId("totals"), d.totals || {});
+      totalsCards(byId("totals"), d.totals || {}, causeCards(d.failed_by_cause));
       stateCards(byId("state"), d.state, d.generator);
       table(byId("table-workers"), [["worker", "worker"], ["state", "state"], ["in flight", "in_flight", 1],
         ["target", "target", 1], ["loop lag ms", "loop_lag_ms", 1], ["cpu %", "cpu_pct", 1],
         ["sent", "sent", 1], ["dropped", "dropped", 1], ["dropped starts", "dropped_starts", 1],
         ["heard s ago", "age_s", 1]], d.workers || [], { empty: "no worker reported yet" });
-      warningsList(byId("warnings"), d.warnings);
+      warningsList(byId("warnings"), (d.ca_events || []).map(eventLine).concat(d.warnings || []));
       views = views || new Views(series);
       views.draw(d);
     }

@@ -1,0 +1,173 @@
+"""The failed chains of a load run by cause, and the CA events they count against.
+
+:class:`FailureLedger` (every load run, on the controller) sorts the failed chains as they
+arrive::
+
+    ca_answer   failed on a problem document or an HTTP error status from the CA
+    ca_event    failed because of a recorded CA event (:mod:`~pytest_wec.controller.doctor`)
+    no_answer   a timeout or refused connection outside any event
+    ours        the rest: the chain's own checks, the client, the generator
+
+and keeps the CA events (summary.json ``ca_events``): a failure that got no answer, or was
+cancelled, inside an event's window counts against it; after a restart, chains refused with
+``accountDoesNotExist``, and chains that spanned the restart and failed on an answer, count
+against the restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_wec.wire.results import ChainResult
+
+__all__ = ["FailureLedger", "failure_cause"]
+
+ACME = "urn:ietf:params:acme:error:"
+_KEEP_S = 120.0  # failures kept this long for an event found later
+_KEEP_N = 50_000
+
+
+def failure_cause(c: ChainResult) -> tuple[str, str]:
+    """``(group, label)`` of a chain that did not succeed: group ``ca_answer``,
+    ``no_answer``, ``cancelled`` or ``ours``; label e.g. ``timeout``, ``badNonce``."""
+    if c["outcome"] == "cancelled":
+        return "cancelled", "cancelled"
+    reqs = c["requests"]
+    last = reqs[-1] if reqs else None
+    if last is not None and not last["ok"]:
+        if last["status"]:
+            problem = last["problem"] or ""
+            return "ca_answer", problem.removeprefix(ACME) or f"HTTP {last['status']}"
+        if last["error"] in ("timeout", "connect"):
+            return "no_answer", str(last["error"])
+    err = c["error"] or ""
+    if err.startswith("AcmeTimeout"):
+        return "no_answer", "timeout"
+    if err.startswith("AcmeConnectError"):
+        return "no_answer", "connect"
+    if err.startswith(ACME):
+        return "ca_answer", err.split(" ", 1)[0].removeprefix(ACME)
+    return "ours", err.split(":", 1)[0] or "error"
+
+
+@dataclass
+class _Window:
+    since: float  # epoch: the last POST answer before the event
+    until: float | None  # epoch: the restart's end (or resume) plus the timeout; None: open
+    restart_at: float | None = None  # a restart event: when Pebble answered again
+
+
+class FailureLedger:
+    """Failed chains by cause, and the CA events they count against (thread-safe)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started  # epoch: second 0 of ``at_s``
+        self.events: list[dict[str, Any]] = []
+        self._windows: list[_Window] = []
+        self._lock = threading.Lock()
+        self._recent: deque[list[Any]] = deque(maxlen=_KEEP_N)  # [end, started, group, label]
+        self._counts = {"ca_answer": 0, "ca_event": 0, "no_answer": 0, "ours": 0}
+        self.last_post_answer = started  # epoch: the latest POST the CA answered
+        self._timeouts: list[float] = []  # epoch: ends of requests that timed out after it
+
+    def observe(self, chains: Iterable[ChainResult]) -> None:
+        with self._lock:
+            for c in chains:
+                for r in c["requests"]:
+                    end = r["started"] + r["took"]
+                    if r["status"] and r["method"] == "POST" and end > self.last_post_answer:
+                        self.last_post_answer = end
+                        self._timeouts = [t for t in self._timeouts if t > end]
+                    elif r["error"] == "timeout" and end > self.last_post_answer:
+                        self._timeouts.append(end)
+                if c["ok"] or c["outcome"] == "skipped":
+                    continue
+                group, label = failure_cause(c)
+                entry = [c["started"] + c["took"], c["started"], group, label]
+                if self._match(entry) is None:
+                    if group != "cancelled":
+                        self._counts[group] += 1
+                    if group != "ours":  # the rest may still count against an event
+                        self._recent.append(entry)
+            while self._recent and self._recent[0][0] < time.time() - _KEEP_S:
+                self._recent.popleft()
+
+    def _match(self, entry: list[Any]) -> int | None:
+        """Count *entry* against the first event it belongs to; its index, or None."""
+        end, started, group, label = entry
+        for i, w in enumerate(self._windows):
+            if end < w.since or (w.until is not None and end > w.until):
+                continue
+            if w.restart_at is None:
+                hit = group in ("no_answer", "cancelled")
+            else:
+                hit = group == "ca_answer" and (started < w.restart_at or
+                                                label == "accountDoesNotExist")
+            if hit:
+                ev = self.events[i]
+                ev["chains_failed"] += 1
+                by = ev["failed_by_error"]
+                by[label] = by.get(label, 0) + 1
+                if group != "cancelled":
+                    self._counts["ca_event"] += 1
+                entry[2] = "counted"
+                return i
+        return None
+
+    def quiet(self, now: float) -> tuple[float, int]:
+        """Seconds since a POST was answered, and requests that timed out since."""
+        with self._lock:
+            return now - self.last_post_answer, len(self._timeouts)
+
+    def record(self, event: dict[str, Any], since: float | None = None,
+               until: float | None = None, restart_at: float | None = None) -> int:
+        """Add *event* (counting from *since*, epoch; None: it counts nothing) and count
+        the failures already in that belong to it; its index."""
+        event.setdefault("chains_failed", 0)
+        event.setdefault("failed_by_error", {})
+        with self._lock:
+            if restart_at is not None and since is not None:
+                for w in self._windows:  # an earlier restart's window ends at this one
+                    if w.restart_at is not None and w.until is None:
+                        w.until = since
+            self.events.append(event)
+            self._windows.append(_Window(since if since is not None else float("inf"),
+                                         until, restart_at))
+            i = len(self.events) - 1
+            self._rematch()
+            return i
+
+    def update(self, index: int, **fields: Any) -> None:
+        """Set fields of the event at *index* (the dashboard may be reading it)."""
+        with self._lock:
+            self.events[index].update(fields)
+
+    def close(self, index: int, until: float | None) -> None:
+        """The event's window ends at *until* (epoch); failures after it are not its."""
+        with self._lock:
+            self._windows[index].until = until
+
+    def answered_again(self, at: float) -> None:
+        """Pebble answers again (restarted): POSTs are new from *at* on."""
+        with self._lock:
+            self.last_post_answer = max(self.last_post_answer, at)
+            self._timeouts = [t for t in self._timeouts if t > self.last_post_answer]
+
+    def _rematch(self) -> None:
+        for entry in self._recent:
+            group = entry[2]
+            if group != "counted" and self._match(entry) is not None and group != "cancelled":
+                self._counts[group] -= 1
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{**e, "failed_by_error": dict(e["failed_by_error"])} for e in self.events]
+
+    def failed_by_cause(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
