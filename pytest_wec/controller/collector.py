@@ -236,7 +236,8 @@ class LoadSession(LiveControl):
                 with self._lock:
                     self.watch.tick(now)
                     if self.doctor is not None:
-                        self.doctor.tick(self.watch.in_flight(), self.watch.alarm)
+                        self.doctor.tick(self.watch.in_flight(), self.watch.alarm,
+                                         idle=now - self.watch.last_end)
                     line = self._progress_line(now)
                     live = (build_tables(self._agg, max(now - self._t0, 1e-3))
                             if self.on_tick is not None else None)

@@ -91,7 +91,11 @@ class PebbleDoctor:
 
     # -- the progress tick (collector's lock held: never blocks) ----------------------------
 
-    def tick(self, in_flight: int, alarm: Mapping[str, Any] | None) -> None:
+    def tick(self, in_flight: int, alarm: Mapping[str, Any] | None,
+             idle: float = 0.0) -> None:
+        """*idle*: seconds since any chain ended. A probe costs Pebble one POST: it is made
+        as soon as chains in flight stop ending for ``quiet_after`` seconds (a deadlocked
+        Pebble's requests wait out ``--wec-timeout``, so timeouts come late)."""
         if self.busy or in_flight <= 0 or time.monotonic() < self._next_probe:
             return
         quiet, timeouts = self.ledger.quiet(time.time())
@@ -99,6 +103,8 @@ class PebbleDoctor:
             reason = str(alarm.get("message") or "the Watch raised an alarm")
         elif quiet >= self.quiet_after and timeouts > 0:
             reason = f"no POST answered for {quiet:.1f}s while {timeouts} requests timed out"
+        elif idle >= self.quiet_after:
+            reason = f"no chain ended for {idle:.1f}s with {in_flight} in flight"
         else:
             return
         self._reason = (reason, in_flight)
