@@ -149,3 +149,40 @@ def test_a_mix_needing_what_none_of_its_chains_produces_is_a_usage_error(
         "ERROR: --wec-mix: chain 'reuse_authorization' needs authorization, which no "
         "chain of the mix produces (chains that produce it: new_order)"])
     assert not (out / "summary.json").exists()
+
+
+def test_pebble_count_follows_the_load() -> None:
+    from pytest_wec.settings import Settings
+    from pytest_wec.stack import pebble_count
+
+    assert pebble_count(Settings(load=200, duration=10), 16) == 4
+    assert pebble_count(Settings(load=200, duration=10), 2) == 2, "at most one per worker"
+    assert pebble_count(Settings(load=8, duration=10), 16) == 1
+    assert pebble_count(Settings(rate=90.0, duration=10), 8) == 4
+    assert pebble_count(Settings(load=200, pebbles=1, duration=10), 16) == 1
+    assert pebble_count(Settings(), 16) == 1, "an integration run: one"
+    assert pebble_count(Settings(load=200, directory="https://ca.test/dir"), 16) == 1
+
+
+def test_workers_map_to_their_groups_pebble() -> None:
+    from pytest_wec.controller.ledger import shard_of
+
+    assert [shard_of(f"gw{i}", 4) for i in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert shard_of("main", 4) == 0 and shard_of("gw5", 1) == 0
+
+
+def test_a_load_run_spreads_over_several_pebbles(pytester: pytest.Pytester) -> None:
+    result, out = _run(pytester, "-n", "2", "--wec-pebbles", "2", "--wec-load", "4",
+                       "--wec-duration", "3s", "--wec-mix", "new_account=1,new_certificate=2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*against 2 embedded Pebbles, one per group of workers*"])
+    s = _summary(out)
+    pebbles = s["run"]["pebbles"]
+    assert len(pebbles) == 2 and len(set(pebbles)) == 2
+    assert (out / "pebble.log").exists() and (out / "pebble-1.log").exists()
+    results = list(read_results(out / "results.jsonl"))
+    assert {r["worker"] for r in results} == {"gw0", "gw1"}
+    assert all(r["ok"] for r in results), [r["error"] for r in results if not r["ok"]]
+    assert s["totals"]["certificates_issued"] > 0
+    for log in ("pebble.log", "pebble-1.log"):  # each worker's group went to its own Pebble
+        assert "Issued certificate" in (out / log).read_text(errors="replace"), log

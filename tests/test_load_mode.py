@@ -39,7 +39,7 @@ RUN_LINE = re.compile(r"^wec: load run (\d{8}-\d{6}-[0-9a-f]{6}): (.*); results 
 
 RUN_KEYS = {"id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
             "rate", "stages", "load_started", "load_ended", "startup_s", "tail_s",
-            "missing_at_start"}
+            "missing_at_start", "pebbles"}
 TOTALS_KEYS = {"chains", "chains_ok", "chains_failed", "requests", "requests_failed",
                "chains_per_s", "requests_per_s", "certificates_issued", "dropped_starts"}
 STATE_KEYS = {"accounts", "authorizations", "certificates", "revoked"}

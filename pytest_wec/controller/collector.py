@@ -18,6 +18,7 @@ view of the dashboard (from any thread), :meth:`~LoadSession.set_target` and
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 from pytest_wec.controller.aggregator import Aggregator
 from pytest_wec.controller.doctor import PebbleDoctor
-from pytest_wec.controller.ledger import FailureLedger
+from pytest_wec.controller.ledger import FailureLedger, shard_of
 from pytest_wec.controller.livecontrol import LiveControl
 from pytest_wec.controller.outputs import (
     build_benchmark_json,
@@ -109,17 +110,24 @@ class LoadSession(LiveControl):
         self._state_cache: tuple[float, dict[str, int]] = (-1e9, {})
         # -- CA events (pytest_wec.controller.doctor): failures by cause, the Pebble doctor
         self.ledger = FailureLedger(self._started)
-        self.doctor: PebbleDoctor | None = None
+        self.doctors: list[PebbleDoctor] = []  # one per embedded Pebble
 
-    def attach_doctor(self, stack: Any,
-                      run_on_stack_thread: Callable[[Callable[[], float]], float] | None = None,
-                      forget: Callable[[], None] | None = None) -> None:
-        """Watch the embedded Pebble of *stack* (diagnosed and restarted when it hangs);
-        *forget* marks what the state DB holds of it dead before a restart."""
-        self.doctor = PebbleDoctor(
-            stack, self.ledger, self._doctor_note, timeout=self.settings.timeout,
-            stall_after=self.stall_after, run_on_stack_thread=run_on_stack_thread,
-            state_counts=lambda: self._state_now(max_age=5.0), forget=forget)
+    def attach_doctors(self, shards: list[Any],
+                       run_on_stack_thread: Callable[[Callable[[], float]], float] | None = None,
+                       forget: Callable[[str], None] | None = None) -> None:
+        """Watch each embedded Pebble (a :class:`~pytest_wec.stack.PebbleShard`): diagnosed
+        and restarted when it hangs; *forget* marks what the state DB holds of a directory
+        dead before its Pebble restarts."""
+        self.ledger.shards = max(len(shards), 1)
+        self.ledger.last_post_answer = dict.fromkeys(range(self.ledger.shards), self._started)
+        self.ledger._timeouts = {i: [] for i in range(self.ledger.shards)}
+        for shard in shards:
+            directory = str(shard.info["directory"])
+            self.doctors.append(PebbleDoctor(
+                shard, self.ledger, self._doctor_note, timeout=self.settings.timeout,
+                stall_after=self.stall_after, run_on_stack_thread=run_on_stack_thread,
+                state_counts=functools.partial(self._state_now, max_age=5.0),
+                forget=functools.partial(forget, directory) if forget is not None else None))
 
     def _doctor_note(self, line: str) -> None:
         with self._lock:
@@ -149,8 +157,8 @@ class LoadSession(LiveControl):
             self._agg = Aggregator(self._started)
             self.watch.restart_clock(self._t0)
             self.ledger.started = self._started
-        if self.doctor is not None:
-            self.doctor.start()
+        for doctor in self.doctors:
+            doctor.start()
         for name, target in (("wec-results", self._consume), ("wec-progress", self._progress)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -212,7 +220,8 @@ class LoadSession(LiveControl):
             self.watch.restart_clock(self._t0)
             self.missing = list(missing or [])
         self.ledger.started = load_started
-        self.ledger.answered_again(load_started)
+        for shard in range(self.ledger.shards):
+            self.ledger.answered_again(load_started, shard)
         if missing:
             self._note(f"wec: the load started without {', '.join(missing)}: not ready within "
                        "the barrier's timeout")
@@ -235,9 +244,16 @@ class LoadSession(LiveControl):
                 now = time.monotonic()
                 with self._lock:
                     self.watch.tick(now)
-                    if self.doctor is not None:
-                        self.doctor.tick(self.watch.in_flight(), self.watch.alarm,
-                                         idle=now - self.watch.last_end)
+                    for doctor in self.doctors:
+                        shards = self.ledger.shards
+                        if shards == 1:
+                            doctor.tick(self.watch.in_flight(), self.watch.alarm,
+                                        idle=now - self.watch.last_end)
+                        else:  # each Pebble by its own group of workers
+                            in_flight, idle = self.watch.group(
+                                functools.partial(_in_shard, shards=shards, shard=doctor.shard),
+                                now)
+                            doctor.tick(in_flight, None, idle=idle)
                     line = self._progress_line(now)
                     live = (build_tables(self._agg, max(now - self._t0, 1e-3))
                             if self.on_tick is not None else None)
@@ -278,8 +294,8 @@ class LoadSession(LiveControl):
                 return self._summary
             deadline = time.monotonic() + max(timeout, 0.0)
             ended = time.time()
-            if self.doctor is not None:  # first: it may be restarting Pebble
-                self.doctor.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
+            for doctor in self.doctors:  # first: one may be restarting its Pebble
+                doctor.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
             self._stop.set()
             for thread in self._threads:
                 thread.join(max(min(deadline - time.monotonic(), 5.0), 0.1))
@@ -358,7 +374,8 @@ class LoadSession(LiveControl):
                                   if self.load_started is not None and self.process_started
                                   else None),
                     "tail_s": round(max(ended - load_ended, 0.0), 3),
-                    "missing_at_start": list(self.missing)}
+                    "missing_at_start": list(self.missing),
+                    "pebbles": [str(d.stack.info["directory"]) for d in self.doctors]}
         state = self._state_now(max_age=0.0)
         sent: dict[str, int] = {}  # chains each worker delivered, by its own count
         for st in self._agg.workers.values():
@@ -379,3 +396,6 @@ class LoadSession(LiveControl):
         """The terminal tables of the summary; empty before :meth:`finish`."""
         return format_tables(self._summary) if self._summary is not None else ""
 
+
+def _in_shard(worker: str, *, shards: int, shard: int) -> bool:
+    return shard_of(worker, shards) == shard

@@ -69,6 +69,8 @@ class PebbleDoctor:
         self._state_counts = state_counts
         self._forget = forget  # the state DB forgets what the old Pebble held
         self.run_dir = Path(stack.info["run_dir"])
+        self.shard = int(getattr(stack, "index", 0))  # which embedded Pebble (PebbleShard)
+        self.label = str(getattr(stack, "name", "pebble"))
         self.restarts = 0
         self._last_restart = -1e9
         self._next_probe = 0.0  # monotonic: no probe before it
@@ -98,7 +100,7 @@ class PebbleDoctor:
         Pebble's requests wait out ``--wec-timeout``, so timeouts come late)."""
         if self.busy or in_flight <= 0 or time.monotonic() < self._next_probe:
             return
-        quiet, timeouts = self.ledger.quiet(time.time())
+        quiet, timeouts = self.ledger.quiet(time.time(), self.shard)
         if alarm is not None:
             reason = str(alarm.get("message") or "the Watch raised an alarm")
         elif quiet >= self.quiet_after and timeouts > 0:
@@ -135,12 +137,14 @@ class PebbleDoctor:
         return round(epoch - self.ledger.started, 1)
 
     def _event(self, kind: str, diagnosis: str, at: float, **extra: Any) -> dict[str, Any]:
-        return {"at_s": self._rel(at), "kind": kind, "diagnosis": diagnosis, "dump": None,
+        return {"at_s": self._rel(at), "kind": kind, "pebble": self.label,
+                "directory": self.stack.info["directory"], "diagnosis": diagnosis, "dump": None,
                 "in_flight": 0, "lost": None, **extra}
 
     def _say(self, index: int) -> None:
         ev = self.ledger.events[index]
-        line = f"wec: CA event: {ev['kind']} at {_clock(ev['at_s'])}: {ev['diagnosis']}"
+        where = f" ({self.label})" if self.ledger.shards > 1 else ""
+        line = f"wec: CA event: {ev['kind']} at {_clock(ev['at_s'])}{where}: {ev['diagnosis']}"
         self.ledger.update(index, message=line)
         self.note(line)
 
@@ -148,7 +152,7 @@ class PebbleDoctor:
         proc = self.stack.pebble
         if proc is None or self._gave_up:
             return
-        since = self.ledger.quiet(time.time())[0]
+        since = self.ledger.quiet(time.time(), self.shard)[0]
         since_epoch = time.time() - since
         info = self.stack.info
         probe = probe_pebble(info["directory"], info["ca_bundle"], proc.pid,
@@ -167,7 +171,7 @@ class PebbleDoctor:
                                  "no signal before it is continued", now,
                                  lost="nothing yet: a stopped Pebble keeps its state",
                                  duration_s=None, **common)
-                self._stopped = self.ledger.record(ev, since_epoch)
+                self._stopped = self.ledger.record(ev, since_epoch, shard=self.shard)
                 self._say(self._stopped)
             self._next_probe = time.monotonic() + self.stall_after
             return
@@ -184,7 +188,7 @@ class PebbleDoctor:
                                  f"({probe.words()}); not restarted: {self.restarts} restarts "
                                  "in this run already",
                                  now, **common)
-                self._say(self.ledger.record(ev, since_epoch))
+                self._say(self.ledger.record(ev, since_epoch, shard=self.shard))
             return
         if not proc.alive():
             rc = proc.returncode
@@ -193,7 +197,7 @@ class PebbleDoctor:
                              f"nothing ({probe.words()}); its log ends: {last}", now, **common)
         else:
             ev = self._dump_and_diagnose(probe, now, common)
-        index = self.ledger.record(ev, since_epoch)
+        index = self.ledger.record(ev, since_epoch, shard=self.shard)
         self._restart(ev, index, in_flight)
 
     def _dump_and_diagnose(self, probe: PebbleProbe, now: float,
@@ -201,7 +205,8 @@ class PebbleDoctor:
         exited, text = self.stack.dump_pebble(self.dump_timeout)
         name = None
         if text:
-            name = f"pebble-dump-{self.restarts + 1}.txt"
+            prefix = f"{self.label}-dump" if self.shard else "pebble-dump"
+            name = f"{prefix}-{self.restarts + 1}.txt"
             try:
                 (self.run_dir / name).write_text(text)
             except OSError as exc:
@@ -247,21 +252,21 @@ class PebbleDoctor:
             self._say(index)
             fail = self._event("restart", f"embedded Pebble did not start again: {exc}",
                                time.time(), in_flight=in_flight, ok=False)
-            self._say(self.ledger.record(fail, None))
+            self._say(self.ledger.record(fail, None, shard=self.shard))
             return
         end = time.time()
         lost = self._lost()
         self.ledger.update(index, lost=lost, restart_s=round(took, 2),
                            diagnosis=f"{ev['diagnosis']}; restarted in {took:.1f}s")
         self.ledger.close(index, end + self.timeout)
-        self.ledger.answered_again(end)
+        self.ledger.answered_again(end, self.shard)
         self._say(index)
         pid = self.stack.pebble.pid if self.stack.pebble is not None else None
         rs = self._event("restart", f"embedded Pebble restarted in {took:.1f}s on the same "
                          f"addresses and config (pid {pid}); chains in flight across it fail, "
                          "accounts it forgot answer accountDoesNotExist", t, in_flight=in_flight,
                          lost=lost, restart_s=round(took, 2), ok=True, of=index)
-        self._say(self.ledger.record(rs, t, None, restart_at=end))
+        self._say(self.ledger.record(rs, t, None, restart_at=end, shard=self.shard))
         self._next_probe = time.monotonic() + self.quiet_after
 
     def _check_resumed(self) -> None:
@@ -276,7 +281,7 @@ class PebbleDoctor:
         duration = round(now - (self.ledger.started + self.ledger.events[index]["since_s"]), 1)
         self.ledger.update(index, duration_s=duration)
         self.ledger.close(index, now + self.timeout)
-        self.ledger.answered_again(now)
+        self.ledger.answered_again(now, self.shard)
         self._stopped = None
         log.info("Pebble runs again (state %s) after %.1fs stopped", state, duration)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from pytest_wec.wire.results import ChainResult
 
-__all__ = ["FailureLedger", "failure_cause"]
+__all__ = ["FailureLedger", "failure_cause", "shard_of"]
 
 ACME = "urn:ietf:params:acme:error:"
 _KEEP_S = 120.0  # failures kept this long for an event found later
@@ -55,40 +55,54 @@ def failure_cause(c: ChainResult) -> tuple[str, str]:
     return "ours", err.split(":", 1)[0] or "error"
 
 
+def shard_of(worker: str, shards: int) -> int:
+    """The embedded Pebble worker *worker* (``gw3``; ``main`` without xdist) uses when a run
+    spreads over *shards* of them (:meth:`pytest_wec.stack.Stack.info_for`)."""
+    digits = "".join(ch for ch in worker if ch.isdigit())
+    return int(digits) % shards if digits and shards > 1 else 0
+
+
 @dataclass
 class _Window:
     since: float  # epoch: the last POST answer before the event
     until: float | None  # epoch: the restart's end (or resume) plus the timeout; None: open
     restart_at: float | None = None  # a restart event: when Pebble answered again
+    shard: int = 0  # the embedded Pebble it is about: only its workers' chains count
 
 
 class FailureLedger:
     """Failed chains by cause, and the CA events they count against (thread-safe)."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, shards: int = 1) -> None:
         self.started = started  # epoch: second 0 of ``at_s``
+        self.shards = max(shards, 1)
         self.events: list[dict[str, Any]] = []
         self._windows: list[_Window] = []
         self._lock = threading.Lock()
         self._recent: deque[list[Any]] = deque(maxlen=_KEEP_N)  # [end, started, group, label]
         self._counts = {"ca_answer": 0, "ca_event": 0, "no_answer": 0, "ours": 0}
-        self.last_post_answer = started  # epoch: the latest POST the CA answered
-        self._timeouts: list[float] = []  # epoch: ends of requests that timed out after it
+        #: epoch, per embedded Pebble: the latest POST it answered
+        self.last_post_answer = dict.fromkeys(range(self.shards), started)
+        #: per embedded Pebble: ends of requests that timed out after it
+        self._timeouts: dict[int, list[float]] = {i: [] for i in range(self.shards)}
 
     def observe(self, chains: Iterable[ChainResult]) -> None:
         with self._lock:
             for c in chains:
+                shard = shard_of(c["worker"], self.shards)
+                timeouts = self._timeouts[shard]
                 for r in c["requests"]:
                     end = r["started"] + r["took"]
-                    if r["status"] and r["method"] == "POST" and end > self.last_post_answer:
-                        self.last_post_answer = end
-                        self._timeouts = [t for t in self._timeouts if t > end]
-                    elif r["error"] == "timeout" and end > self.last_post_answer:
-                        self._timeouts.append(end)
+                    last = self.last_post_answer[shard]
+                    if r["status"] and r["method"] == "POST" and end > last:
+                        self.last_post_answer[shard] = end
+                        timeouts[:] = [t for t in timeouts if t > end]
+                    elif r["error"] == "timeout" and end > last:
+                        timeouts.append(end)
                 if c["ok"] or c["outcome"] == "skipped":
                     continue
                 group, label = failure_cause(c)
-                entry = [c["started"] + c["took"], c["started"], group, label]
+                entry = [c["started"] + c["took"], c["started"], group, label, shard]
                 if self._match(entry) is None:
                     if group != "cancelled":
                         self._counts[group] += 1
@@ -99,9 +113,9 @@ class FailureLedger:
 
     def _match(self, entry: list[Any]) -> int | None:
         """Count *entry* against the first event it belongs to; its index, or None."""
-        end, started, group, label = entry
+        end, started, group, label, shard = entry
         for i, w in enumerate(self._windows):
-            if end < w.since or (w.until is not None and end > w.until):
+            if w.shard != shard or end < w.since or (w.until is not None and end > w.until):
                 continue
             if w.restart_at is None:
                 hit = group in ("no_answer", "cancelled")
@@ -119,13 +133,15 @@ class FailureLedger:
                 return i
         return None
 
-    def quiet(self, now: float) -> tuple[float, int]:
-        """Seconds since a POST was answered, and requests that timed out since."""
+    def quiet(self, now: float, shard: int = 0) -> tuple[float, int]:
+        """Seconds since embedded Pebble *shard* answered a POST, and requests that timed
+        out since."""
         with self._lock:
-            return now - self.last_post_answer, len(self._timeouts)
+            return now - self.last_post_answer[shard], len(self._timeouts[shard])
 
     def record(self, event: dict[str, Any], since: float | None = None,
-               until: float | None = None, restart_at: float | None = None) -> int:
+               until: float | None = None, restart_at: float | None = None,
+               shard: int = 0) -> int:
         """Add *event* (counting from *since*, epoch; None: it counts nothing) and count
         the failures already in that belong to it; its index."""
         event.setdefault("chains_failed", 0)
@@ -133,11 +149,11 @@ class FailureLedger:
         with self._lock:
             if restart_at is not None and since is not None:
                 for w in self._windows:  # an earlier restart's window ends at this one
-                    if w.restart_at is not None and w.until is None:
+                    if w.restart_at is not None and w.until is None and w.shard == shard:
                         w.until = since
             self.events.append(event)
             self._windows.append(_Window(since if since is not None else float("inf"),
-                                         until, restart_at))
+                                         until, restart_at, shard))
             i = len(self.events) - 1
             self._rematch()
             return i
@@ -152,11 +168,11 @@ class FailureLedger:
         with self._lock:
             self._windows[index].until = until
 
-    def answered_again(self, at: float) -> None:
-        """Pebble answers again (restarted): POSTs are new from *at* on."""
+    def answered_again(self, at: float, shard: int = 0) -> None:
+        """Embedded Pebble *shard* answers again (restarted): POSTs are new from *at* on."""
         with self._lock:
-            self.last_post_answer = max(self.last_post_answer, at)
-            self._timeouts = [t for t in self._timeouts if t > self.last_post_answer]
+            last = self.last_post_answer[shard] = max(self.last_post_answer[shard], at)
+            self._timeouts[shard] = [t for t in self._timeouts[shard] if t > last]
 
     def _rematch(self) -> None:
         for entry in self._recent:

@@ -42,7 +42,7 @@ __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "f
 SCHEMA = 1
 _RUN_KEYS = ("id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
              "rate", "stages", "load_started", "load_ended", "startup_s", "tail_s",
-             "missing_at_start")
+             "missing_at_start", "pebbles")
 _STATE_KEYS = ("accounts", "authorizations", "certificates", "revoked")
 
 

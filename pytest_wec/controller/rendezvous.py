@@ -57,6 +57,8 @@ class Rendezvous:
         self.late: list[str] = []  # workers ready after the barrier opened
         self.missing: list[str] = []  # expected but absent when it opened on its timeout
         self.on_open: Callable[[float], None] | None = None
+        #: the stack's info as one worker uses it (its group's Pebble), when set
+        self.shape: Callable[[str], dict[str, Any]] | None = None
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
@@ -179,7 +181,11 @@ class Rendezvous:
             return {"ok": False, "error": "bad token"}
         op = request.get("op")
         if op == "stack":
-            return self.stack_answer()
+            answer = self.stack_answer()
+            worker = request.get("worker")
+            if answer.get("ok") and self.shape is not None and isinstance(worker, str):
+                answer = {**answer, "stack": self.shape(worker)}
+            return answer
         if op == "ready":
             worker = request.get("worker")
             if not isinstance(worker, str) or not worker:

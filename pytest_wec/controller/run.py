@@ -110,12 +110,19 @@ class WecController:
                 from pytest_wec.stack import Stack
 
                 try:
-                    self.stack = Stack.start(self.settings, self.run_dir, self.run_id)
+                    self.stack = Stack.start(self.settings, self.run_dir, self.run_id,
+                                             pebbles=self.pebbles())
                 except StackError as exc:
                     self.stack_error = str(exc)
                     raise
             info: dict[str, Any] = dict(self.stack.info)
             return info
+
+    def pebbles(self) -> int:
+        """How many embedded Pebbles the run spreads over (:func:`pebble_count`)."""
+        from pytest_wec.stack import pebble_count
+
+        return pebble_count(self.settings, self._workers())
 
     def _stack_for_worker(self) -> tuple[dict[str, Any], str | None]:
         """The rendezvous' ``stack`` answer: the info and the CA bundle's text.
@@ -126,6 +133,9 @@ class WecController:
         assert self._stack_thread is not None
         info = self._stack_thread.submit(self.ensure_stack).result()
         return info, _read_text(info.get("ca_bundle"))
+
+    def _info_for(self, worker: str) -> dict[str, Any]:
+        return dict(self.stack.info_for(worker)) if self.stack is not None else {}
 
     def stop_stack(self) -> None:
         if self.stack is not None:
@@ -183,6 +193,7 @@ class WecController:
             self.rendezvous = Rendezvous(s.listen, self._stack_for_worker,
                                          workers=self._workers())
             self.rendezvous.on_open = self._load_opened
+            self.rendezvous.shape = self._info_for
             try:
                 self.rendezvous.start()
             except OSError as exc:
@@ -229,6 +240,7 @@ class WecController:
 
     def _start_load(self, info: dict[str, Any]) -> None:
         from pytest_wec.controller.collector import LoadSession
+        from pytest_wec.stack import against
 
         self.load = LoadSession(
             self.settings, self.run_dir, self.run_id, info["redis_url"], info["namespace"],
@@ -236,7 +248,7 @@ class WecController:
             state_counts=self._state_counts, process_started=self.process_started,
         )
         if info.get("embedded") and self.stack is not None:  # CA events: the Pebble doctor
-            self.load.attach_doctor(self.stack, self._on_stack_thread, self._ca_forgot)
+            self.load.attach_doctors(self.stack.shards, self._on_stack_thread, self._ca_forgot)
         if self.gates.active:
             self.load.gate = self.gates.judge
             if self.settings.abort_on_fail and self.settings.threshold:
@@ -249,15 +261,15 @@ class WecController:
             what += ", stages " + ",".join(f"{d:g}s:{t:g}" for d, t in s.stages)
         self._write_line(
             f"wec: load run {self.run_id}: {what} for {s.run_length:g}s on "
-            f"{self._workers()} worker(s) against {info['directory']}; results in {self.run_dir}")
+            f"{self._workers()} worker(s) against {against(info)}; results in {self.run_dir}")
         if s.dashboard is not None:
             self._start_dashboard(*s.dashboard)
 
-    def _ca_forgot(self) -> None:
-        """The embedded Pebble restarts with nothing: its accounts (and what hangs on them)
+    def _ca_forgot(self, directory: str) -> None:
+        """An embedded Pebble restarts with nothing: its accounts (and what hangs on them)
         are dead in the state DB, so no chain takes one and fails on it."""
         self._state_counts()  # opens the store once
-        self._store.mark_directory_dead(self.stack.info["directory"])
+        self._store.mark_directory_dead(directory)
 
     def _on_stack_thread(self, fn: Any) -> Any:
         """*fn* on the stack's long-lived thread: a child (a restarted Pebble) dies with the
@@ -295,9 +307,13 @@ class WecController:
             from pytest_wec.worker.runtime import db_url_for
 
             self._store = make_store(db_url_for(self.settings, str(self.run_dir)))
-        c = self._store.counts(self.stack.info["directory"])
-        return {"accounts": c.accounts, "authorizations": c.authorizations,
-                "certificates": c.certificates, "revoked": c.revoked}
+        out = {"accounts": 0, "authorizations": 0, "certificates": 0, "revoked": 0}
+        shards = self.stack.info.get("shards") or [{"directory": self.stack.info["directory"]}]
+        for shard in shards:  # each embedded Pebble's directory, or the one CA
+            c = self._store.counts(shard["directory"])
+            for k in out:
+                out[k] += int(getattr(c, k))
+        return out
 
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
         # A signal to this process alone (kill, CI) does not reach the xdist workers, whose

@@ -67,6 +67,7 @@ class _Worker:
     saturated: bool = False
     lost: dict[str, Any] | None = None
     last_answer: float = 0.0  # epoch of the latest answer from the CA it saw
+    last_end: float = 0.0  # monotonic: the latest batch with chains it sent
     waiting: dict[str, int] = field(default_factory=dict)
 
 
@@ -108,6 +109,8 @@ class Watch:
             w.in_flight.setdefault(session, 0)
         any_chain = False
         for c in chains:
+            if not any_chain:
+                w.last_end = now
             any_chain = True
             if answered(c):
                 self._end_stall(now)
@@ -163,6 +166,16 @@ class Watch:
         """The open ``CA stalled`` or ``no chain ended`` entry; None when neither is open
         (the embedded Pebble's doctor looks at it every tick)."""
         return self._stall or self._wait
+
+    def group(self, member: Callable[[str], bool], now: float) -> tuple[int, float]:
+        """Chains in flight on the workers *member* accepts, and the seconds since one of
+        them last sent ended chains (since the start when none did)."""
+        in_flight, last = 0, self.t0
+        for name, w in self.workers.items():
+            if member(name) and (w.lost is None or w.lost["recovered"]):
+                in_flight += sum(w.in_flight.values())
+                last = max(last, w.last_end)
+        return in_flight, now - last
 
     def in_flight(self) -> int:
         return sum(sum(w.in_flight.values()) for w in self.workers.values()

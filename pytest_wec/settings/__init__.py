@@ -48,6 +48,7 @@ class Settings:
     ca_bundle: str | None = None
     insecure: bool = False
     pebble_bin: str | None = None
+    pebbles: int | None = None  # embedded Pebbles of a load run; None: one per 50 in flight
     redis: str | None = None
     challtestsrv: str | None = None
     db: str | None = None

@@ -25,6 +25,7 @@ from pytest_wec.settings.parse import (
     _listen,
     _mix,
     _names,
+    _pebbles,
     _positive_duration,
     _positive_float,
     _positive_int,
@@ -78,6 +79,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("insecure", _bool, False, "do not verify the CA's TLS certificate", flag=True),
     Option("pebble-bin", _text, None, "the pebble binary to start (default: pebble on PATH)",
            "PATH"),
+    Option("pebbles", _pebbles, None,
+           "embedded Pebbles a load run spreads over, one per group of workers: a number, or "
+           "auto (one per 50 chains in flight or 25 starts/s, at most one per worker)", "N"),
     Option("redis", _url("redis", "rediss", "unix"), None,
            "Redis URL to use instead of starting redis-server", "URL"),
     Option("challtestsrv", _url("http", "https"), None,

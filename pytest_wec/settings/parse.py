@@ -62,6 +62,18 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _pebbles(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        n = _positive_int(text)
+    except ValueError:
+        raise ValueError("expected auto or a whole number from 1 to 64") from None
+    if n > 64:
+        raise ValueError("expected auto or a whole number from 1 to 64")
+    return n
+
+
 def _names(text: str) -> int:
     n = _positive_int(text)
     if n > 100:

@@ -107,7 +107,9 @@ def write_tls_material(directory: Path, hosts: tuple[str, ...] = ("localhost", "
 
 
 class PebbleInfo:
-    def __init__(self, directory: str, management: str, ca_bundle: Path) -> None:
+    def __init__(self, directory: str, management: str, ca_bundle: Path,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.tls = tls  # (ca, cert, key) it serves with
         self.directory = directory
         self.management = management
         self.ca_bundle = ca_bundle
@@ -130,11 +132,15 @@ def start_pebble(
     environ: Mapping[str, str] | None = None,
     timeout: float = 20.0,
     strict: bool = False,
+    shard: int = 0,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> tuple[ManagedProcess, PebbleInfo]:
     """Start Pebble on *host* with its http-01/tls-alpn-01 ports and DNS pointing at our
-    server."""
+    server. *shard* > 0 names a further Pebble of the run (``pebble-1.log``, ...), which
+    serves with the first one's TLS material (*tls*: ca, cert, key)."""
     exe = find_binary("pebble", binary)
-    ca, cert, key = write_tls_material(run_dir, ("localhost", "127.0.0.1", "::1", host))
+    ca, cert, key = tls or write_tls_material(run_dir, ("localhost", "127.0.0.1", "::1", host))
+    suffix = f"-{shard}" if shard else ""
     acme_port, mgmt_port = free_port(host), free_port(host)
     acme, mgmt = host_port(host, acme_port), host_port(host, mgmt_port)
     config = {
@@ -149,7 +155,7 @@ def start_pebble(
             "externalAccountBindingRequired": False,
         }
     }
-    cfg_path = run_dir / "pebble-config.json"
+    cfg_path = run_dir / f"pebble-config{suffix}.json"
     cfg_path.write_text(json.dumps(config, indent=2))
     env = dict(os.environ if environ is None else environ)
     for name, value in PEBBLE_DEFAULT_ENV.items():
@@ -157,7 +163,8 @@ def start_pebble(
     argv = [exe, "-config", str(cfg_path), "-dnsserver", dns_server]
     if strict:
         argv.append("-strict")
-    proc = ManagedProcess("pebble", argv, run_dir / "pebble.log", env=env, cwd=run_dir)
+    proc = ManagedProcess(f"pebble{suffix}", argv, run_dir / f"pebble{suffix}.log", env=env,
+                          cwd=run_dir)
     directory = f"https://{acme}/dir"
     proc.wait_ready(lambda: _get_ok(directory, ca), timeout, f"GET {directory} answering 200")
-    return proc, PebbleInfo(directory, f"https://{mgmt}", ca)
+    return proc, PebbleInfo(directory, f"https://{mgmt}", ca, (ca, cert, key))

@@ -4,8 +4,8 @@ The controller listens on one TCP port (``--wec-listen``'s address, so that work
 hosts reach it too) and hands its address and a random token to every worker through
 ``workerinput``. Two requests, one JSON object per line each way::
 
-    {"v": 1, "token": T, "op": "stack"}
-        -> {"ok": true, "stack": {...StackInfo...}, "ca_pem": "..." | null}
+    {"v": 1, "token": T, "op": "stack", "worker": "gw3"}
+        -> {"ok": true, "stack": {...StackInfo as gw3 uses it...}, "ca_pem": "..." | null}
         -> {"ok": false, "error": "pebble: not found ..."}
     {"v": 1, "token": T, "op": "ready", "worker": "gw3"}
         -> {"ok": true, "start_in": 0.25, "load_started": 1764650000.25}   (at the barrier)

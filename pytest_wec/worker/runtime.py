@@ -70,7 +70,8 @@ def stack_from_controller(workerinput: Mapping[str, Any]) -> dict[str, Any]:
             worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
             asyncio.run(check_reachable(worker, [target]))
         try:
-            answer = ask(address, str(workerinput.get("wec_token")), "stack", STACK_TIMEOUT)
+            answer = ask(address, str(workerinput.get("wec_token")), "stack", STACK_TIMEOUT,
+                         worker=os.environ.get("PYTEST_XDIST_WORKER", "main"))
         except RendezvousError as exc:
             raise StackError(str(exc)) from None
         made = stack_info_from({"wec_stack": answer.get("stack"),
