@@ -1,12 +1,16 @@
-"""The state DB on SQLite (a file in tmp_path) and PostgreSQL (a database of its own).
+"""The state DB on SQLite (a file in tmp_path), PostgreSQL and MySQL/MariaDB (a database of
+its own).
 
 The PostgreSQL cases create a uniquely named database on 127.0.0.1:5432 as user postgres
-and drop it at the end; they are skipped when no server answers within 2 s.
+and drop it at the end; the MySQL cases one per test on 127.0.0.1:3306 as root (no
+password), dropped at its end. Each is skipped when no server answers within 2 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import multiprocessing
 import os
 import queue
@@ -37,6 +41,7 @@ from pytest_wec.state import (
 )
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+MYSQL_ADMIN: dict[str, Any] = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 DIR_A = "https://ca-a.test/dir"
 DIR_B = "https://ca-b.test/dir"
 KEY = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHNlY3JldA==\n-----END PRIVATE KEY-----\n"
@@ -68,6 +73,41 @@ def pg_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def mysql_database() -> Iterator[str]:
+    """A database of this test's own on the MySQL/MariaDB at 127.0.0.1:3306, dropped after."""
+    pymysql = pytest.importorskip("pymysql", reason="PyMySQL is not installed (.[mysql])")
+    try:
+        admin = pymysql.connect(**MYSQL_ADMIN, connect_timeout=2, autocommit=True)
+    except pymysql.Error as exc:
+        pytest.skip(f"no MySQL/MariaDB reachable on 127.0.0.1:3306 as root within 2 s: {exc}")
+    name = f"wec_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            version = cur.fetchone()[0]
+            problem = _mysql_problem(version)
+            if problem:
+                pytest.skip(f"the server on 127.0.0.1:3306 is too old: {problem}")
+            cur.execute("SET SESSION lock_wait_timeout = 30")  # DROP waits for no leak forever
+            cur.execute(f"CREATE DATABASE `{name}`")
+        yield f"mysql://root@127.0.0.1:3306/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def _mysql_problem(version: str) -> str | None:
+    from sqlalchemy.dialects.mysql.base import MySQLDialect
+
+    from pytest_wec.state._mysql import server_problem
+
+    dialect = MySQLDialect()
+    info = dialect._parse_server_version(version)
+    return server_problem(dialect.is_mariadb, info)
+
+
 def _drop_tables(url: str) -> None:
     from sqlalchemy import create_engine
 
@@ -80,10 +120,14 @@ def _drop_tables(url: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "run" / "state.db")
+        return
+    if request.param == "mysql":
+        yield request.getfixturevalue("mysql_database")
         return
     url = request.getfixturevalue("pg_database")
     try:
@@ -493,7 +537,7 @@ def test_sqlite_file_is_private(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("mysql://wec:s3cret@db.test/wec", "unsupported state DB URL 'mysql://wec:***@db.test"),
+        ("oracle://wec:s3cret@db.test/wec", "unsupported state DB URL 'oracle://wec:***@db.test"),
         ("postgresql://wec:s3cret@db.test:port/wec", "malformed state DB URL"),
         ("postgres://wec:s3cret@db.test:70000/wec", "out of range"),
         ("postgresql+asyncpg://wec:s3cret@db.test/wec", "unsupported state DB URL"),
@@ -642,6 +686,37 @@ def test_run_batch_falls_back_to_one_by_one_after_a_deadlock(store: SqlStateStor
     assert store.counts(DIR_A).orders == 2
 
 
+def test_run_batch_falls_back_after_a_mysql_error_code(store: SqlStateStore) -> None:
+    """PyMySQL before 1.2 gives no SQLSTATE: a deadlock is known by its error code, 1213."""
+    from sqlalchemy.exc import DBAPIError
+
+    acc = _account(store)
+    tries: list[int] = []
+
+    def flaky() -> str:
+        def tx(conn: Any) -> str:
+            tries.append(1)
+            if len(tries) == 1:
+                raise DBAPIError("UPDATE ...", {}, Exception(1213, "Deadlock found"))
+            return "done"
+
+        return store._db.run(tx)
+
+    calls = [
+        lambda: store.add_order(DIR_A, acc, "https://ca-a.test/o/a", "pending", ["a.test"]),
+        flaky,
+    ]
+    assert store.run_batch(calls)[1] == (True, "done") and len(tries) == 2
+    assert store.counts(DIR_A).orders == 1
+    # other error codes are the call's own failure
+    failing = [lambda: store._db.run(lambda conn: (_ for _ in ()).throw(
+        DBAPIError("UPDATE ...", {}, Exception(1205, "Lock wait timeout exceeded")))),
+        lambda: store.pick_account(DIR_A)]
+    outcomes = store.run_batch(failing)
+    assert isinstance(outcomes[0][1], StateUnavailableError) and outcomes[1][0]
+    assert "Lock wait timeout" in str(outcomes[0][1])
+
+
 def test_sqlite_locked_at_open_is_tried_again(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_wec.state._engine import Database
@@ -667,3 +742,283 @@ def test_sqlite_locked_at_open_is_tried_again(tmp_path: Path,
     with pytest.raises(StateUnavailableError, match=r"cannot open .*locked"):
         SqlStateStore(tmp_path / "other.db", connect_timeout=1.0)
     assert 0.9 <= time.monotonic() - t0 < 5
+
+
+# -- under real contention: grouped claims, deadlocks, schema creation ---------------------
+
+
+def test_grouped_claims_under_contention_across_threads(db_url: str) -> None:
+    with make_store(db_url, pool_size=6) as store:
+        acc = _account(store)
+        all_ids = {_cert(store, acc) for _ in range(120)}
+        claimed: list[int] = []
+        errors: list[str] = []
+        guard = threading.Lock()
+        start = threading.Barrier(4)
+
+        def worker(n: int) -> None:
+            start.wait(timeout=30)
+            for round_ in range(200):
+                calls = [functools.partial(store.claim_certificate, DIR_A, f"t{n}.{round_}.{i}",
+                                           600) for i in range(4)]
+                outcomes = store.run_batch(calls)
+                with guard:
+                    errors.extend(repr(v) for ok, v in outcomes if not ok)
+                    claimed.extend(v.id for ok, v in outcomes if ok and v is not None)
+                if all(ok and v is None for ok, v in outcomes):
+                    return
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert errors == []
+    assert len(claimed) == len(set(claimed)), "a certificate was claimed twice"
+    assert set(claimed) == all_ids
+
+
+def test_a_real_deadlock_in_a_group_falls_back(db_url: str, caplog: pytest.LogCaptureFixture
+                                                ) -> None:
+    """A group and a lone transaction update two orders in opposite order; the server kills
+    the group's transaction (the lighter one on MySQL, the one that waited first on
+    PostgreSQL), and the group's calls run again one by one: everything finishes."""
+    if "://" not in db_url:
+        pytest.skip("SQLite serialises writers: no deadlock")
+    from sqlalchemy import update
+
+    from pytest_wec.state._rows import ORD
+
+    caplog.set_level(logging.DEBUG, logger="pytest_wec.state._engine")
+    with make_store(db_url, pool_size=4) as store:
+        acc = _account(store)
+        o1, o2, *heavy = (store.add_order(DIR_A, acc, f"https://ca-a.test/o/{i}")
+                          for i in range(8))
+        group_holds_o1, other_holds_o2 = threading.Event(), threading.Event()
+        results: dict[str, Any] = {}
+
+        def second() -> bool:
+            group_holds_o1.set()
+            assert other_holds_o2.wait(30)
+            return store.mark_order_status(o2, "ready")
+
+        def group() -> None:
+            results["group"] = store.run_batch(
+                [lambda: store.mark_order_status(o1, "ready"), second])
+
+        def other_tx(conn: Any) -> str:
+            assert group_holds_o1.wait(30)
+            conn.execute(update(ORD).where(ORD.c.id.in_(heavy)).values(status="valid"))
+            conn.execute(update(ORD).where(ORD.c.id == o2).values(status="invalid"))
+            other_holds_o2.set()
+            time.sleep(0.2)  # the group now waits for o2
+            conn.execute(update(ORD).where(ORD.c.id == o1).values(status="invalid"))
+            return "done"
+
+        def other() -> None:
+            try:
+                results["other"] = store._db.run(other_tx)
+            except Exception as exc:  # reported below
+                results["other"] = exc
+
+        threads = [threading.Thread(target=group), threading.Thread(target=other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+        assert results["other"] == "done"
+        assert results["group"] == [(True, True), (True, True)]
+        for order_id in (o1, o2):
+            order = store.get_order(order_id)
+            assert order is not None and order.status in ("ready", "invalid")
+    assert "batch of 2 failed" in caplog.text and "running them one by one" in caplog.text
+
+
+def test_concurrent_opens_create_the_tables_once(db_url: str) -> None:
+    errors: list[str] = []
+    start = threading.Barrier(4)
+
+    def open_it() -> None:
+        start.wait(timeout=30)
+        try:
+            make_store(db_url, pool_size=2).close()
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with make_store(db_url, create=False) as store:
+        from sqlalchemy import func, select
+
+        from pytest_wec.state._models import MetaRow
+
+        assert store._db.run(lambda c: c.execute(select(func.count()).select_from(MetaRow))
+                             .scalar()) == 1
+
+
+# -- MySQL and MariaDB ----------------------------------------------------------------------
+
+
+def test_mysql_url_forms_are_normalised() -> None:
+    from pytest_wec.state._url import resolve_target
+
+    for url, driver in (("mysql://u:pw@h/db", "mysql+pymysql"),
+                        ("mysql+pymysql://u:pw@h/db", "mysql+pymysql"),
+                        ("mariadb://u:pw@h/db", "mariadb+pymysql"),
+                        ("MariaDB+PyMySQL://u:pw@h/db", "mariadb+pymysql")):
+        target = resolve_target(url)
+        assert target.url.drivername == driver and target.is_mysql and not target.is_sqlite
+        assert target.shown == f"{driver}://u:***@h/db"
+        assert target.url.query["charset"] == "utf8mb4"
+    given = resolve_target("mysql://u@h:3307/db?charset=utf8mb3&ssl_ca=/ca.pem")
+    assert given.url.query == {"charset": "utf8mb3", "ssl_ca": "/ca.pem"}
+    assert given.url.port == 3307
+    assert not resolve_target("postgres://u@h/db").is_mysql
+
+
+@pytest.mark.parametrize(
+    ("url", "expected", "short"),
+    [
+        ("mysql://wec:s3cret@db.test", "names no database", "must end in /DBNAME"),
+        ("mariadb://wec:s3cret@db.test:99999/wec", "out of range", "out of range"),
+        ("mysql+mysqldb://wec:s3cret@db.test/wec", "unsupported state DB URL 'mysql+mysqldb://",
+         "unsupported scheme 'mysql+mysqldb'"),
+        ("mysql:wec", "malformed state DB URL", "malformed URL"),
+    ],
+)
+def test_bad_mysql_urls(url: str, expected: str, short: str) -> None:
+    from pytest_wec.state._url import url_problem
+
+    with pytest.raises(StateURLError) as info:
+        make_store(url)
+    message = str(info.value)
+    assert expected in message and "MySQL/MariaDB URL (mysql://" in message
+    assert "s3cret" not in message
+    problem = url_problem(url)
+    assert problem is not None and short in problem and "s3cret" not in problem
+
+
+def test_db_url_option_checks_urls_before_anything_starts() -> None:
+    from pytest_wec.settings.parse import _db_url
+
+    for good in ("state.db", "/abs/state.db", "sqlite:///state.db", "postgresql://u@h/db",
+                 "mysql://u:pw@h:3306/db", "mariadb+pymysql://u@h/db"):
+        assert _db_url(good) == good
+    for bad, why in (("mysql://x", "must end in /DBNAME"), ("oracle://h/db", "unsupported"),
+                     ("postgres://h:70000/db", "out of range"), ("sqlite://", "in-memory")):
+        with pytest.raises(ValueError, match="expected a SQLite file path") as info:
+            _db_url(bad)
+        assert why in str(info.value)
+
+
+def test_mysql_server_too_old_is_a_clear_error() -> None:
+    from pytest_wec.state._mysql import server_problem
+
+    assert server_problem(True, (10, 6, 0)) is None
+    assert server_problem(True, (11, 4, 2)) is None
+    assert server_problem(False, (8, 0, 36)) is None
+    old = server_problem(True, (10, 5, 8))
+    assert old == ("MariaDB 10.5.8 has no SELECT ... FOR UPDATE SKIP LOCKED, which atomic "
+                   "claims need; use MariaDB 10.6 or newer, or MySQL 8.0.1 or newer")
+    assert server_problem(False, (5, 7, 44)) is not None
+    assert "MySQL 5.7.44 has no SELECT ... FOR UPDATE SKIP LOCKED" in str(
+        server_problem(False, (5, 7, 44)))
+
+
+@pytest.mark.mysql
+def test_too_old_mysql_server_is_refused_at_open(mysql_database: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_wec.state import _mysql
+
+    # the server here is new enough: make the store ask for more than it has
+    monkeypatch.setattr(_mysql, "MARIADB_MIN", (99, 0))
+    monkeypatch.setattr(_mysql, "MYSQL_MIN", (99, 0))
+    with pytest.raises(StateUnavailableError) as info:
+        make_store(mysql_database)
+    message = str(info.value)
+    shown = mysql_database.replace("mysql://", "mysql+pymysql://")
+    assert message.startswith(f"cannot open state DB {shown}: ")
+    assert "has no SELECT ... FOR UPDATE SKIP LOCKED" in message
+    assert "use MariaDB 99.0 or newer, or MySQL 99.0 or newer" in message
+    assert "\n" not in message
+
+
+def test_missing_pymysql_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_wec.state import _mysql
+
+    monkeypatch.setattr(_mysql, "find_spec", lambda name: None)
+    with pytest.raises(StateUnavailableError) as info:
+        make_store("mysql://wec:s3cret@127.0.0.1:1/wec")
+    message = str(info.value)
+    assert "needs PyMySQL (pip install 'pytest-wec[mysql]')" in message
+    assert "s3cret" not in message
+
+
+def test_unreachable_mysql_is_a_clear_error() -> None:
+    pytest.importorskip("pymysql")
+    started = time.monotonic()
+    with pytest.raises(StateUnavailableError) as info:
+        make_store("mysql://wec:s3cret@127.0.0.1:1/wec")
+    message = str(info.value)
+    assert message.startswith("cannot open state DB mysql+pymysql://wec:***@127.0.0.1:1/wec: ")
+    assert "s3cret" not in message and "\n" not in message
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.mysql
+def test_mysql_tables_are_innodb_and_compare_exactly(mysql_database: str) -> None:
+    from sqlalchemy import text
+
+    with make_store(mysql_database) as store:
+        assert store.is_mysql and not store.is_postgres
+        acc = _account(store)
+        _cert(store, acc)
+        tables = store._db.run(lambda c: c.execute(text(
+            "SELECT table_name, engine, table_collation FROM information_schema.tables "
+            "WHERE table_schema = DATABASE()")).all())
+        assert {(e, coll) for _n, e, coll in tables} == {("InnoDB", "utf8mb4_bin")}
+        assert len(tables) == 6
+        # URLs and holders compare as on SQLite and PostgreSQL: not case-insensitively
+        assert store.counts(DIR_A.upper()) == Counts()
+        assert store.claim_certificate(DIR_A, "holder", 60) is not None
+        assert store.release_all("HOLDER") == 0
+        # non-ASCII text goes in and out as it was (utf8mb4)
+        named = store.add_order(DIR_A, acc, "https://ca-a.test/o/ü", names=["bücher.example"])
+        assert store.get_order(named).names == ("bücher.example",)  # type: ignore[union-attr]
+    with make_store(mysql_database.replace("mysql://", "mariadb://"), create=False) as again:
+        assert again.counts(DIR_A).certificates == 1
+
+
+@pytest.mark.mysql
+def test_mysql_table_of_another_engine_is_refused(mysql_database: str) -> None:
+    from sqlalchemy import text
+
+    with make_store(mysql_database) as store:
+        store._db.run(lambda c: c.execute(text("ALTER TABLE wec_meta ENGINE=MyISAM")))
+    with pytest.raises(StateSchemaError, match="table wec_meta uses the MyISAM engine; claims "
+                                               "need InnoDB"):
+        make_store(mysql_database)
+
+
+@pytest.mark.mysql
+def test_mysql_without_insert_returning(mysql_database: str) -> None:
+    """MySQL (unlike MariaDB) has no INSERT ... RETURNING: ids come from the insert's
+    result then."""
+    with make_store(mysql_database) as store:
+        store._db.engine.dialect.insert_returning = False
+        first, second = _account(store), _account(store, n=2)
+        assert second == first + 1
+        assert store.get_account(second) is not None
+        assert store.add_order(DIR_A, first, "https://ca-a.test/o/1") >= 1
+
+
+@pytest.mark.mysql
+def test_mysql_values_too_long_are_errors_not_cut(mysql_database: str) -> None:
+    too_long = "https://ca.test/" + "d" * 600  # directory is VARCHAR(512) on MySQL
+    with (make_store(mysql_database) as store,
+          pytest.raises(StateError, match="Data too long for column 'directory'")):
+        store.add_account(too_long, "https://ca.test/acct/1", KEY)

@@ -88,7 +88,8 @@ OPTIONS: tuple[Option, ...] = (
            "publish challenges through this challtestsrv management API "
            "(e.g. Boulder's chall-test-srv) instead of the embedded challenge server", "URL"),
     Option("db", _db_url, None,
-           "state DB: a SQLite file path or postgresql://... (default: state.db in the run dir)",
+           "state DB: a SQLite file path, postgresql://... or mysql://.../DB (MySQL 8, "
+           "MariaDB 10.6 or newer; mariadb:// too) (default: state.db in the run dir)",
            "URL"),
     Option("domain", _domain, "wec.example.com", "base domain for random names", "DOMAIN"),
     Option("names", _names, 1, "names per order, 1 to 100", "N"),

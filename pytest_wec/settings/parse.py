@@ -108,12 +108,18 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+_DB_EXPECTED = ("expected a SQLite file path, sqlite:///PATH, postgresql://HOST/DB or "
+                "mysql://HOST/DB (mariadb:// too)")
+
+
 def _db_url(text: str) -> str:
     if "://" not in text:
         return text  # a SQLite file path
-    scheme = text.split("://", 1)[0].split("+", 1)[0]
-    if scheme not in ("sqlite", "postgresql", "postgres"):
-        raise ValueError("expected a SQLite file path, sqlite:///PATH or postgresql://...")
+    from pytest_wec.state._url import url_problem  # SQLAlchemy: only for a URL
+
+    problem = url_problem(text)
+    if problem is not None:
+        raise ValueError(f"{_DB_EXPECTED} ({problem})")
     return text
 
 

@@ -2,13 +2,14 @@
 
 Chains build on each other's results: a chain that needs an account or a certificate takes
 one from here, and records what it made. Many asyncio tasks in several worker processes
-(and machines, through PostgreSQL) claim and release rows at once; a claim never hands one
-row to two holders, and lapses after its ``ttl`` so the rows of a worker that died come
-back. Rows carry the CA's directory URL, so one persistent DB serves several CAs and runs,
-and the accounts of an earlier run against the same CA are used again.
+(and machines, through PostgreSQL or MySQL/MariaDB) claim and release rows at once; a claim
+never hands one row to two holders, and lapses after its ``ttl`` so the rows of a worker
+that died come back. Rows carry the CA's directory URL, so one persistent DB serves several
+CAs and runs, and the accounts of an earlier run against the same CA are used again.
 
     store = make_store(run_dir / "state.db")          # SQLite, WAL, file mode 0600
     store = make_store("postgresql://wec:pw@db/wec")  # several machines, one DB
+    store = make_store("mysql://wec:pw@db/wec")       # or MySQL 8 / MariaDB 10.6+
     account = store.claim_account(directory, holder="gw0:17", ttl=300)
     ...
     store.release_all("gw0:17")
@@ -82,8 +83,9 @@ def make_store(
 
     A path (or ``sqlite:///path``) is a SQLite file, created 0600 with its directory when
     missing; ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` URLs name a
-    PostgreSQL DB reached with psycopg 3. Tables are created when missing unless
-    ``create=False``.
+    PostgreSQL DB reached with psycopg 3; ``mysql://``, ``mariadb://`` (and their
+    ``+pymysql`` forms) a MySQL 8 or MariaDB 10.6+ database reached with PyMySQL. Tables
+    are created when missing unless ``create=False``.
     """
     from pytest_wec.state._sql import SqlStateStore
 

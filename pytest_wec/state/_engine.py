@@ -8,12 +8,16 @@ before it writes never meets a stale snapshot. The file is created 0600 (SQLite 
 PostgreSQL: psycopg 3, READ COMMITTED, ``pool_pre_ping`` (the server may restart during a
 long run); deadlocks and serialisation failures are retried.
 
+MySQL/MariaDB: PyMySQL, READ COMMITTED, ``pool_pre_ping``; the server's version is checked
+at open (:mod:`pytest_wec.state._mysql`); deadlocks (error 1213) are retried.
+
 Statement parameters are kept out of error messages and logs (``hide_parameters``): they
 include private keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -34,6 +38,13 @@ from pytest_wec.state._exceptions import (
     StateUnavailableError,
 )
 from pytest_wec.state._models import SCHEMA_VERSION, Base, MetaRow
+from pytest_wec.state._mysql import (
+    RETRY_ERRORS,
+    check_innodb,
+    check_server,
+    mysql_engine,
+    schema_lock,
+)
 from pytest_wec.state._url import Target, mask_url
 
 __all__ = ["Database", "default_pool_size"]
@@ -132,8 +143,21 @@ def _reason(exc: BaseException) -> str:
     return mask_url(text) or type(orig).__name__
 
 
+def _retry_code(exc: DBAPIError) -> str | None:
+    """The SQLSTATE (PostgreSQL) or error code (MySQL) of a deadlock or serialisation
+    failure, worth running the transaction again for; None for other errors."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _RETRY_SQLSTATES:
+        return str(sqlstate)
+    args = getattr(exc.orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in RETRY_ERRORS:
+        return f"MySQL error {args[0]}"
+    return None
+
+
 class _GroupAborted(Exception):
-    """A deadlock or serialisation failure inside :meth:`Database.run_batch`: the group is
+    """A deadlock or serialisation failure inside :meth:`Database.run_batch`, or a savepoint
+    the server no longer has (MySQL rolls a deadlocked transaction back whole): the group is
     rolled back and its calls run one by one (each with the usual retries)."""
 
 
@@ -148,6 +172,38 @@ def _each(calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         except Exception as exc:
             outcomes.append((False, exc))
     return outcomes
+
+
+def _in_savepoint(batch: Connection, fn: Callable[[Connection], T]) -> T:
+    """*fn* in a savepoint of a group's transaction; :class:`_GroupAborted` when the group
+    cannot go on."""
+    savepoint = batch.begin_nested()
+    try:
+        result = fn(batch)
+    except DBAPIError as exc:
+        code = _retry_code(exc)
+        if code is not None:
+            # a deadlock inside a group: the group's other locks are still held, so
+            # retrying here could meet it again (and MySQL has rolled the whole transaction
+            # back); the group is run call by call
+            raise _GroupAborted(code) from None
+        _rollback(savepoint)
+        raise
+    except BaseException:
+        _rollback(savepoint)
+        raise
+    try:
+        savepoint.commit()
+    except DBAPIError as exc:
+        raise _GroupAborted(_reason(exc)) from None
+    return result
+
+
+def _rollback(savepoint: Any) -> None:
+    try:
+        savepoint.rollback()
+    except DBAPIError as exc:  # the savepoint is gone with the transaction
+        raise _GroupAborted(_reason(exc)) from None
 
 
 class Database:
@@ -166,9 +222,14 @@ class Database:
         if target.is_sqlite:
             _create_sqlite_file(target, create)
             self.engine = _sqlite_engine(target, size)
+        elif target.is_mysql:
+            self.engine = mysql_engine(target, size, connect_timeout)
         else:
             self.engine = _postgres_engine(target, size, connect_timeout)
-        self.is_postgres = not target.is_sqlite
+        self.is_postgres = not target.is_sqlite and not target.is_mysql
+        self.is_mysql = target.is_mysql
+        #: claims lock rows (SKIP LOCKED); SQLite serialises writers instead
+        self.locks_rows = not target.is_sqlite
         self._batch = threading.local()  # the connection of run_batch(), per thread
         # SQLite may answer "database is locked" at once, without waiting its busy
         # timeout, while another process writes (seen when one xdist worker opened the
@@ -192,34 +253,45 @@ class Database:
         log.info("state DB %s ready (pool %d)", target.shown, size)
 
     def _prepare(self, create: bool) -> None:
-        def setup(conn: Connection) -> None:
-            if create:
-                if self.is_postgres:  # concurrent CREATE TABLE from several workers races
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
-                Base.metadata.create_all(conn)
-                stored = conn.execute(
-                    select(MetaRow.value).where(MetaRow.key == "schema_version")
-                ).scalar()
-                if stored is None:
-                    conn.execute(
-                        insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION))
-                    )
-                    return
-            else:
-                if not inspect(conn).has_table(MetaRow.__tablename__):
-                    raise StateSchemaError(
-                        f"state DB {self.target.shown} has no wec tables (and create=False)"
-                    )
-                stored = conn.execute(
-                    select(MetaRow.value).where(MetaRow.key == "schema_version")
-                ).scalar()
-            if stored != str(SCHEMA_VERSION):
-                raise StateSchemaError(
-                    f"state DB {self.target.shown} has schema version {stored}, this "
-                    f"pytest-wec uses {SCHEMA_VERSION}; give a new state DB"
-                )
+        if not self.is_mysql:
+            self.run(lambda conn: self._setup(conn, create), write=create)
+            return
+        try:
+            with self.engine.connect() as conn:  # the dialect learns the server's version
+                check_server(conn, self.target)
+                with schema_lock(conn, self.target) if create else contextlib.nullcontext():
+                    self.run(lambda other: self._setup(other, create), write=create)
+        except DBAPIError as exc:
+            raise self._translate(exc) from None
+        except SQLAlchemyError as exc:  # e.g. mariadb:// naming a MySQL server
+            hint = "; give mysql:// for a MySQL server" if "MariaDB variant" in str(exc) else ""
+            raise StateUnavailableError(
+                f"state DB {self.target.shown}: {_reason(exc)}{hint}") from None
 
-        self.run(setup, write=create)
+    def _setup(self, conn: Connection, create: bool) -> None:
+        """Create the tables when *create*; check that they are there, of this schema
+        version (and InnoDB, on MySQL)."""
+        if create:
+            if self.is_postgres:  # concurrent CREATE TABLE from several workers races
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+            Base.metadata.create_all(conn)
+        elif not inspect(conn).has_table(MetaRow.__tablename__):
+            raise StateSchemaError(
+                f"state DB {self.target.shown} has no wec tables (and create=False)"
+            )
+        if self.is_mysql:
+            check_innodb(conn, self.target, list(Base.metadata.tables))
+        stored = conn.execute(
+            select(MetaRow.value).where(MetaRow.key == "schema_version")
+        ).scalar()
+        if stored is None and create:
+            conn.execute(insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        if stored != str(SCHEMA_VERSION):
+            raise StateSchemaError(
+                f"state DB {self.target.shown} has schema version {stored}, this "
+                f"pytest-wec uses {SCHEMA_VERSION}; give a new state DB"
+            )
 
     def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """Run *fn* in one transaction; retry deadlocks; raise :class:`StateError`.
@@ -232,21 +304,16 @@ class Database:
             attempt += 1
             try:
                 if batch is not None:
-                    with batch.begin_nested():
-                        return fn(batch)
+                    return _in_savepoint(batch, fn)
                 with self.engine.connect() as conn:
-                    if not self.is_postgres:
+                    if self.target.is_sqlite:
                         conn.execution_options(wec_write=write)
                     with conn.begin():
                         return fn(conn)
             except DBAPIError as exc:
-                sqlstate = getattr(exc.orig, "sqlstate", None)
-                if batch is not None and sqlstate in _RETRY_SQLSTATES:
-                    # a deadlock inside a group: the group's other locks are still held,
-                    # so retrying here could meet it again; the group is run call by call
-                    raise _GroupAborted(sqlstate) from None
-                if sqlstate in _RETRY_SQLSTATES and attempt < _RETRIES:
-                    log.debug("state DB: retrying after %s (attempt %d)", sqlstate, attempt)
+                code = _retry_code(exc)
+                if code is not None and attempt < _RETRIES:
+                    log.debug("state DB: retrying after %s (attempt %d)", code, attempt)
                     time.sleep(random.uniform(0.001, 0.01) * attempt)
                     continue
                 raise self._translate(exc) from None

@@ -19,6 +19,11 @@ claims and counts read one table through one index and never depend on a join pl
 Accounts can also be held in shared use: one ``wec_account_shares`` row per holder and
 account, with its own expiry. A live share keeps exclusive claimers (key rollover,
 deactivation) away from the account while chains sign requests with it.
+
+On MySQL/MariaDB every table is InnoDB (row locks, ``SKIP LOCKED``), utf8mb4 with a binary
+collation, so that URLs and holders compare exactly as on SQLite and PostgreSQL (the default
+collation ignores case). ``directory`` is VARCHAR(512) there: InnoDB keys are at most 3072
+bytes, and the pick indexes lead with it (4 bytes a character).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+_Directory = String(1024).with_variant(String(512), "mysql", "mariadb")
+_MYSQL = {f"{dialect}_{option}": value for dialect in ("mysql", "mariadb") for option, value in
+          (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))}
 _LAST = 100  # big text goes last: SQLite reads a row's columns in order, overflow pages too
 
 
@@ -64,6 +72,8 @@ class MetaRow(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
 
+    __table_args__ = (_MYSQL,)
+
 
 class _Claimable:
     claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
@@ -75,7 +85,7 @@ class AccountRow(_Claimable, Base):
     __tablename__ = "wec_accounts"
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(String(1024))
+    directory: Mapped[str] = mapped_column(_Directory)
     url: Mapped[str] = mapped_column(String(2048))
     key_pem: Mapped[str] = mapped_column(Text, sort_order=_LAST)
     alg: Mapped[str] = mapped_column(String(16))
@@ -86,6 +96,7 @@ class AccountRow(_Claimable, Base):
     __table_args__ = (
         Index("ix_wec_accounts_pick", "directory", "status", "shuffle"),
         Index("ix_wec_accounts_holder", "claimed_by"),
+        _MYSQL,
     )
 
 
@@ -100,6 +111,7 @@ class AccountShareRow(Base):
     __table_args__ = (
         Index("ix_wec_account_shares_account", "account_id", "expires"),
         Index("ix_wec_account_shares_holder", "holder"),
+        _MYSQL,
     )
 
 
@@ -107,7 +119,7 @@ class OrderRow(Base):
     __tablename__ = "wec_orders"
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(String(1024))
+    directory: Mapped[str] = mapped_column(_Directory)
     account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(String(2048))
     account_valid: Mapped[bool] = mapped_column(Boolean)
@@ -118,6 +130,7 @@ class OrderRow(Base):
     __table_args__ = (
         Index("ix_wec_orders_count", "directory", "account_valid"),
         Index("ix_wec_orders_account", "account_id"),
+        _MYSQL,
     )
 
 
@@ -125,7 +138,7 @@ class AuthorizationRow(_Claimable, Base):
     __tablename__ = "wec_authorizations"
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(String(1024))
+    directory: Mapped[str] = mapped_column(_Directory)
     account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
     account_valid: Mapped[bool] = mapped_column(Boolean)
     url: Mapped[str] = mapped_column(String(2048))
@@ -142,6 +155,7 @@ class AuthorizationRow(_Claimable, Base):
         ),
         Index("ix_wec_authorizations_holder", "claimed_by"),
         Index("ix_wec_authorizations_account", "account_id"),
+        _MYSQL,
     )
 
 
@@ -149,7 +163,7 @@ class CertificateRow(_Claimable, Base):
     __tablename__ = "wec_certificates"
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(String(1024))
+    directory: Mapped[str] = mapped_column(_Directory)
     account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
     account_valid: Mapped[bool] = mapped_column(Boolean)
     order_url: Mapped[str] = mapped_column(String(2048))
@@ -174,4 +188,5 @@ class CertificateRow(_Claimable, Base):
         Index("ix_wec_certificates_holder", "claimed_by"),
         Index("ix_wec_certificates_account", "account_id"),
         Index("ix_wec_certificates_serial", "serial"),
+        _MYSQL,
     )

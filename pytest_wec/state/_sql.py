@@ -1,4 +1,5 @@
-"""SqlStateStore: the :class:`~pytest_wec.state.StateStore` on SQLite or PostgreSQL.
+"""SqlStateStore: the :class:`~pytest_wec.state.StateStore` on SQLite, PostgreSQL or
+MySQL/MariaDB.
 
 This module holds orders, authorizations and certificates, releasing claims and the
 picker's counts; accounts are :mod:`pytest_wec.state._sqlaccounts`, the connection and the
@@ -49,7 +50,8 @@ _CLAIMABLE = {Kind.ACCOUNT: ACC, Kind.AUTHORIZATION: AUTH, Kind.CERTIFICATE: CER
 class SqlStateStore(AccountRows):
     """The state DB behind a SQLAlchemy engine; thread-safe, one transaction per call.
 
-    *url*: a SQLite file path or URL, or a PostgreSQL URL (see :func:`make_store`).
+    *url*: a SQLite file path or URL, a PostgreSQL or a MySQL/MariaDB URL (see
+    :func:`make_store`).
     *create*: create the file and tables when missing (otherwise :class:`StateSchemaError`).
     *pool_size*: connections kept open; by default as many as asyncio's default thread pool
     has threads. *clock*: epoch seconds, for claims and expiry.

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # The statements every chain runs, built once: building one with literal values and its
 # cache key costs several times what SQLite spends executing it (docs/performance.md).
 _INSERT = {t.name: insert(t).returning(t.c.id) for t in (ACC, ORD, AUTH, CERT)}
+_INSERT_PLAIN = {t.name: insert(t) for t in (ACC, ORD, AUTH, CERT)}  # MySQL: no RETURNING
 _ACCOUNT_STATUS = select(ACC.c.status).where(ACC.c.id == bindparam("account_id"))
 _ACCOUNT_STATUS_SHARED = _ACCOUNT_STATUS.with_for_update(read=True)
 
@@ -63,6 +64,11 @@ class SqlBase:
     def is_postgres(self) -> bool:
         return self._db.is_postgres
 
+    @property
+    def is_mysql(self) -> bool:
+        """MySQL or MariaDB."""
+        return self._db.is_mysql
+
     def close(self) -> None:
         self._db.close()
 
@@ -80,10 +86,14 @@ class SqlBase:
 
         def tx(conn: Connection) -> int:
             if t is not ACC:  # copy the account's validity, read under a share lock
-                stmt = _ACCOUNT_STATUS_SHARED if self._db.is_postgres else _ACCOUNT_STATUS
+                stmt = _ACCOUNT_STATUS_SHARED if self._db.locks_rows else _ACCOUNT_STATUS
                 status = conn.execute(stmt, {"account_id": values["account_id"]}).scalar()
                 values["account_valid"] = status == AccountStatus.VALID.value
-            return int(conn.execute(_INSERT[t.name], values).scalar_one())
+            if conn.dialect.insert_returning:
+                return int(conn.execute(_INSERT[t.name], values).scalar_one())
+            key = conn.execute(_INSERT_PLAIN[t.name], values).inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
         row_id = self._db.run(tx)
         n = next(self._inserted[t.name])
