@@ -123,3 +123,13 @@ def test_docs_list_every_option() -> None:
     text = (Path(__file__).parent.parent / "docs" / "options.md").read_text()
     missing = [o.cli for o in OPTIONS if f"`{o.cli}" not in text or f"`{o.env}`" not in text]
     assert not missing, f"docs/options.md lacks {missing}"
+
+
+def test_a_bad_url_is_named_without_its_password() -> None:
+    from pytest_wec.errors import ConfigError
+    from pytest_wec.settings import resolve
+
+    with pytest.raises(ConfigError) as err:
+        resolve({"db": "mysql://root:s3cret@127.0.0.1:3306"}, lambda name: None)
+    assert "s3cret" not in str(err.value)
+    assert "got 'mysql://root:***@127.0.0.1:3306'" in str(err.value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -155,7 +156,7 @@ def resolve(
         try:
             values[opt.field] = opt.parse(text)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}, got {text!r}") from None
+            raise ConfigError(f"{where}: {exc}, got {_masked(text)!r}") from None
         sources[opt.field] = where
         raws[opt.field] = text
     if values.get("insecure") and values.get("ca_bundle"):
@@ -168,3 +169,11 @@ def resolve(
 
 def option(field: str) -> Option:
     return _BY_FIELD[field]
+
+
+_PASSWORD = re.compile(r"(//[^:/@\s]*:)[^@/\s]*@")
+
+
+def _masked(text: str) -> str:
+    """A value as a usage error may print it: a URL's password replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", text)
