@@ -7,4 +7,5 @@ file per challenge type over one store, like letsencrypt/challtestsrv:
     http01.py      http-01 responder                 tlsalpn01.py   tls-alpn-01 responder
     dns.py         DNS over UDP and TCP              management.py  pebble-challtestsrv API
     history.py     request history (in memory)       server.py      arguments, listeners, main
+    seen.py        each validation request answered, published for the waiting chain
 """

@@ -15,6 +15,9 @@ Every answer has TTL 0 and a fake SOA in the authority section. Names are compar
 case-insensitively. A UDP answer larger than the client's limit (512, or its EDNS size up
 to 4096) is sent truncated (TC) and a client retries over TCP. Malformed packets are
 dropped (UDP) or end the connection (TCP); a store failure answers SERVFAIL.
+
+A TXT query for ``_acme-challenge.<name>`` is a dns-01 validation request: once its answer is
+sent it is published to the waiting chain (``challenge_srv.seen``, RFC 8555 §7.5.1).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dnslib import (
 )
 
 from challenge_srv.history import RequestHistory
+from challenge_srv.seen import SeenPublisher
 from challenge_srv.store import CaaPolicy, ChallengeStore, DnsData, normalize_host
 
 __all__ = ["DnsServer"]
@@ -49,6 +53,8 @@ __all__ = ["DnsServer"]
 log = logging.getLogger(__name__)
 
 _SUPPORTED = ("A", "AAAA", "TXT", "CAA", "CNAME")
+_DNS01_PREFIX = "_acme-challenge."
+_QTYPE_TXT = 16
 _MAX_UDP_QUERY = 4096
 _MAX_IN_FLIGHT = 1024
 _TCP_IDLE = 10.0
@@ -75,9 +81,11 @@ class DnsServer:
         *,
         default_ipv4: str | None,
         default_ipv6: str | None,
+        seen: SeenPublisher | None = None,
     ) -> None:
         self.store = store
         self.history = history
+        self.seen = seen
         self.defaults = {4: default_ipv4 or "", 6: default_ipv6 or ""}
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -87,25 +95,44 @@ class DnsServer:
 
     async def answer(self, packet: bytes, *, udp: bool) -> bytes | None:
         """The wire answer to *packet*, or None to send nothing (not a query, malformed)."""
+        wire, _ = await self._answer(packet, udp=udp)
+        return wire
+
+    def _publish(self, validations: list[tuple[str, bool]], source: Any) -> None:
+        """Publish the dns-01 validation requests just answered (name, TXT values found)."""
+        if self.seen is not None:
+            for name, served in validations:
+                self.seen.seen("dns-01", name, source, served=served)
+
+    async def _answer(
+        self, packet: bytes, *, udp: bool
+    ) -> tuple[bytes | None, list[tuple[str, bool]]]:
+        """The wire answer and the dns-01 validation requests (name, served) among its
+        questions."""
         try:
             request = DNSRecord.parse(packet)
         except Exception as exc:  # dnslib raises many kinds on bad input
             log.debug("dns: malformed packet (%d bytes): %s", len(packet), exc)
-            return None
+            return None, []
         header = request.header
         if header.qr:
-            return None
+            return None, []
         reply = DNSRecord(
             DNSHeader(id=header.id, qr=1, aa=0, ra=0, rd=header.rd, opcode=header.opcode),
             questions=list(request.questions),
         )
         edns = next((rr for rr in request.ar if rr.rtype == QTYPE.OPT), None)
+        validations: list[tuple[str, bool]] = []
         if header.opcode != 0:
             reply.header.rcode = RCODE.NOTIMP
         else:
             try:
                 for question in request.questions:
+                    before = len(reply.rr)
                     await self._answer_question(question, reply)
+                    name = str(question.qname).lower()
+                    if int(question.qtype) == _QTYPE_TXT and name.startswith(_DNS01_PREFIX):
+                        validations.append((name, len(reply.rr) > before))
             except Exception as exc:  # a store failure answers SERVFAIL
                 log.warning("dns: store unavailable: %s", exc)
                 reply.rr = []
@@ -129,7 +156,7 @@ class DnsServer:
             if edns is not None:
                 truncated.add_ar(EDNS0(udp_len=1232))
             wire = truncated.pack()
-        return wire
+        return wire, validations
 
     async def _answer_question(self, question: Any, reply: Any) -> None:
         qname = str(question.qname)
@@ -227,24 +254,27 @@ class DnsServer:
         self, transport: asyncio.DatagramTransport, data: bytes, addr: Any
     ) -> None:
         try:
-            wire = await self.answer(data, udp=True)
+            wire, validations = await self._answer(data, udp=True)
             if wire is not None and not transport.is_closing():
                 transport.sendto(wire, addr)
+                self._publish(validations, addr)
         except Exception:  # one bad datagram must never stop the server
             log.exception("dns: unexpected error answering over UDP")
 
     async def _tcp_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        peer = writer.get_extra_info("peername")
         try:
             while True:
                 async with asyncio.timeout(_TCP_IDLE):
                     size = int.from_bytes(await reader.readexactly(2), "big")
                     packet = await reader.readexactly(size)
-                wire = await self.answer(packet, udp=False)
+                wire, validations = await self._answer(packet, udp=False)
                 if wire is None:
                     break
                 writer.write(len(wire).to_bytes(2, "big") + wire)
+                self._publish(validations, peer)
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("dns: TCP connection ended: %r", exc)

@@ -9,7 +9,9 @@ soon as a requester wrote it:
     any other method                               405
     store unreachable                              503
 
-Every request is recorded in the request history (kind ``http``).
+Every request is recorded in the request history (kind ``http``). A GET or HEAD of a token
+is a validation request: once its answer is sent it is published to the waiting chain
+(``challenge_srv.seen``, RFC 8555 §7.5.1).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from challenge_srv.history import RequestHistory, http_host_key
+from challenge_srv.seen import SeenPublisher
 from challenge_srv.store import ChallengeStore
 
 __all__ = ["PREFIX", "PROTOCOL_LOG", "Http01Server"]
@@ -51,9 +54,12 @@ PREFIX = "/.well-known/acme-challenge/"
 class Http01Server:
     """The http-01 responder on one or more listening sockets."""
 
-    def __init__(self, store: ChallengeStore, history: RequestHistory) -> None:
+    def __init__(
+        self, store: ChallengeStore, history: RequestHistory, seen: SeenPublisher | None = None
+    ) -> None:
         self.store = store
         self.history = history
+        self.seen = seen
         self._runner: web.ServerRunner | None = None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -81,9 +87,26 @@ class Http01Server:
             return web.Response(status=301, headers={"Location": redirect})
         if key_authz is None:
             log.debug("http-01 %s (Host %s): not found", path, host)
-            return web.Response(status=404, text="404 page not found\n")
-        log.debug("http-01 %s (Host %s): served", path, host)
-        return web.Response(text=key_authz, content_type="text/plain", charset="utf-8")
+            response = web.Response(status=404, text="404 page not found\n")
+        else:
+            log.debug("http-01 %s (Host %s): served", path, host)
+            response = web.Response(text=key_authz, content_type="text/plain", charset="utf-8")
+        if token is not None and self.seen is not None:
+            await self._send_then_publish(request, response, host, token, key_authz is not None)
+        return response
+
+    async def _send_then_publish(self, request: web.BaseRequest, response: web.Response,
+                                 host: str, token: str, served: bool) -> None:
+        """Send *response* now (aiohttp sends nothing more for a prepared one), then
+        publish the validation request: a chain that polls on the event finds the CA with
+        its answer in hand."""
+        assert self.seen is not None
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        finally:
+            self.seen.seen("http-01", http_host_key(host), request.remote, token=token,
+                           served=served)
 
     async def start(self, socks: list[socket.socket]) -> None:
         server = web.Server(self.handle, access_log=None, logger=PROTOCOL_LOG)

@@ -21,6 +21,10 @@ Once every listener is bound and Redis answers, stdout gets one line per listene
 Several challenge servers (on several hosts) may share one Redis and namespace: each reads
 the same keys on every query, so a challenge published once is answered by all of them.
 
+Each validation request answered (http-01 token, dns-01 TXT, tls-alpn-01 handshake) is
+published on the namespace's ``seen`` channel for the chain waiting on it
+(``challenge_srv.seen``, RFC 8555 §7.5.1).
+
 Exit status: 0 after SIGTERM or SIGINT, 1 when a listener cannot be bound or Redis cannot
 be reached, 2 for a bad argument (one ``challenge_srv: error: ...`` line on stderr).
 """
@@ -223,6 +227,7 @@ async def serve(cfg: Config) -> int:
     from challenge_srv.history import RequestHistory
     from challenge_srv.http01 import Http01Server
     from challenge_srv.management import ManagementServer
+    from challenge_srv.seen import SeenPublisher
     from challenge_srv.tlsalpn01 import TlsAlpn01Server
 
     socks: list[socket.socket] = []
@@ -269,11 +274,14 @@ async def serve(cfg: Config) -> int:
         )
         return 1
 
-    store = ChallengeStore(redis, Keys(cfg.namespace))
+    keys = Keys(cfg.namespace)
+    store = ChallengeStore(redis, keys)
     history = RequestHistory()
-    http01 = Http01Server(store, history)
-    tlsalpn01 = TlsAlpn01Server(store, history)
-    dns = DnsServer(store, history, default_ipv4=cfg.default_ipv4, default_ipv6=cfg.default_ipv6)
+    seen = SeenPublisher(redis, keys.seen())
+    http01 = Http01Server(store, history, seen)
+    tlsalpn01 = TlsAlpn01Server(store, history, seen=seen)
+    dns = DnsServer(store, history, default_ipv4=cfg.default_ipv4, default_ipv6=cfg.default_ipv6,
+                    seen=seen)
     management = ManagementServer(store, history, token=cfg.token)
 
     stop = asyncio.Event()
@@ -281,6 +289,7 @@ async def serve(cfg: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
+        await seen.start()
         await http01.start(plan["http01"])
         await tlsalpn01.start(plan["tlsalpn01"])
         await dns.start(plan["udp"], plan["tcp"])
@@ -296,7 +305,7 @@ async def serve(cfg: Config) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        for part in (management, http01, tlsalpn01, dns):
+        for part in (management, http01, tlsalpn01, dns, seen):
             with contextlib.suppress(Exception):
                 await part.stop()
         for sock in socks:

@@ -15,6 +15,7 @@ Every key of a run lives under ``wec:NS:`` where ``NS`` is the run's namespace:
     wec:NS:redirect:<path>      string  http-01 301 target URL for <path>
     wec:NS:default-ipv4         string  A answer for every other name; "" disables;
     wec:NS:default-ipv6         string  AAAA likewise (absent: the server's command-line default)
+    wec:NS:seen                 channel each validation request answered (``challenge_srv.seen``)
 
 Hosts are stored lower-case without a trailing dot. A tls-alpn-01 host that is an IP literal
 is stored under its reverse-DNS name (RFC 8738 §6: that is the SNI the CA sends), so both
@@ -127,6 +128,10 @@ class Keys:
 
     def default_ip(self, version: int) -> str:
         return f"{self.prefix}default-ipv{version}"
+
+    def seen(self) -> str:
+        """The pub/sub channel of the validation requests seen (``challenge_srv.seen``)."""
+        return f"{self.prefix}seen"
 
 
 @dataclass(frozen=True)

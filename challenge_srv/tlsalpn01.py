@@ -10,6 +10,10 @@ name (or, for a reverse-DNS SNI such as ``1.0.0.127.in-addr.arpa``, the IP addre
 whose critical acmeIdentifier extension (id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31) holds
 the DER OCTET STRING of SHA-256(key authorization). Contexts are cached briefly by
 (name, key authorization), so a changed key authorization is never answered from cache.
+
+A ClientHello with SNI offering ``acme-tls/1`` is a validation request: once it is answered
+(the handshake done, or the alert sent) it is published to the waiting chain
+(``challenge_srv.seen``, RFC 8555 §7.5.1).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import ssl
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -34,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ObjectIdentifier
 
 from challenge_srv.history import RequestHistory
+from challenge_srv.seen import SeenPublisher
 from challenge_srv.store import ChallengeStore, ip_from_reverse_name, normalize_host
 
 __all__ = [
@@ -192,9 +198,11 @@ class TlsAlpn01Server:
         *,
         cache_ttl: float = 60.0,
         cache_size: int = 1024,
+        seen: SeenPublisher | None = None,
     ) -> None:
         self.store = store
         self.history = history
+        self.seen = seen
         self.cache_ttl = cache_ttl
         self.cache_size = cache_size
         self._key = ec.generate_private_key(ec.SECP256R1())
@@ -264,16 +272,30 @@ class TlsAlpn01Server:
         if hello.alpn != (ACME_TLS_1,):
             log.debug("tls-alpn-01 %s: refused ALPN %s", name, hello.alpn)
             return await _alert(writer, _ALERT_NO_APPLICATION_PROTOCOL)
+        seen = self.seen
+        peer = writer.get_extra_info("peername")
+        published: list[bool] = []
+
+        def answered(served: bool) -> None:
+            if seen is not None and not published:
+                published.append(served)
+                seen.seen("tls-alpn-01", name, peer, served=served)
+
         try:
             key_authz = await self.store.tlsalpn01(name)
         except Exception as exc:  # a store failure refuses this handshake only
             log.warning("tls-alpn-01 %s: store unavailable: %s", name, exc)
-            return await _alert(writer, _ALERT_INTERNAL_ERROR)
+            await _alert(writer, _ALERT_INTERNAL_ERROR)
+            return answered(False)
         if key_authz is None:
             log.debug("tls-alpn-01 %s: no key authorization", name)
-            return await _alert(writer, _ALERT_UNRECOGNIZED_NAME)
+            await _alert(writer, _ALERT_UNRECOGNIZED_NAME)
+            return answered(False)
         ctx = self.context_for(name, key_authz)
-        await _handshake(ctx, raw, reader, writer)
+        try:
+            await _handshake(ctx, raw, reader, writer, lambda: answered(True))
+        finally:  # a handshake the CA broke off was a validation request all the same
+            answered(True)
         log.debug("tls-alpn-01 %s: handshake done", name)
 
 
@@ -284,8 +306,14 @@ async def _alert(writer: asyncio.StreamWriter, description: int) -> None:
 
 
 async def _handshake(
-    ctx: ssl.SSLContext, raw: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ctx: ssl.SSLContext,
+    raw: bytes,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    done: Callable[[], None] = lambda: None,
 ) -> None:
+    """Complete the handshake begun by *raw*; *done* is called once the server's last
+    flight is sent (before waiting for the client to close)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_side=True)
     incoming.write(raw)
@@ -311,6 +339,7 @@ async def _handshake(
             log.debug("tls-alpn-01: handshake failed: %s", exc)
             return
     await flush()
+    done()
     with contextlib.suppress(ssl.SSLError):
         tls.unwrap()
     await flush()

@@ -6,6 +6,13 @@
 network's ``max_retry_after``); without one it starts with a short step that doubles up to
 the polling interval, and it never waits beyond its ``timeout``.
 
+An authorization poll may be given ``seen``, a wait for the CA's validation request (RFC 8555
+§7.5.1: a client that can see it "SHOULD NOT begin polling until it has seen the validation
+request from the server"): until the request is seen each wait (Retry-After or step) ends
+early when it is; then the authorization is fetched at once and again after short steps
+(:data:`SEEN_STEP`, doubling up to the interval), a Retry-After of the CA's answers
+honoured. Where no request is seen in time the usual schedule applies.
+
 A poll also ends at once on a status that no wait can turn into the one it waits for: one
 outside RFC 8555 §7.1.6's state machine for the object (:class:`AcmeStatusError`), or an
 authorization that became deactivated, expired or revoked while being validated
@@ -30,6 +37,7 @@ __all__ = [
     "AUTHORIZATION_ENDED",
     "AUTHORIZATION_STATUSES",
     "ORDER_STATUSES",
+    "SEEN_STEP",
     "Polling",
     "check_authorization_status",
     "check_order_status",
@@ -45,6 +53,11 @@ AUTHORIZATION_STATUSES = frozenset(
 )
 #: Final authorization statuses (§7.1.6) a pending authorization reaches without validation.
 AUTHORIZATION_ENDED = frozenset({"deactivated", "expired", "revoked"})
+#: Seconds: the first polling step once the validation request is seen (then doubling).
+SEEN_STEP = 0.005
+
+#: Waits up to the seconds given for the CA's validation request: True once it is seen.
+Seen = Callable[[float], Awaitable[bool]]
 
 
 class _Polled(Protocol):
@@ -82,6 +95,7 @@ class Polling:
         *,
         until: Literal["ready", "valid"] = "valid",
         interval: float | None = None,
+        step: float | None = None,
     ) -> Order:
         """Poll the order until it is final (§7.4): ``valid`` or ``invalid``.
 
@@ -95,6 +109,10 @@ class Polling:
 
         A status outside §7.1.6's order states (in *order* or any answer) raises
         :class:`AcmeStatusError` at once.
+
+        *step*: the first polling step without a Retry-After (default: the network's
+        ``poll_first``), doubling up to the interval; a short one after finalize measures
+        a fast CA's issuance rather than the step.
         """
         done = ("ready", "valid", "invalid") if until == "ready" else ("valid", "invalid")
         check_order_status(order)
@@ -111,6 +129,7 @@ class Polling:
             interval,
             f"order {order.url}",
             wait_first=first,
+            first_step=step,
         )
 
     async def poll_authorization(
@@ -121,6 +140,7 @@ class Polling:
         *,
         interval: float | None = None,
         answered: Challenge | None = None,
+        seen: Seen | None = None,
     ) -> Authorization:
         """Poll until the authorization leaves ``pending`` (§7.5.1): ``valid`` or ``invalid``.
 
@@ -132,6 +152,10 @@ class Polling:
         :meth:`~pytest_wec.acme._client.AcmeClient.answer_challenge`). While it is still
         being validated the first poll waits its Retry-After or the first polling step:
         asked at once, the answer is nearly always ``pending``.
+
+        *seen*: waits for the CA's validation request (§7.5.1; see the module docstring):
+        a wait ends when it is seen, the authorization is then fetched at once and after
+        short steps. Without it, or where it sees nothing, the schedule above applies.
         """
         first: float | Literal["step"] | None = None
         if answered is not None and answered.status in ("pending", "processing"):
@@ -144,6 +168,7 @@ class Polling:
             interval,
             f"authorization {url}",
             wait_first=first,
+            seen=seen,
         )
 
 
@@ -186,24 +211,50 @@ async def _poll(
     what: str,
     *,
     wait_first: float | Literal["step"] | None = None,
+    first_step: float | None = None,
+    seen: Seen | None = None,
 ) -> P:
     """Fetch until *done* (which raises to end the poll at once, on a status no wait can
     change). ``wait_first``: None fetches at once; seconds (a Retry-After) wait that long
-    first, capped; ``"step"`` waits the first polling step first."""
+    first, capped; ``"step"`` waits the first polling step first. ``first_step``: that
+    step (default: the network's ``poll_first``). ``seen``: until it reports the CA's
+    validation request, every wait ends early when it does; then short steps."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     default = network.poll_interval if interval is None else interval
     cap = network.max_retry_after
     # Without Retry-After: a short first wait, doubling up to the interval, so that a
     # fast CA's latency is measured rather than the polling interval.
-    step = min(network.poll_first, default)
+    step = min(network.poll_first if first_step is None else first_step, default)
+    waiting = seen
+
+    async def pause(delay: float) -> None:
+        """Wait *delay* seconds, or (still waiting for it) until the validation request is
+        seen: then the next fetch is at once and the steps after it short."""
+        nonlocal waiting, step
+        if waiting is None:
+            await sleep_at_least(delay)
+            return
+        end = loop.time() + delay
+        try:
+            got = await waiting(delay)
+        except Exception as exc:  # a broken feed costs only the early wake-up
+            log.debug("%s: waiting for the validation request failed: %s", what, exc)
+            got = False
+        if got:
+            log.debug("%s: validation request seen; polling now", what)
+            waiting, step = None, min(SEEN_STEP, default)
+            return
+        if (left := end - loop.time()) > 0:  # never before a Retry-After (nor the step)
+            await sleep_at_least(left)
+
     if wait_first is not None:
         if wait_first == "step":
             first, step = step, min(step * 2, default)
         else:
             first = min(wait_first, cap)
         if first > 0:
-            await sleep_at_least(min(first, max(0.0, deadline - loop.time())))
+            await pause(min(first, max(0.0, deadline - loop.time())))
     res = await fetch()
     while not done(res):
         remaining = deadline - loop.time()
@@ -215,6 +266,6 @@ async def _poll(
         else:
             delay = min(res.retry_after, cap, remaining)
         log.debug("%s is %s; polling again in %.3gs", what, res.status, delay)
-        await sleep_at_least(delay)
+        await pause(delay)
         res = await fetch()
     return res

@@ -7,6 +7,7 @@
     runner       the load models (closed, open, stages) driving chain runs
     picker       the context-aware choice of the next chain
     publish      challenge publishers (Redis for our challenge server, or a challtestsrv)
+    validations  the CA's validation requests seen, to the chain waiting on them (§7.5.1)
     pebble       the embedded Pebble's management API
 
 Nothing is imported here, so that importing one module costs only that module.

@@ -4,21 +4,35 @@
 CA through an order: publish each challenge's answer where the CA looks (the challenge
 server, or a challtestsrv), answer it, wait for the authorization, finalize with a CSR, poll
 and download, and record what was made in the state DB.
+
+The authorization is polled once the CA's validation request is seen (RFC 8555 §7.5.1; the
+runtime's ``watch_validation``, :mod:`pytest_wec.worker.validations`), else on the usual
+schedule; an order after finalize is polled as its Retry-After says, else in short steps
+(§7.4). What was seen is kept on the chain: :attr:`Flows.first_validation_request` and,
+per authorization, :attr:`Flows.validations_seen`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["POLL_TIMEOUT", "Flows", "Issued", "Produced"]
+if TYPE_CHECKING:
+    from pytest_wec.worker.runtime import WorkerRuntime
+
+__all__ = ["ORDER_STEP", "POLL_TIMEOUT", "Flows", "Issued", "Produced", "ValidationSeen"]
+
+log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 60.0
+#: seconds: the first step of an order poll without Retry-After (doubling to the interval)
+ORDER_STEP = 0.005
 
 
 @dataclass(frozen=True)
@@ -48,9 +62,28 @@ class Produced:
     status: str = "valid"
 
 
+@dataclass(frozen=True)
+class ValidationSeen:
+    """The CA's validation requests (RFC 8555 §7.5.1) seen for one authorization this chain
+    answered: *first* is when the first was seen (epoch; None: none was), *count* how many
+    were seen until its poll ended."""
+
+    authorization: str
+    challenge: str
+    name: str
+    first: float | None
+    count: int
+
+
 class Flows:
     """Orders, authorizations and certificates; state kept by the ChainContext."""
 
+    #: when this chain first saw a validation request of the CA (epoch); None: never
+    first_validation_request: float | None = None
+    #: what was seen, one entry per authorization answered (in order)
+    validations_seen: tuple[ValidationSeen, ...] = ()
+
+    runtime: WorkerRuntime
     client: Any
     settings: Any
     publisher: Any
@@ -116,12 +149,18 @@ class Flows:
             key_authz = key_authorization(chall.token, account.key)
             unpublish = await publish_answer(self.publisher, kind, ident.value, chall.token,
                                              key_authz)
+            watch = await self._watch_validation(kind, ident.value, chall.token)
             try:
                 answered = await self._answer(account, url, chall)
-                authz = await self.client.poll_authorization(account, url, timeout=POLL_TIMEOUT,
-                                                             answered=answered)
+                authz = await self.client.poll_authorization(
+                    account, url, timeout=POLL_TIMEOUT, answered=answered,
+                    seen=None if watch is None else watch.wait)
             finally:
-                await unpublish()
+                try:
+                    await unpublish()
+                finally:
+                    if watch is not None:
+                        self._saw(url, kind, watch)
             done.append(authz)
             if authz.status == "valid":
                 # stored when this chain ends: until then no other chain may take it (and,
@@ -130,6 +169,27 @@ class Flows:
                     self.account_id(account), url, ident.type, ident.value, kind,
                     authz.body.get("expires")))
         return done
+
+    async def _watch_validation(self, kind: str, name: str, token: str) -> Any:
+        """A watch for the CA's validation requests of this challenge, registered before
+        it is answered; None where the runtime has no feed (or it failed)."""
+        watch = getattr(self.runtime, "watch_validation", None)
+        if watch is None:
+            return None
+        try:
+            return await watch(kind, name, token if kind == "http-01" else None)
+        except Exception as exc:  # polling on the usual schedule is the fallback
+            log.debug("no watch for the validation of %s %s: %s", kind, name, exc)
+            return None
+
+    def _saw(self, url: str, kind: str, watch: Any) -> None:
+        watch.close()
+        first: float | None = watch.first
+        self.validations_seen = (*self.validations_seen,
+                                 ValidationSeen(url, kind, watch.name, first, watch.count))
+        if first is not None and (self.first_validation_request is None
+                                  or first < self.first_validation_request):
+            self.first_validation_request = first
 
     def mark_produced_authorization(self, url: str, status: str) -> None:
         """The authorization at *url*, validated by this chain's :meth:`authorize`, is now
@@ -205,7 +265,8 @@ class Flows:
         kw: dict[str, Any] = {"replaces": replaces} if replaces else {}
         order = await self.order(account, names, **kw)
         await self.authorize(account, order, challenge)
-        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT, until="ready")
+        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT, until="ready",
+                                             step=ORDER_STEP)
         if order.status != "ready":
             raise AssertionError(f"order is {order.status}, not ready, after its "
                                  f"authorizations: {order.body.get('error')}")
@@ -220,7 +281,9 @@ class Flows:
 
         key = generate_cert_key(cert_key or self.settings.cert_key)
         order = await self.client.finalize(account, order, make_csr(names, key))
-        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT)
+        # §7.4: "processing" with a Retry-After waits that long; without, short steps
+        order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT,
+                                             step=ORDER_STEP)
         if order.status != "valid" or not order.certificate:
             raise AssertionError(f"order is {order.status} after finalize: "
                                  f"{order.body.get('error')}")

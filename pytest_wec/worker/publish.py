@@ -163,22 +163,52 @@ class ChallTestSrvPublisher:
             )
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any]) -> None:
+    async def _request(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
         import aiohttp
 
         url = self.management_url + path
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client().post(url, data=json.dumps(body)) as resp:
-                    text = await resp.text(errors="replace")
-                    status = resp.status
+                    return resp.status, await resp.text(errors="replace")
         except TimeoutError:
             raise ChallengePublishError(f"POST {url}: no answer within {self.timeout:g}s") from None
         except aiohttp.ClientError as exc:
             raise ChallengePublishError(f"POST {url}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _refused(url: str, status: int, text: str) -> ChallengePublishError:
+        detail = text.strip().splitlines()[0][:200] if text.strip() else "(empty body)"
+        return ChallengePublishError(f"POST {url}: HTTP {status}: {detail}")
+
+    async def _post(self, path: str, body: dict[str, Any]) -> None:
+        status, text = await self._request(path, body)
         if status != 200:
-            detail = text.strip().splitlines()[0][:200] if text.strip() else "(empty body)"
-            raise ChallengePublishError(f"POST {url}: HTTP {status}: {detail}")
+            raise self._refused(self.management_url + path, status, text)
+
+    async def history(self, kind: str, host: str) -> list[dict[str, Any]] | None:
+        """The request history of *host* for *kind* (``http``, ``dns``, ``tlsalpn``): the
+        requests the server answered for it, oldest first; None when the server offers no
+        such history (404). A challtestsrv files DNS questions under the name asked
+        (``_acme-challenge.NAME`` for dns-01), HTTP requests under the Host without port,
+        TLS-ALPN handshakes under the SNI."""
+        path = {"http": "/http-request-history", "dns": "/dns-request-history",
+                "tlsalpn": "/tlsalpn01-request-history"}[kind]
+        status, text = await self._request(path, {"host": host})
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._refused(self.management_url + path, status, text)
+        try:
+            events = json.loads(text) if text.strip() else []
+        except ValueError as exc:
+            raise ChallengePublishError(f"POST {self.management_url + path}: not JSON: "
+                                        f"{exc}") from None
+        if events is None:  # Go's encoding of an empty (nil) list
+            return []
+        if not isinstance(events, list):
+            raise ChallengePublishError(f"POST {self.management_url + path}: not a JSON list")
+        return [e for e in events if isinstance(e, dict)]
 
     async def add_http01(self, token: str, key_authz: str) -> None:
         await self._post("/add-http01", {"token": token, "content": key_authz})

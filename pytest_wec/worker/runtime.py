@@ -236,6 +236,7 @@ class WorkerRuntime:
         self.holder = f"{worker_id}:{os.getpid()}"
         self.last_answer = 0.0  # epoch: the latest HTTP answer from the CA, any chain
         self.contexts: set[Any] = set()  # the ChainContexts of the chains in flight (load)
+        self.validations: Any = None  # the feed of validation requests seen, made on first use
 
     def waiting(self) -> dict[str, int]:
         """The chains in flight by what they wait on (request X, after X, state DB)."""
@@ -271,6 +272,19 @@ class WorkerRuntime:
         self.queue = StoreQueue(self.store)
         return self
 
+    # -- validation requests seen (RFC 8555 §7.5.1; pytest_wec.worker.validations) -----------
+    async def watch_validation(self, kind: str, name: str, token: str | None = None) -> Any:
+        """A ValidationWatch for the CA's validation requests of challenge *kind* for *name*
+        (register it before answering); None when this stack offers no feed of them."""
+        if self.validations is None:
+            from pytest_wec.worker.validations import make_feed
+
+            self.validations = make_feed(self.info, self.publisher) or False
+        if self.validations is False:
+            return None
+        return await self.validations.watch(kind, name, token)
+    # -- end of validation requests seen -----------------------------------------------------
+
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (sync, short) state-store call off the event loop; calls made while
         others run are committed together (:class:`~pytest_wec.state.StoreQueue`)."""
@@ -280,6 +294,7 @@ class WorkerRuntime:
 
     async def aclose(self) -> None:
         for closer in (
+            getattr(self.validations, "aclose", None),
             getattr(self.network, "aclose", None),
             getattr(self.publisher, "aclose", None),
         ):
