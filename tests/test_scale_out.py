@@ -456,3 +456,12 @@ def test_worker_that_cannot_reach_the_stack_fails_at_start(hosts: Hosts,
     assert re.search(r"the controller \(its rendezvous\) at 127\.0\.0\.1:\d+: connection "
                      r"refused \(a loopback address is reached only on the controller's own "
                      r"host; .*--wec-listen", line), text[-4000:]
+
+
+def test_a_mysql_state_db_is_checked_like_postgresql() -> None:
+    info = {"directory": "https://ca.example/dir", "redis_url": None, "challtestsrv": None,
+            "pebble_management": None}
+    targets = reach_targets(Settings(db="mysql://root@10.0.0.7/wec"), info)
+    assert Target("MySQL/MariaDB", "10.0.0.7", 3306) in targets
+    targets = reach_targets(Settings(db="mariadb+pymysql://u:pw@db.test:3307/wec"), info)
+    assert Target("MySQL/MariaDB", "db.test", 3307) in targets

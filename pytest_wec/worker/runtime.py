@@ -39,7 +39,7 @@ __all__ = ["REACH_TIMEOUT", "Target", "WorkerRuntime", "check_reachable", "db_ur
 
 REACH_TIMEOUT = 3.0  # seconds a worker waits for each address to answer at start
 _DEFAULT_PORTS = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379,
-                  "postgresql": 5432, "postgres": 5432}
+                  "postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
 
 
 def db_url_for(settings: Settings, run_dir: str) -> str:
@@ -159,8 +159,11 @@ def reach_targets(settings: Settings, info: Mapping[str, Any]) -> list[Target]:
     if settings.load_mode or not info.get("challtestsrv"):  # results or challenges
         wanted.append(("Redis", info.get("redis_url")))
     db = settings.db or ""
-    if db.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+    scheme = db.split("://", 1)[0].split("+", 1)[0]
+    if scheme in ("postgresql", "postgres"):
         wanted.append(("PostgreSQL", db))
+    elif scheme in ("mysql", "mariadb"):
+        wanted.append(("MySQL/MariaDB", db))
     targets = [_target(what, url) for what, url in wanted if url]
     return [t for t in targets if t is not None]
 
@@ -217,7 +220,8 @@ def _check_state_db(worker: str, url: str) -> None:
         raise UnreachableError(
             f"worker {worker} cannot open the state DB {path}: its directory does not exist "
             "on this host (a SQLite state DB is shared only on one host or a shared "
-            "filesystem; give --wec-db postgresql://... when workers run on other hosts)")
+            "filesystem; give --wec-db postgresql://... or mysql://... when workers run on "
+            "other hosts)")
 
 
 class WorkerRuntime:
