@@ -8,7 +8,8 @@ default mix, the embedded stack: a fresh Pebble) as a subprocess and reads ``VmR
 the xdist workers, and the challenge server; redis-server and Pebble are the stack, shown
 for reference only. Growth is from the sample at minute 1 (a third of the run when it is
 shorter than 3 minutes) to the last sample of the load; target <= 10% for the controller
-and every worker.
+and every worker. ``bench_hours.py`` measures the controller over 10 simulated hours (its
+per-second series compacted as they age, against every second kept).
 """
 
 from __future__ import annotations

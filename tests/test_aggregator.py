@@ -1,15 +1,20 @@
-"""Aggregator: counts, HDR percentiles against exact computations, merge, per-second series."""
+"""Aggregator: counts, HDR percentiles against exact computations, merge, per-second series
+and their compaction over hours."""
 
 from __future__ import annotations
 
 import json
 import random
+from itertools import pairwise
+from typing import Any
 
 import msgpack
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from pytest_wec.controller.aggregator import HIGHEST_US, Aggregator, Histogram
+from pytest_wec.controller.aggregator import HIGHEST_US, MAX_SERIES, OTHER, Aggregator, Histogram
+from pytest_wec.controller.buckets import LAYOUT, UNCOMPACTED, Layout
+from pytest_wec.controller.outputs import timeline, timeline_by
 from pytest_wec.wire.results import ChainResult, RequestResult
 
 T0 = 1_700_000_000.0
@@ -196,3 +201,194 @@ def test_plain_data_round_trip(codec: str) -> None:
     back = Aggregator.from_dict(wire)
     assert back.to_dict() == plain
     assert back.dropped_results == 4 and back.generator_stats()["cpu_s"] == 3.5
+
+
+# -- compaction of the per-second series (buckets.py) ------------------------------------------
+
+SMALL = Layout(widths=(1, 2, 6, 12), spans=(5, 20, 60), freeze_s=3)  # tiers in seconds
+
+
+def long_run(seconds: int, seed: int = 3, per_s: int = 2) -> list[ChainResult]:
+    """``per_s`` chains ending in every second of ``seconds``, two requests each."""
+    rnd = random.Random(seed)
+    out = []
+    for t in range(seconds):
+        for k in range(per_s):
+            end = T0 + t + rnd.random()
+            took = rnd.lognormvariate(-3, 1)
+            name = ("A", "B")[(t + k) % 2]
+            cid = f"{t}-{k}"
+            fail = rnd.random() < 0.05
+            reqs = [req(cid, name, "newOrder", end - took, took / 2),
+                    req(cid, name, "finalize", end - took / 2, took / 2, ok=not fail,
+                        problem="urn:ietf:params:acme:error:badNonce" if fail else None)]
+            out.append(chain(cid, name, end - took, took, requests=reqs,
+                             outcome="failed" if fail else "ok",
+                             error="AssertionError: x" if fail else None))
+    return out
+
+
+def fed(chains: list[ChainResult], layout: Layout = LAYOUT) -> Aggregator:
+    agg = Aggregator(T0, layout)
+    for c in chains:
+        agg.add(c)
+    return agg
+
+
+def merged_seconds(plain: Aggregator, series: str, name: str | None, t: int, dt: int) -> Any:
+    """The merge of ``plain``'s (uncompacted) seconds t .. t + dt - 1 of one series."""
+    by_s: Any = plain.seconds if name is None else getattr(plain, series)[name]
+    out = by_s.factory()
+    for s in range(t, t + dt):
+        if s in by_s:
+            out.merge(by_s[s])
+    return out
+
+
+def test_compaction_keeps_counts_and_percentiles_exact() -> None:
+    chains = long_run(2 * 3600 + 15, per_s=1)  # reaches the 10 s and the 10 min tiers
+    plain, agg = fed(chains, UNCOMPACTED), fed(chains)
+    widths = {agg.horizon.width(t) for t in agg.seconds}
+    assert widths == {1, 10, 600}
+    assert len(agg.seconds) < 1300 < len(plain.seconds)
+    assert all(w == 1 for t, w, _ in agg.seconds.spans() if t >= agg.horizon.second - 899)
+    assert agg.seconds.packed and len(agg.seconds.live) <= 80  # older than a minute: packed
+    for series, names in (("seconds", [None]), ("chain_seconds", ["A", "B"]),
+                          ("endpoint_seconds", ["newOrder", "finalize"])):
+        for name in names:
+            by_s: Any = agg.seconds if name is None else getattr(agg, series)[name]
+            for t, dt, rec in by_s.spans():
+                want = merged_seconds(plain, series, name, t, dt)
+                assert rec.to_row() == want.to_row(), (series, name, t, dt)
+    # a span of many buckets, read from merged histograms: the same at every resolution
+    span_c, span_p = Histogram(), Histogram()
+    for _, _, sec in agg.seconds.spans(600, 4800):
+        span_c.add(sec.request_latency)
+    for s in range(600, 4800):
+        if s in plain.seconds:
+            span_p.add(plain.seconds[s].request_latency)
+    assert span_c == span_p and span_c.total > 8000
+    assert span_c.percentiles([50, 95, 99, 99.9]) == span_p.percentiles([50, 95, 99, 99.9])
+    assert agg.to_dict()["chains"] == plain.to_dict()["chains"]
+    count, hist = agg.window(T0 + 2 * 3600 + 15, seconds=10)
+    assert (count, hist) == plain.window(T0 + 2 * 3600 + 15, seconds=10)
+
+
+def test_compaction_is_the_same_whatever_the_order_and_late_results() -> None:
+    chains = long_run(200, seed=9)
+    in_order = fed(chains, SMALL)
+    shuffled = chains[:]
+    random.Random(1).shuffle(shuffled)  # late results land in compacted and packed buckets
+    late = fed(shuffled, SMALL)
+    assert late.to_dict() == in_order.to_dict()
+    assert {in_order.horizon.width(t) for t in in_order.seconds} == {1, 2, 6, 12}
+    # a result long after its second: into the 12 s bucket that holds it, packed again later
+    agg = fed(chains, SMALL)
+    key = agg.horizon.key(30)
+    assert agg.horizon.width(30) == 12 and key in agg.seconds.packed
+    before = agg.seconds[key].chains
+    agg.add(chain("late", "A", T0 + 30.2, 0.1))
+    assert key in agg.seconds.live and agg.seconds[key].chains == before + 1
+    agg.add(chain("next", "A", T0 + 210.5, 0.1))  # the horizon moves on: packed again
+    assert key in agg.seconds.packed and agg.seconds[key].chains == before + 1
+
+
+def test_bucket_count_is_bounded() -> None:
+    agg = Aggregator(T0)
+    for day in range(40):  # one chain an hour for 40 days, then a busy last hour
+        for h in range(24):
+            agg.add(chain(f"{day}-{h}", "A", T0 + (day * 24 + h) * 3600.0, 0.5))
+    end = 40 * 86400
+    for s in range(end - 3600, end):
+        agg.add(chain(str(s), "A", T0 + s, 0.5))
+    widths = {agg.horizon.width(t) for t in agg.seconds}
+    assert widths == {1, 10, 600, 3600, 86400}
+    every = list(agg.seconds.cover())
+    assert len(every) < 2000 and every[-1][0] + every[-1][1] == end
+    assert sum(sec.chains for _, _, sec in agg.seconds.spans()) == 40 * 24 + 3600
+
+
+def test_timeline_rows_carry_their_width() -> None:
+    chains = long_run(3600 + 700, seed=4)  # an hour and 10 minutes: [0, 600) is one bucket
+    agg = fed(chains)
+    rows = timeline(agg)
+    assert rows[0]["t"] == 0 and rows[-1]["t"] + rows[-1]["dt"] == 4300
+    assert all(b["t"] == a["t"] + a["dt"] for a, b in pairwise(rows))
+    assert {r["dt"] for r in rows} == {1, 10, 600}
+    assert all(r["dt"] == 1 for r in rows[-900:])
+    assert sum(r["chains"] for r in rows) == len(chains)
+    assert sum(r["requests"] for r in rows) == 2 * len(chains)
+    wide = next(r for r in rows if r["dt"] == 600)
+    assert wide["chains"] == sum(1 for c in chains if 0 <= c["started"] + c["took"] - T0 < 600)
+    by = timeline_by(agg)
+    for group in by.values():
+        for cols in group.values():
+            assert len(cols["dt"]) == len(cols["t"]) and set(cols["dt"]) == {1, 10, 600}
+    assert sum(sum(c["count"]) for c in by["chains"].values()) == len(chains)
+    # a live view's slice: the buckets that start in it (the one across ``since`` left out)
+    assert [r["t"] for r in timeline(agg, 5, 1300)][:2] == [600, 610]
+    short = fed(long_run(30))
+    assert {r["dt"] for r in timeline(short)} == {1}
+    assert all("dt" not in cols for g in timeline_by(short).values() for cols in g.values())
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_round_trip_after_compaction(codec: str) -> None:
+    agg = fed(long_run(3600 + 700, seed=6, per_s=1))
+    plain = agg.to_dict()
+    wire = json.loads(json.dumps(plain)) if codec == "json" else msgpack.unpackb(
+        msgpack.packb(plain), strict_map_key=False)
+    back = Aggregator.from_dict(wire)
+    assert back.to_dict() == plain
+    assert {back.horizon.width(t) for t in back.seconds} == {1, 10, 600}
+    assert timeline(back) == timeline(agg) and timeline_by(back) == timeline_by(agg)
+
+
+def test_plain_data_written_before_compaction_loads_compacted() -> None:
+    chains = long_run(1200, seed=6)
+    old = fed(chains, UNCOMPACTED).to_dict()
+    del old["horizon"]  # every second, no horizon: compacted as it loads
+    assert Aggregator.from_dict(old).to_dict() == fed(chains).to_dict()
+
+
+def test_merge_of_compacted_aggregators() -> None:
+    chains = long_run(3600 + 700, seed=8, per_s=1)
+    single = fed(chains)
+    parts = [fed(chains[0::2]), fed(chains[1::2]), fed([])]
+    merged = Aggregator(T0)
+    for p in parts:
+        merged.merge(p)
+    assert merged.to_dict() == single.to_dict()
+    cut = next(k for k, c in enumerate(chains) if c["started"] > T0 + 2000)
+    young = fed(chains[:cut])  # its horizon is over half an hour behind the other's
+    young.merge(fed(chains[cut:]))
+    assert young.to_dict() == single.to_dict()
+    assert {merged.horizon.width(t) for t in merged.seconds} == {1, 10, 600}
+
+
+def test_histogram_pack_is_exact() -> None:
+    h = Histogram()
+    rnd = random.Random(2)
+    for _ in range(5000):
+        h.record(int(rnd.lognormvariate(9, 2)))
+    back = Histogram.unpack(h.pack())
+    assert back == h and back.percentiles([50, 99.9]) == h.percentiles([50, 99.9])
+    assert len(h.pack()) < len(h.counts) * 4
+    assert Histogram.unpack(Histogram().pack()) == Histogram()
+    big = Histogram()
+    big.counts, big.total, big.sum, big.min, big.max = {5: 1 << 40, 70_000: 1}, (1 << 40) + 1, \
+        5 << 40, 5, 70_000
+    assert Histogram.unpack(big.pack()) == big
+
+
+def test_series_per_name_are_bounded() -> None:
+    agg = Aggregator(T0)
+    for k in range(MAX_SERIES + 20):
+        agg.add(chain(str(k), f"chain{k}", T0 + 1, 0.1,
+                      requests=[req(str(k), f"chain{k}", f"ep{k}", T0 + 1, 0.05)]))
+    for series in (agg.chain_seconds, agg.endpoint_seconds):
+        assert len(series) == MAX_SERIES + 1
+        assert sum(sec.count for by_s in series.values() for sec in by_s.values()) == \
+            MAX_SERIES + 20
+        assert series[OTHER][1].count == 20
+    assert len(agg.chains) == MAX_SERIES + 20  # the totals keep every name

@@ -11,6 +11,12 @@ that merge losslessly. Percentiles are never averaged: merged aggregators are re
 merged histograms. The records themselves (per chain, per endpoint, per second) are in
 :mod:`pytest_wec.controller.stats`.
 
+The per-second series stay small over hours (:mod:`pytest_wec.controller.buckets`): the
+last 15 minutes by the second, older seconds merged into coarser buckets as they age (10 s,
+10 min, ...), at most about 1,750 buckets a series; each bucket starts at a second of the
+run and has a width (:meth:`Buckets.spans`). At most ``MAX_SERIES`` chains and as many
+endpoints get a series of their own; the rest share one named ``OTHER``.
+
 Each chain keeps two latencies: from its real start (``took``) and from its intended start
 (``started + took - scheduled``), the open-model view that a slow CA cannot hide by slowing
 the generator down (coordinated omission).
@@ -22,21 +28,15 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pytest_wec.controller.buckets import LAYOUT, Buckets, Horizon, Layout, Series, series_rows
 from pytest_wec.controller.histogram import HIGHEST_US, Histogram, index_range
-from pytest_wec.controller.stats import (
-    ChainStats,
-    EndpointStats,
-    NameSecondStats,
-    SecondStats,
-    Series,
-    name_second,
-    series_rows,
-)
+from pytest_wec.controller.stats import ChainStats, EndpointStats, NameSecondStats, SecondStats
 
 if TYPE_CHECKING:
     from pytest_wec.wire.results import ChainResult, RequestResult
 
-__all__ = ["HIGHEST_US", "Aggregator", "Histogram", "index_range", "short_error_type"]
+__all__ = ["HIGHEST_US", "MAX_SERIES", "OTHER", "Aggregator", "Histogram", "index_range",
+           "short_error_type"]
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,25 @@ _MAX_ERROR_KEYS = 1000
 _TYPE_LEN = 120
 _EXAMPLE_LEN = 500
 _ACME_ERROR = "urn:ietf:params:acme:error:"
+#: chains (and, apart, endpoints) with a per-second series of their own; the rest share OTHER
+MAX_SERIES = 100
+OTHER = "(other)"
 
 
 class Aggregator:
-    """Merges ChainResults; ``started`` (epoch s) is second 0 of the per-second series.
+    """Merges ChainResults; ``started`` (epoch s) is second 0 of the per-second series,
+    which ``layout`` compacts as they age (``buckets.UNCOMPACTED``: never).
 
     Not thread-safe: add and read from one thread (or hold one lock for both).
     """
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, layout: Layout = LAYOUT) -> None:
         self.started = started
         self.chains: dict[str, ChainStats] = {}
         self.endpoints: dict[str, EndpointStats] = {}
-        self.seconds: dict[int, SecondStats] = {}
+        #: the latest second a result ended in, and the series it compacts
+        self.horizon = Horizon(layout)
+        self.seconds: Buckets[SecondStats] = Buckets(SecondStats, self.horizon)
         self.chain_seconds: Series = {}
         self.endpoint_seconds: Series = {}
         self.errors: dict[tuple[str, str | None, str], list[Any]] = {}  # key -> [count, example]
@@ -105,10 +111,17 @@ class Aggregator:
             cs.from_scheduled.record(us + lag_us)
             rel = end - self.started
             s = int(rel) if rel > 0 else 0
-            sec = self._second(s)
+            sec = self.seconds.live.get(s)
+            if sec is None:
+                sec = self.seconds.second(s)
             sec.chains += 1
             sec.chain_latency.record(us)
-            ns = name_second(self.chain_seconds, name, s)
+            by_s = self.chain_seconds.get(name)
+            if by_s is None:
+                by_s = self._series(self.chain_seconds, name)
+            ns = by_s.live.get(s)
+            if ns is None:
+                ns = by_s.second(s)
             ns.count += 1
             ns.latency.record(us)
             if c["ok"] and outcome == "ok":
@@ -123,7 +136,7 @@ class Aggregator:
             self._add_requests(name, c["requests"])
 
     def _add_requests(self, name: str, requests: list[RequestResult]) -> None:
-        endpoints, by_ep = self.endpoints, self.endpoint_seconds
+        endpoints, by_ep, seconds = self.endpoints, self.endpoint_seconds, self.seconds
         base = self.started
         until = self.until
         last_s = -1
@@ -142,16 +155,18 @@ class Aggregator:
             rel = r["started"] + took - base
             s = int(rel) if rel > 0 else 0
             if s != last_s or sec is None:
-                sec = self._second(s)
+                sec = seconds.live.get(s)
+                if sec is None:
+                    sec = seconds.second(s)
                 last_s = s
             sec.requests += 1
             sec.request_latency.record(us)
             by_s = by_ep.get(ep)
             if by_s is None:
-                by_s = by_ep[ep] = {}
-            ns = by_s.get(s)
+                by_s = self._series(by_ep, ep)
+            ns = by_s.live.get(s)
             if ns is None:
-                ns = by_s[s] = NameSecondStats()
+                ns = by_s.second(s)
             ns.count += 1
             ns.latency.record(us)
             if r["ok"]:
@@ -162,11 +177,16 @@ class Aggregator:
                 ns.failed += 1
                 self._request_error(name, r)
 
-    def _second(self, s: int) -> SecondStats:
-        sec = self.seconds.get(s)
-        if sec is None:
-            sec = self.seconds[s] = SecondStats()
-        return sec
+    def _series(self, series: Series, name: str) -> Buckets[NameSecondStats]:
+        """The series of ``name`` (``OTHER``'s once ``MAX_SERIES`` names have one)."""
+        by_s = series.get(name)
+        if by_s is None:
+            if len(series) >= MAX_SERIES:
+                name = OTHER
+                by_s = series.get(name)
+            if by_s is None:
+                by_s = series[name] = Buckets(NameSecondStats, self.horizon)
+        return by_s
 
     def _chain_error(self, chain: str, error: str | None) -> None:
         text = error or "unknown"
@@ -235,32 +255,39 @@ class Aggregator:
         }
 
     def window(self, now: float, seconds: int = 10) -> tuple[int, Histogram]:
-        """Chains ended in the last ``seconds`` whole seconds before ``now`` and their latency."""
+        """Chains ended in the last ``seconds`` whole seconds before ``now`` and their latency
+        (of the buckets that start in them, when ``seconds`` reaches compacted ones)."""
         last = int(now - self.started) - 1
         count, hist = 0, Histogram()
-        for s in range(max(last - seconds + 1, 0), last + 1):
-            sec = self.seconds.get(s)
-            if sec is not None:
-                count += sec.chains
-                hist.add(sec.chain_latency)
+        for _, _, sec in self.seconds.spans(max(last - seconds + 1, 0), last + 1):
+            count += sec.chains
+            hist.add(sec.chain_latency)
         return count, hist
 
     # -- merging and plain data --------------------------------------------------------------
 
     def merge(self, other: Aggregator) -> None:
-        """Adds ``other`` in; its seconds shift by the (rounded) difference of the starts."""
+        """Adds ``other`` in; its seconds shift by the (rounded) difference of the starts.
+
+        Its buckets go to the bucket here that holds their first second (the horizon first
+        moves to ``other``'s, so that one is at least as wide): exact when the shift is a
+        multiple of their width (the same start: 0), else off by less than a width."""
         for name, oc in other.chains.items():
             self.chains.setdefault(name, ChainStats()).merge(oc)
         for ep, oe in other.endpoints.items():
             self.endpoints.setdefault(ep, EndpointStats()).merge(oe)
         shift = round(other.started - self.started)
+        if other.horizon.second >= 0:
+            self.horizon.advance(max(other.horizon.second + shift, 0))
         for s, osec in other.seconds.items():
-            self._second(max(s + shift, 0)).merge(osec)
+            self.seconds.second(max(s + shift, 0)).merge(osec)
         for mine, theirs in ((self.chain_seconds, other.chain_seconds),
                              (self.endpoint_seconds, other.endpoint_seconds)):
             for name, by_s in theirs.items():
+                dst = self._series(mine, name)
                 for s, ons in by_s.items():
-                    name_second(mine, name, max(s + shift, 0)).merge(ons)
+                    dst.second(max(s + shift, 0)).merge(ons)
+        self.horizon.settle()
         for key, (n, example) in other.errors.items():
             entry = self.errors.setdefault(key, [0, example])
             entry[0] += n
@@ -284,7 +311,8 @@ class Aggregator:
             "started": self.started,
             "chains": {n: c.to_row() for n, c in self.chains.items()},
             "endpoints": {n: e.to_row() for n, e in self.endpoints.items()},
-            "seconds": [[s, *x.to_row()] for s, x in sorted(self.seconds.items())],
+            "seconds": [[s, *x.to_row()] for s, x in self.seconds.items()],  # bucket starts
+            "horizon": self.horizon.second,  # gives each bucket its width
             "chain_seconds": series_rows(self.chain_seconds),
             "endpoint_seconds": series_rows(self.endpoint_seconds),
             "errors": sorted(([c, e, t, n, ex] for (c, e, t), (n, ex) in self.errors.items()),
@@ -301,24 +329,35 @@ class Aggregator:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Aggregator:
+    def from_dict(cls, d: Mapping[str, Any], layout: Layout = LAYOUT) -> Aggregator:
         if d.get("v") != 1:
             raise ValueError(f"unknown aggregator encoding version {d.get('v')!r}")
-        agg = cls(float(d["started"]))
+        agg = cls(float(d["started"]), layout)
         for name, row in d["chains"].items():
             agg.chains[name] = cs = ChainStats()
             cs.load_row(row)
         for name, row in d["endpoints"].items():
             agg.endpoints[name] = es = EndpointStats()
             es.load_row(row)
+        horizon = d.get("horizon")
+        if horizon is None:  # written before compaction: every second, the latest its horizon
+            named = [rows for attr in ("chain_seconds", "endpoint_seconds")
+                     for rows in d.get(attr, {}).values()]
+            horizon = max((r[0] for rows in (d["seconds"], *named) for r in rows), default=-1)
+        agg.horizon.advance(int(horizon))
         for s, *row in d["seconds"]:
-            agg.seconds[int(s)] = sec = SecondStats()
+            sec = SecondStats()
             sec.load_row(row)
+            agg.seconds.add(int(s), sec)
         for attr in ("chain_seconds", "endpoint_seconds"):
             series: Series = getattr(agg, attr)
             for name, rows in d.get(attr, {}).items():
+                dst = agg._series(series, name)
                 for s, *row in rows:
-                    name_second(series, name, int(s)).load_row(row)
+                    ns = NameSecondStats()
+                    ns.load_row(row)
+                    dst.add(int(s), ns)
+        agg.horizon.settle()
         for chain, endpoint, kind, n, example in d["errors"]:
             agg.errors[(chain, endpoint, kind)] = [n, example]
         agg.certificates = int(d["certificates"])

@@ -257,7 +257,9 @@ class Dashboard:
                     log.exception("dashboard snapshot failed")
                     break
                 await resp.write(b"event: snapshot\ndata: " + data + b"\n\n")
-                since = max(int(snap["timeline_from"]) + len(snap["timeline"]) - SETTLE_S, 0)
+                rows = snap["timeline"]  # buckets: "dt" seconds from "t" each
+                end = rows[-1]["t"] + rows[-1].get("dt", 1) if rows else snap["timeline_from"]
+                since = max(int(end) - SETTLE_S, 0)
                 if snap.get("ended"):
                     break
                 with contextlib.suppress(TimeoutError):

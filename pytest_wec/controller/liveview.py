@@ -3,8 +3,9 @@
 :meth:`pytest_wec.controller.collector.LoadSession.snapshot` calls :func:`live_view` under the
 session's lock. The shapes are those of summary.json (``totals``, ``chains``, ``endpoints``,
 ``errors``, ``generator``, ``timeline``, ``timeline_by``), so that the dashboard and
-report.html draw them with the same code; ``timeline`` and ``timeline_by`` hold the whole
-seconds from ``timeline_from`` on (the current, partial second is left out).
+report.html draw them with the same code; ``timeline`` and ``timeline_by`` hold the
+buckets that start from ``timeline_from`` on (whole seconds for the last 15 minutes; the
+current, partial second is left out).
 """
 
 from __future__ import annotations

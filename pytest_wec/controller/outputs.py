@@ -12,6 +12,10 @@
 ``format_progress``       the live line
 ``write_json_atomic``     temp file + rename, so a reader never sees half a file
 
+The timeline's rows are the aggregator's buckets: the last 15 minutes one a second, older
+ones coarser (``t`` their first second, ``dt`` their width in seconds: counts are over
+``dt`` seconds; ``timeline_by`` has a ``dt`` column once a series has a bucket over 1 s).
+
 Latencies in summary.json are milliseconds, in benchmark.json seconds (pytest-benchmark's
 unit). Every percentile is read from a merged HDR histogram.
 """
@@ -34,7 +38,7 @@ from pytest_wec.controller.aggregator import (
     index_range,
     short_error_type,
 )
-from pytest_wec.controller.stats import ChainStats, EndpointStats
+from pytest_wec.controller.stats import ChainStats, EndpointStats, SecondStats
 
 __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "format_progress",
            "format_tables", "timeline", "timeline_by", "write_json_atomic"]
@@ -142,20 +146,16 @@ def _overall(stats: Iterable[ChainStats | EndpointStats], duration: float) -> di
 
 
 def timeline(agg: Aggregator, since: int = 0, until: int | None = None) -> list[dict[str, Any]]:
-    """Per second of the run (by completion): counts and p50/p95/p99 of chains and requests;
-    seconds ``since`` up to ``until`` (excluded; default: through the last one)."""
+    """Per bucket of the run (by completion; ``dt`` seconds from ``t``): counts and
+    p50/p95/p99 of chains and requests; buckets that start from ``since`` up to ``until``
+    (excluded; default: through the last one), none missing."""
     if not agg.seconds:
         return []
     out = []
-    empty = Histogram()
-    end = max(agg.seconds) + 1 if until is None else until
-    for t in range(max(since, 0), end):
-        s = agg.seconds.get(t)
-        if s is None:
-            out.append({"t": t, "chains": 0, "ok": 0, "failed": 0, "requests": 0,
-                        "requests_failed": 0, "chain_ms": _p3(empty), "request_ms": _p3(empty)})
-            continue
-        out.append({"t": t, "chains": s.chains, "ok": s.ok, "failed": s.failed,
+    empty = SecondStats()
+    for t, width, rec in agg.seconds.cover(since, until):
+        s = rec or empty
+        out.append({"t": t, "dt": width, "chains": s.chains, "ok": s.ok, "failed": s.failed,
                     "requests": s.requests, "requests_failed": s.requests_failed,
                     "chain_ms": _p3(s.chain_latency), "request_ms": _p3(s.request_latency)})
     return out
@@ -163,23 +163,24 @@ def timeline(agg: Aggregator, since: int = 0, until: int | None = None) -> list[
 
 def timeline_by(agg: Aggregator, since: int = 0,
                 until: int | None = None) -> dict[str, dict[str, dict[str, list[Any]]]]:
-    """Per chain and per endpoint, the seconds (``since`` up to ``until``) in which some
-    ended, as columns: ``t``, ``count``, ``failed``, ``p50``, ``p95``, ``p99`` (ms)."""
+    """Per chain and per endpoint, the buckets (starting ``since`` up to ``until``) in which
+    some ended, as columns: ``t``, ``count``, ``failed``, ``p50``, ``p95``, ``p99`` (ms), and
+    ``dt`` (seconds) when one is wider than a second."""
     out: dict[str, dict[str, dict[str, list[Any]]]] = {}
     for key, series in (("chains", agg.chain_seconds), ("endpoints", agg.endpoint_seconds)):
         group: dict[str, dict[str, list[Any]]] = {}
         for name, by_s in sorted(series.items()):
             cols: dict[str, list[Any]] = {k: [] for k in ("t", "count", "failed", "p50", "p95",
                                                           "p99")}
-            seconds = sorted(by_s) if until is None else range(max(since, 0), until)
-            for t in seconds:
-                ns = by_s.get(t)
-                if ns is None or t < since:
-                    continue
+            widths = []
+            for t, width, ns in by_s.spans(since, until):
                 p = _p3(ns.latency)
                 for k, v in (("t", t), ("count", ns.count), ("failed", ns.failed),
                              ("p50", p["p50"]), ("p95", p["p95"]), ("p99", p["p99"])):
                     cols[k].append(v)
+                widths.append(width)
+            if any(w != 1 for w in widths):
+                cols["dt"] = widths
             if cols["t"]:
                 group[name] = cols
         out[key] = group

@@ -2,20 +2,22 @@
 
 Per chain (:class:`ChainStats`), per ACME endpoint (:class:`EndpointStats`), per second of
 the run (:class:`SecondStats`) and per second of one chain or endpoint
-(:class:`NameSecondStats`, in a :data:`Series`): counters and sparse HDR histograms that
-merge field by field and travel as plain lists (``to_row`` / ``load_row``), in the order
-of their ``__slots__``.
+(:class:`NameSecondStats`; the series are :mod:`pytest_wec.controller.buckets`): counters
+and sparse HDR histograms that merge field by field and travel as plain lists (``to_row`` /
+``load_row``), in the order of their ``__slots__``; ``pack`` / ``unpack`` keep an old bucket
+small in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
+
+import msgpack
 
 from pytest_wec.controller.histogram import Histogram
 
-__all__ = ["ChainStats", "EndpointStats", "NameSecondStats", "SecondStats", "Series",
-           "name_second", "series_rows"]
+__all__ = ["ChainStats", "EndpointStats", "NameSecondStats", "SecondStats"]
 
 
 class _Stats:
@@ -34,6 +36,19 @@ class _Stats:
     def to_row(self) -> list[Any]:
         values = (getattr(self, name) for name in self.__slots__)
         return [v.to_plain() if isinstance(v, Histogram) else v for v in values]
+
+    def pack(self) -> bytes:
+        """The record in a few hundred bytes (:meth:`unpack`), histograms packed."""
+        values = (getattr(self, name) for name in self.__slots__)
+        return bytes(msgpack.packb([v.pack() if isinstance(v, Histogram) else v
+                                    for v in values]))
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> Self:
+        rec = cls()
+        for name, value in zip(rec.__slots__, msgpack.unpackb(blob), strict=True):
+            setattr(rec, name, Histogram.unpack(value) if isinstance(value, bytes) else value)
+        return rec
 
     def load_row(self, row: Sequence[Any]) -> None:
         if len(row) == len(self.__slots__) - 1 and self.__slots__[-1] == "late":
@@ -84,24 +99,3 @@ class NameSecondStats(_Stats):
     def __init__(self) -> None:
         self.count = self.failed = 0
         self.latency = Histogram()
-
-
-Series = dict[str, dict[int, NameSecondStats]]  # name -> second -> stats
-
-
-def name_second(series: Series, name: str, s: int) -> NameSecondStats:
-    """The stats of second ``s`` of ``name`` in ``series``, added when missing."""
-    by_s = series.get(name)
-    if by_s is None:
-        by_s = series[name] = {}
-    ns = by_s.get(s)
-    if ns is None:
-        ns = by_s[s] = NameSecondStats()
-    return ns
-
-
-def series_rows(series: Series) -> dict[str, list[list[Any]]]:
-    """``series`` as plain rows: name -> [[second, *row], ...] by second."""
-    return {name: [[s, *x.to_row()] for s, x in sorted(by_s.items())]
-            for name, by_s in series.items()}
-

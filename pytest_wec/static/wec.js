@@ -91,8 +91,9 @@
 
   // -- series ------------------------------------------------------------------------------
 
-  // Keeps summary.json's "timeline" (one entry a second) and "timeline_by" (columns per
-  // chain and endpoint); a live update replaces everything from its "timeline_from" on.
+  // Keeps summary.json's "timeline" (one entry a bucket: "t" its first second, "dt" its
+  // width, 1 for the last 15 minutes, coarser before; no "dt": 1) and "timeline_by" (columns
+  // per chain and endpoint); a live update replaces everything from its "timeline_from" on.
   function Series() { this.timeline = []; this.by = { chains: {}, endpoints: {} }; }
 
   Series.prototype.merge = function (from, timeline, by) {
@@ -117,10 +118,11 @@
     });
   };
 
+  // Counts per second: a bucket's counts over its width ("dt" seconds).
   Series.prototype.throughput = function () {
     var tl = this.timeline;
-    return [tl.map(function (e) { return e.t; }), tl.map(function (e) { return e.chains; }),
-      tl.map(function (e) { return e.failed; }), tl.map(function (e) { return e.requests; })];
+    var rate = function (k) { return tl.map(function (e) { return e[k] / (e.dt || 1); }); };
+    return [tl.map(function (e) { return e.t; }), rate("chains"), rate("failed"), rate("requests")];
   };
 
   // what: "chains", "requests", "chain:NAME" or "endpoint:NAME"
