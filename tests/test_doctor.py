@@ -314,14 +314,15 @@ def test_deadlocked_pebble_is_diagnosed_restarted_and_the_run_goes_on(
     ret, text = _run(pytester.path, [
         "--pyargs", "chains", "-n", "2", "--wec-rate", "250", "--wec-load", "200",
         "--wec-mix", "new_account=1,new_certificate=3", "--wec-duration", "30s",
-        "--wec-timeout", "3s", "--wec-out", str(out)], 180)
+        "--wec-pebbles", "1", "--wec-timeout", "3s", "--wec-out", str(out)], 180)
     assert ret == pytest.ExitCode.OK, text
     summary, results = _outputs(out, text)
     events = summary["ca_events"]
     deadlocks = [i for i, e in enumerate(events) if e["kind"] == "deadlock"]
     assert deadlocks, (events, text[-3000:])
     i = deadlocks[0]
-    ev, restart = events[i], events[i + 1]
+    ev = events[i]
+    restart = next(e for e in events[i + 1:] if e["kind"] == "restart" and e.get("of") == i)
     assert ev["classification"] in ("store-authz-deadlock", "leaked-authz-lock")
     assert ev["diagnosis"].startswith("embedded Pebble deadlocked: ")
     assert "POST newAccount no answer" in ev["diagnosis"]  # proved from Pebble's side

@@ -182,8 +182,8 @@ class WecController:
         # before xdist's own sessionstart configures the workers: they get the rendezvous
         s = self.settings
         if self._load_run():
-            _ = self.run_dir  # an unwritable --wec-out is a usage error before anything
-            self.gates.prepare()  # and so is a baseline that cannot be found
+            self.gates.prepare()  # a baseline that cannot be found: a usage error now
+            _ = self.run_dir  # and so is an unwritable --wec-out (which makes the directory)
         if self._load_run() or _xdist_active(self.config):
             from concurrent.futures import ThreadPoolExecutor
 
