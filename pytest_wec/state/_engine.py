@@ -38,11 +38,12 @@ from pytest_wec.state._exceptions import (
     StateUnavailableError,
 )
 from pytest_wec.state._models import SCHEMA_VERSION, Base, MetaRow
+from pytest_wec.state._mysql import CONNECT_ARGS as MYSQL_CONNECT_ARGS
+from pytest_wec.state._mysql import ENGINE_ARGS as MYSQL_ENGINE_ARGS
 from pytest_wec.state._mysql import (
     RETRY_ERRORS,
     check_innodb,
     check_server,
-    mysql_engine,
     schema_lock,
 )
 from pytest_wec.state._url import Target, mask_url
@@ -118,23 +119,28 @@ def _sqlite_engine(target: Target, pool_size: int) -> Engine:
     return engine
 
 
-def _postgres_engine(target: Target, pool_size: int, connect_timeout: float) -> Engine:
-    if importlib.util.find_spec("psycopg") is None:
+#: A server DB's driver: the module that must be importable, what it is, its extra
+_DRIVERS = {"postgresql": ("psycopg", "PostgreSQL needs psycopg 3", "postgres"),
+            "mysql": ("pymysql", "MySQL/MariaDB needs PyMySQL", "mysql")}
+
+
+def _server_engine(target: Target, dialect: str, pool_size: int,
+                   connect_timeout: float) -> Engine:
+    """A pooled engine for PostgreSQL or MySQL/MariaDB; one clear line when its driver is
+    missing."""
+    module, words, extra = _DRIVERS[dialect]
+    if importlib.util.find_spec(module) is None:
         raise StateUnavailableError(
-            f"state DB {target.shown}: PostgreSQL needs psycopg 3 "
-            "(pip install 'pytest-wec[postgres]')"
-        )
-    connect_args: dict[str, Any] = {"application_name": "pytest-wec"}
+            f"state DB {target.shown}: {words} (pip install 'pytest-wec[{extra}]')")
+    if dialect == "mysql":
+        connect_args, engine_args = dict(MYSQL_CONNECT_ARGS), dict(MYSQL_ENGINE_ARGS)
+    else:
+        connect_args, engine_args = {"application_name": "pytest-wec"}, {}
     if "connect_timeout" not in target.url.query:
         connect_args["connect_timeout"] = max(1, round(connect_timeout))
-    return create_engine(
-        target.url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        hide_parameters=True,
-        connect_args=connect_args,
-    )
+    return create_engine(target.url, pool_size=pool_size, max_overflow=pool_size,
+                         pool_pre_ping=True, hide_parameters=True, connect_args=connect_args,
+                         **engine_args)
 
 
 def _reason(exc: BaseException) -> str:
@@ -223,9 +229,9 @@ class Database:
             _create_sqlite_file(target, create)
             self.engine = _sqlite_engine(target, size)
         elif target.is_mysql:
-            self.engine = mysql_engine(target, size, connect_timeout)
+            self.engine = _server_engine(target, "mysql", size, connect_timeout)
         else:
-            self.engine = _postgres_engine(target, size, connect_timeout)
+            self.engine = _server_engine(target, "postgresql", size, connect_timeout)
         self.is_postgres = not target.is_sqlite and not target.is_mysql
         self.is_mysql = target.is_mysql
         #: claims lock rows (SKIP LOCKED); SQLite serialises writers instead

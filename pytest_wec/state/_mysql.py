@@ -13,22 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.util import find_spec
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection
 
 from pytest_wec.state._exceptions import StateSchemaError, StateUnavailableError
 from pytest_wec.state._url import Target
 
 __all__ = [
+    "CONNECT_ARGS",
+    "ENGINE_ARGS",
     "MARIADB_MIN",
     "MYSQL_MIN",
     "RETRY_ERRORS",
     "check_innodb",
     "check_server",
-    "mysql_engine",
     "schema_lock",
     "server_problem",
 ]
@@ -47,25 +47,11 @@ def _version(version: tuple[int, ...]) -> str:
     return ".".join(str(v) for v in version)
 
 
-def mysql_engine(target: Target, pool_size: int, connect_timeout: float) -> Engine:
-    if find_spec("pymysql") is None:
-        raise StateUnavailableError(
-            f"state DB {target.shown}: MySQL/MariaDB needs PyMySQL "
-            "(pip install 'pytest-wec[mysql]')"
-        )
-    connect_args: dict[str, Any] = {"init_command": _SQL_MODE}
-    if "connect_timeout" not in target.url.query:
-        connect_args["connect_timeout"] = max(1, round(connect_timeout))
-    return create_engine(
-        target.url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        pool_recycle=3600,  # under the server's wait_timeout, which drops idle connections
-        isolation_level="READ COMMITTED",
-        hide_parameters=True,
-        connect_args=connect_args,
-    )
+#: What a MySQL/MariaDB engine adds to the pooled one (:func:`~._engine` builds it): strict
+#: SQL mode, READ COMMITTED for the claims, connections recycled under the server's
+#: wait_timeout, which drops idle ones.
+ENGINE_ARGS: dict[str, Any] = {"pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
+CONNECT_ARGS: dict[str, Any] = {"init_command": _SQL_MODE}
 
 
 def server_problem(is_mariadb: bool, version: tuple[int, ...]) -> str | None:
