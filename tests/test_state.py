@@ -948,9 +948,9 @@ def test_too_old_mysql_server_is_refused_at_open(mysql_database: str,
 
 
 def test_missing_pymysql_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_wec.state import _mysql
+    from pytest_wec.state import _engine
 
-    monkeypatch.setattr(_mysql, "find_spec", lambda name: None)
+    monkeypatch.setattr(_engine, "_have", lambda module: False)
     with pytest.raises(StateUnavailableError) as info:
         make_store("mysql://wec:s3cret@127.0.0.1:1/wec")
     message = str(info.value)

@@ -124,12 +124,17 @@ _DRIVERS = {"postgresql": ("psycopg", "PostgreSQL needs psycopg 3", "postgres"),
             "mysql": ("pymysql", "MySQL/MariaDB needs PyMySQL", "mysql")}
 
 
+def _have(module: str) -> bool:
+    """Whether the driver *module* can be imported (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def _server_engine(target: Target, dialect: str, pool_size: int,
                    connect_timeout: float) -> Engine:
     """A pooled engine for PostgreSQL or MySQL/MariaDB; one clear line when its driver is
     missing."""
     module, words, extra = _DRIVERS[dialect]
-    if importlib.util.find_spec(module) is None:
+    if not _have(module):
         raise StateUnavailableError(
             f"state DB {target.shown}: {words} (pip install 'pytest-wec[{extra}]')")
     if dialect == "mysql":
