@@ -118,9 +118,7 @@ class LoadSession(LiveControl):
         """Watch each embedded Pebble (a :class:`~pytest_wec.stack.PebbleShard`): diagnosed
         and restarted when it hangs; *forget* marks what the state DB holds of a directory
         dead before its Pebble restarts."""
-        self.ledger.shards = max(len(shards), 1)
-        self.ledger.last_post_answer = dict.fromkeys(range(self.ledger.shards), self._started)
-        self.ledger._timeouts = {i: [] for i in range(self.ledger.shards)}
+        self.ledger.reshard(len(shards))
         for shard in shards:
             directory = str(shard.info["directory"])
             self.doctors.append(PebbleDoctor(

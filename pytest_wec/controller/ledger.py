@@ -75,16 +75,21 @@ class FailureLedger:
 
     def __init__(self, started: float, shards: int = 1) -> None:
         self.started = started  # epoch: second 0 of ``at_s``
-        self.shards = max(shards, 1)
+        self._lock = threading.Lock()
+        self.reshard(shards)
         self.events: list[dict[str, Any]] = []
         self._windows: list[_Window] = []
-        self._lock = threading.Lock()
         self._recent: deque[list[Any]] = deque(maxlen=_KEEP_N)  # [end, started, group, label]
         self._counts = {"ca_answer": 0, "ca_event": 0, "no_answer": 0, "ours": 0}
-        #: epoch, per embedded Pebble: the latest POST it answered
-        self.last_post_answer = dict.fromkeys(range(self.shards), started)
-        #: per embedded Pebble: ends of requests that timed out after it
-        self._timeouts: dict[int, list[float]] = {i: [] for i in range(self.shards)}
+
+    def reshard(self, shards: int) -> None:
+        """The run spreads over *shards* embedded Pebbles (before any chain is observed)."""
+        with self._lock:
+            self.shards = max(shards, 1)
+            #: epoch, per embedded Pebble: the latest POST it answered
+            self.last_post_answer = dict.fromkeys(range(self.shards), self.started)
+            #: per embedded Pebble: ends of requests that timed out after it
+            self._timeouts: dict[int, list[float]] = {i: [] for i in range(self.shards)}
 
     def observe(self, chains: Iterable[ChainResult]) -> None:
         with self._lock:

@@ -38,6 +38,10 @@ from pytest_wec.settings import Settings, StackMode
 
 log = logging.getLogger(__name__)
 
+#: seconds a worker's request for the stack waits for it to start (each part has its own
+#: readiness timeout inside this)
+STACK_START_TIMEOUT = 240.0
+
 
 def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -131,7 +135,7 @@ class WecController:
         with the thread that started them (``PR_SET_PDEATHSIG``), and the thread of a
         rendezvous connection ends with its request."""
         assert self._stack_thread is not None
-        info = self._stack_thread.submit(self.ensure_stack).result()
+        info = self._stack_thread.submit(self.ensure_stack).result(timeout=STACK_START_TIMEOUT)
         return info, _read_text(info.get("ca_bundle"))
 
     def _info_for(self, worker: str) -> dict[str, Any]:
