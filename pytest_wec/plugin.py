@@ -51,6 +51,12 @@ def _resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(str(exc)) from None
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_wec import newhooks
+
+    pluginmanager.add_hookspecs(newhooks)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wec_chain(name, needs, produces): an ACME test chain")

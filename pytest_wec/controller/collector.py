@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wec.controller.aggregator import Aggregator
+from pytest_wec.controller.ciexports import write_hgrm
+from pytest_wec.controller.csvstats import CsvFiles
 from pytest_wec.controller.doctor import PebbleDoctor
 from pytest_wec.controller.ledger import FailureLedger, shard_of
 from pytest_wec.controller.livecontrol import LiveControl
@@ -38,6 +40,7 @@ from pytest_wec.controller.outputs import (
     format_tables,
     write_json_atomic,
 )
+from pytest_wec.controller.plugins import PluginCalls
 from pytest_wec.controller.rebuild import BENCHMARK_NAME, SUMMARY_NAME, rebuild, report_main
 from pytest_wec.controller.report_html import REPORT_NAME, settings_view, write_report
 from pytest_wec.controller.resultlog import ResultLogWriter
@@ -111,6 +114,8 @@ class LoadSession(LiveControl):
         # -- CA events (pytest_wec.controller.doctor): failures by cause, the Pebble doctor
         self.ledger = FailureLedger(self._started)
         self.doctors: list[PebbleDoctor] = []  # one per embedded Pebble
+        self.csv = CsvFiles(self.run_dir)  # Locust's stats.csv and stats_history.csv
+        self.plugins = PluginCalls(self._note)  # plugins' hooks (pytest_wec.newhooks)
 
     def attach_doctors(self, shards: list[Any],
                        run_on_stack_thread: Callable[[Callable[[], float]], float] | None = None,
@@ -195,6 +200,8 @@ class LoadSession(LiveControl):
                 self._agg.add(c)
             self.watch.batch(batch.worker, batch.session, batch.chains, now)
         self.ledger.observe(batch.chains)
+        if self.plugins.active:
+            self.plugins.results(batch.chains)
 
     def _status(self, st: WorkerStatus) -> None:
         now = time.monotonic()
@@ -253,6 +260,11 @@ class LoadSession(LiveControl):
                                 now)
                             doctor.tick(in_flight, None, idle=idle)
                     line = self._progress_line(now)
+                    if self.load_started is not None:
+                        wall = time.time()
+                        self.csv.tick(self._agg, wall, self.watch.in_flight(),
+                                      max(min(wall, self.load_ended or wall)
+                                          - self.load_started, 1e-3))
                     live = (build_tables(self._agg, max(now - self._t0, 1e-3))
                             if self.on_tick is not None else None)
                 self._flush_notices()
@@ -325,6 +337,7 @@ class LoadSession(LiveControl):
                 except Exception:
                     log.exception("evaluating the gates failed")
                     self._write("wec: evaluating thresholds and baselines failed; see the log")
+            self.plugins.summary(summary)
             self._summary = summary
             self._flush_notices()
             for path, obj in ((self.summary_path, summary), (self.benchmark_path, benchmark)):
@@ -338,7 +351,19 @@ class LoadSession(LiveControl):
             except OSError as exc:
                 log.error("cannot write %s: %s", self.report_path, exc)
                 self._write(f"wec: cannot write {self.report_path}: {exc.strerror or exc}")
+            self._exports(summary)
+            self.plugins.close(summary)
             return summary
+
+    def _exports(self, summary: Mapping[str, Any]) -> None:
+        """stats.csv, stats_history.csv and the .hgrm files (:mod:`csvstats`, :mod:`ciexports`)."""
+        duration = float(summary["run"].get("duration_s") or 0.0)
+        with self._lock:
+            self.csv.close(self._agg, duration)
+            try:
+                write_hgrm(self.run_dir, self._agg)
+            except OSError as exc:
+                log.error("cannot write the .hgrm files: %s", exc)
 
     def _drain(self, source: ResultSource, deadline: float) -> None:
         with self._lock:

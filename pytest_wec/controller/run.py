@@ -257,6 +257,10 @@ class WecController:
             self.load.gate = self.gates.judge
             if self.settings.abort_on_fail and self.settings.threshold:
                 self.load.on_tick = self._abort_check
+        from pytest_wec.controller.plugins import PluginCalls
+
+        self.load.plugins = PluginCalls.from_config(self.config, self.run_dir,
+                                                    self.load.plugins.note)
         self.load.start()
         s = self.settings
         what = (f"rate {s.rate:g}/s" + (f" (cap {s.load} in flight)" if s.load else "")
@@ -343,6 +347,7 @@ class WecController:
                 session.exitstatus = self.gates.result.exit_status(int(session.exitstatus))
             if self.settings.save:
                 self.gates.save(self.load.benchmark_path)
+            self._ci_exports()
         elif self.stack_error is not None and _xdist_active(self.config) \
                 and self.stack is None and session.exitstatus != pytest.ExitCode.OK:
             # the stack a worker asked for could not start: one line, as a usage error
@@ -350,6 +355,25 @@ class WecController:
 
             print(f"ERROR: wec stack: {self.stack_error}", file=sys.stderr)
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _ci_exports(self) -> None:
+        """The gate as test cases in ``--junitxml`` (written by now) and the run in
+        ``$GITHUB_STEP_SUMMARY`` (:mod:`pytest_wec.controller.ciexports`)."""
+        from pytest_wec.controller.ciexports import (
+            add_junit_cases,
+            append_step_summary,
+            gate_cases,
+        )
+
+        if self.summary is None:
+            return
+        line = self.gates.result.line() if self.gates.result is not None else None
+        xml = getattr(self.config.option, "xmlpath", None)
+        if xml:
+            path = Path(self.config.invocation_params.dir) / xml
+            if not add_junit_cases(path, gate_cases(self.summary), run_id=self.run_id):
+                self._write_line(f"wec: cannot add the gate's test cases to {path}")
+        append_step_summary(self.summary, line)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._old_sigterm is not None:

@@ -107,6 +107,14 @@ class ChainContext(Flows):
         return self.runtime.info
 
     @property
+    def challenge_server(self) -> Any:
+        """Where the challenge server answers, and its publisher
+        (:class:`~pytest_wec.worker.arguments.ChallengeServer`)."""
+        from pytest_wec.worker.arguments import challenge_server_of
+
+        return challenge_server_of(self.runtime)
+
+    @property
     def pebble(self) -> Any:
         """Pebble's management API client, when the CA is Pebble; else None."""
         return self.runtime.pebble

@@ -62,6 +62,29 @@ async def wec(request: pytest.FixtureRequest, wec_runtime: Any) -> AsyncIterator
         await ctx.finish()
 
 
+@pytest.fixture
+def acme_client(wec: Any) -> Any:
+    """The chain's instrumented ACME client (``wec.client``): every exchange is timed and
+    counted as the chain's, run once and under load alike."""
+    return wec.client
+
+
+@pytest.fixture
+def state_db(wec: Any) -> Any:
+    """The state DB with its claims (``wec.store``): accounts, orders, authorizations and
+    certificates that chains share."""
+    return wec.store
+
+
+@pytest.fixture(scope="session")
+def challenge_server(wec_runtime: Any) -> Any:
+    """Where the challenge server answers and the publisher that puts answers there
+    (:class:`~pytest_wec.worker.arguments.ChallengeServer`), once per process."""
+    from pytest_wec.worker.arguments import challenge_server_of
+
+    return challenge_server_of(wec_runtime)
+
+
 @pytest.fixture(scope="session")
 def wec_settings(request: pytest.FixtureRequest) -> Any:
     from pytest_wec.plugin import SETTINGS_KEY

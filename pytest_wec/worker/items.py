@@ -44,6 +44,15 @@ def loadable_chains(items: list[pytest.Item]) -> dict[str, tuple[ChainInfo, Chai
                 f"wec: chain {info.name!r} has more than one load=True function "
                 f"({item.nodeid}); mark the others load=False")
         chains[info.name] = (info, fn)  # type: ignore[assignment]
+    from pytest_wec.worker.arguments import ARGUMENTS, bind, unknown_arguments
+
+    for name, (info, fn) in chains.items():
+        unknown = unknown_arguments(fn)
+        if unknown:
+            raise pytest.UsageError(
+                f"wec: chain {name!r} takes {', '.join(map(repr, unknown))}: under load a chain "
+                f"is given only {', '.join(ARGUMENTS)}")
+        chains[name] = (info, bind(fn))
     return chains
 
 
