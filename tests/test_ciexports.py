@@ -12,6 +12,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 from _loadruns import NEEDS_STACK, only, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from test_aggregator import T0, chain, exact_percentile, req, synthetic
 
 from pytest_wec.controller.aggregator import Aggregator, Histogram
@@ -237,9 +240,13 @@ def test_a_load_run_writes_them_all(pytester: pytest.Pytester) -> None:
            "--wec-out", str(out), "--wec-load", "2", "--wec-duration", "6s",
            "--wec-mix", only("new_account", "new_order"), "--junitxml", str(junit),
            "--wec-threshold", "p95(chain:new_order) < 0.001ms",
-           "--wec-threshold", "error_rate < 50%"]
+           "--wec-threshold", "error_rate < 50%", "--wec-metrics", "0"]
     proc = subprocess.Popen(cmd, cwd=pytester.path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        iter(lambda: proc.stdout.readline().decode(), "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
         history = out / "stats_history.csv"
 
@@ -248,7 +255,12 @@ def test_a_load_run_writes_them_all(pytester: pytest.Pytester) -> None:
 
         wait_until(grew, 60, "stats_history.csv rows while the run goes", proc)
         assert proc.poll() is None, "rows came only at the end"
-        text = proc.communicate(timeout=90)[0].decode()
+        [url] = [ln.split()[-1] for ln in list(lines) if ln.startswith("wec: metrics http")]
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            scraped = resp.read().decode()
+        proc.wait(timeout=90)
+        reader.join(10)
+        text = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -271,6 +283,15 @@ def test_a_load_run_writes_them_all(pytester: pytest.Pytester) -> None:
     assert (gate.get("tests"), gate.get("failures")) == ("2", "1")
     [failure] = gate.iter("failure")
     assert failure.get("message", "").startswith("p95(chain:new_order) < 0.001ms: ")
+    # the scrape while it ran: the families, labelled with the run
+    fams = {f.name: f for f in text_string_to_metric_families(scraped)}
+    run_id = summary["run"]["id"]
+    chains = [x for x in fams["wec_chains"].samples if x.name == "wec_chains_total"]
+    assert {x.labels["chain"] for x in chains} <= {"new_account", "new_order"}
+    assert all(x.labels["run"] == run_id for x in chains) and chains
+    assert sum(x.value for x in chains) <= summary["totals"]["chains"] + \
+        summary["totals"]["cancelled"]
+    assert {"wec_request_latency_seconds", "wec_in_flight", "wec_target"} <= set(fams)
     md = step.read_text()
     assert md.startswith(f"## wec load run {summary['run']['id']}\n\n**wec: FAILED: ")
     assert "| new_order |" in md and "| threshold: error_rate < 50% | passed |" in md

@@ -13,9 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_wec.controller.liveview import live_view, worker_rows
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from pytest_wec.controller.aggregator import Aggregator
@@ -81,6 +83,15 @@ class LiveControl:
                              workers=worker_rows(self._agg.workers.values(), live), state=state,
                              stopping=self._stopping, ended=self._summary is not None,
                              warnings=self.warnings)
+
+    def read(self, fn: Callable[[Any, Any], T]) -> T:
+        """``fn(aggregator, watch)`` under the run's lock (the metrics' scrape)."""
+        with self._lock:
+            return fn(self._agg, self.watch)
+
+    def target_now(self) -> float:
+        """The total target now (chains in flight, or starts per second)."""
+        return self._target_at(time.time())
 
     def _target_at(self, now: float) -> float:
         if self._target is not None:

@@ -80,6 +80,7 @@ class WecController:
             self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         self.load: Any = None  # pytest_wec.controller.collector.LoadSession in a load run
         self.dashboard: Any = None  # pytest_wec.controller.dashboard.Dashboard
+        self.metrics: Any = None  # pytest_wec.controller.metrics.MetricsServer
         self.summary: dict[str, Any] | None = None
         self.gates = Gates(settings, Path(config.invocation_params.dir), self._write_line)
         self._store: Any = None
@@ -188,6 +189,8 @@ class WecController:
         if self._load_run():
             self.gates.prepare()  # a baseline that cannot be found: a usage error now
             _ = self.run_dir  # and so is an unwritable --wec-out (which makes the directory)
+            if s.metrics is not None:  # and a port that cannot be had
+                self._start_metrics(*s.metrics)
         if self._load_run() or _xdist_active(self.config):
             from concurrent.futures import ThreadPoolExecutor
 
@@ -203,6 +206,9 @@ class WecController:
             except OSError as exc:
                 raise pytest.UsageError(f"--wec-listen: cannot listen on {s.listen}: "
                                         f"{exc.strerror or exc}") from None
+        if s.metrics is not None and not self._load_run():
+            self._write_line("wec: --wec-metrics serves load runs (--wec-load, --wec-rate or "
+                             "--wec-stages, with a stack); no metrics for this run")
         if s.dashboard is not None and not self._load_run():
             self._write_line("wec: --wec-dashboard shows load runs (--wec-load, --wec-rate or "
                              "--wec-stages, with a stack); no dashboard for this run")
@@ -261,6 +267,8 @@ class WecController:
 
         self.load.plugins = PluginCalls.from_config(self.config, self.run_dir,
                                                     self.load.plugins.note)
+        if self.metrics is not None:
+            self.metrics.attach(self.load, self.run_id)
         self.load.start()
         s = self.settings
         what = (f"rate {s.rate:g}/s" + (f" (cap {s.load} in flight)" if s.load else "")
@@ -290,6 +298,24 @@ class WecController:
         """The barrier opened: the load starts everywhere at ``load_started``."""
         if self.load is not None:
             self.load.load_opened(load_started, missing=self.rendezvous.missing)
+
+    def _start_metrics(self, host: str, port: int) -> None:
+        from pytest_wec.controller.dashboard import is_loopback
+        from pytest_wec.controller.metrics import MetricsServer, available
+
+        if not available():
+            raise pytest.UsageError("--wec-metrics needs prometheus_client: pip install "
+                                    "'pytest-wec[metrics]'")
+        token = None if is_loopback(host) else secrets.token_urlsafe(16)
+        server = MetricsServer(host, port, token=token)
+        try:
+            url = server.start()
+        except OSError as exc:
+            raise pytest.UsageError(f"--wec-metrics: cannot listen on {host}:{port}: "
+                                    f"{exc.strerror or exc}") from None
+        self.metrics = server
+        self._write_line(f"wec: metrics {url}" + (f" (Authorization: Bearer {token})"
+                                                   if token else ""))
 
     def _start_dashboard(self, host: str, port: int) -> None:
         from pytest_wec.controller.dashboard import Dashboard, is_loopback
@@ -383,6 +409,8 @@ class WecController:
             self.load.finish(timeout=5)
         if self.dashboard is not None:
             self.dashboard.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.rendezvous is not None:
             self.rendezvous.close()
         if self._store is not None:

@@ -74,6 +74,7 @@ class Settings:
     limit: Mapping[str, int] | None = None
     log_format: str = "jsonl"
     dashboard: tuple[str, int] | None = None
+    metrics: tuple[str, int] | None = None
     threshold: tuple[Any, ...] = ()
     abort_on_fail: bool = False
     save: str | None = None

@@ -154,4 +154,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dashboard", _dashboard, None,
            "serve the live dashboard of a load run on [HOST:]PORT (a bare PORT binds "
            "127.0.0.1; 0 takes a free port)", "[HOST:]PORT"),
+    Option("metrics", _dashboard, None,
+           "serve /metrics (Prometheus' text format) of a load run on [HOST:]PORT (a bare PORT "
+           "binds 127.0.0.1; 0 takes a free port; needs the extra metrics)", "[HOST:]PORT"),
 )

@@ -6,7 +6,6 @@ pays nothing for the plugin.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,7 +36,7 @@ async def wec_runtime(
     from pytest_wec.worker.runtime import WorkerRuntime
 
     settings = request.config.stash[SETTINGS_KEY]
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    worker = worker_name(request.config)
     try:
         runtime = await WorkerRuntime(settings, wec_stack_info, worker).start()
     except UnreachableError as exc:
@@ -90,6 +89,13 @@ def wec_settings(request: pytest.FixtureRequest) -> Any:
     from pytest_wec.plugin import SETTINGS_KEY
 
     return request.config.stash[SETTINGS_KEY]
+
+
+def worker_name(config: pytest.Config) -> str:
+    """This process's name in results: its xdist worker id, or ``main`` (a lone pytest, even
+    one started from inside an xdist worker, whose environment it inherits)."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput.get("workerid", "main")) if workerinput is not None else "main"
 
 
 def stack_info(config: pytest.Config) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import signal
 import time
@@ -111,7 +110,9 @@ class WecLoadItem(pytest.Item):
         from pytest_wec.worker.runtime import WorkerRuntime, wait_at_barrier
 
         settings = self.config.stash[SETTINGS_KEY]
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        from pytest_wec.worker.fixtures import worker_name
+
+        worker = worker_name(self.config)
         runtime = await WorkerRuntime(settings, info, worker).start()
         sink = ResultSink(info["redis_url"], info["namespace"], worker)
         loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]

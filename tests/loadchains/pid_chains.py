@@ -13,22 +13,22 @@ from pathlib import Path
 from pytest_wec import ChainContext, chain
 
 
-def _leave_pid() -> None:
+def _leave_pid(wec: ChainContext) -> None:
     folder = os.environ.get("WEC_TEST_PIDS")
     if folder:
-        path = Path(folder) / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.pid"
+        path = Path(folder) / f"{wec.runtime.worker_id}.pid"
         if not path.exists():
             path.write_text(str(os.getpid()))
 
 
 @chain("tick")
 async def test_tick(wec: ChainContext) -> None:
-    _leave_pid()
+    _leave_pid(wec)
     await asyncio.sleep(0.05)
 
 
 @chain("account", produces={"account"})
 async def test_account(wec: ChainContext) -> None:
-    _leave_pid()
+    _leave_pid(wec)
     account = await wec.new_account()
     assert account.created
