@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import re
 import warnings
 from collections.abc import Awaitable, Iterable
 from typing import Any
@@ -180,8 +181,22 @@ class RfcDeviation(UserWarning):
     shares (e.g. 403 where §7.3.6 says 401): worth seeing, not worth failing."""
 
 
-def warn_deviation(wec: ChainContext, what: str) -> None:
-    """Report *what* as an :class:`RfcDeviation` warning when run once (load mode counts
-    results, it does not print)."""
+def deviation_kind(wec: ChainContext, what: str) -> str:
+    """A deviation's kind: the chain's name and the RFC section *what* cites last
+    (``deactivate_account: RFC 8555 §7.3.6``), so that its details (a status, a code) vary
+    within one kind; the chain's name alone when *what* cites none."""
+    sections = re.findall(r"(?:RFC \d+ )?§[\d.]*\d", what)
+    if not sections:
+        return wec.name
+    section = sections[-1]
+    return f"{wec.name}: {section if section.startswith('RFC') else 'RFC 8555 ' + section}"
+
+
+def warn_deviation(wec: ChainContext, what: str, *, kind: str | None = None) -> None:
+    """Report *what*: an :class:`RfcDeviation` warning when run once; in load mode the chain
+    records it (counted by *kind*, default :func:`deviation_kind`, in summary.json's
+    ``deviations``, the terminal and the report), for warnings are not printed there."""
     if wec.mode != "load":
         warnings.warn(RfcDeviation(what), stacklevel=2)
+        return
+    wec.record_deviation(kind or deviation_kind(wec, what), what)

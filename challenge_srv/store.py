@@ -168,14 +168,19 @@ def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> Red
     """A ``redis.asyncio`` client that decodes replies as text.
 
     Its pool is a blocking one: past ``max_connections`` a command waits (up to *timeout*)
-    for a free connection instead of failing, so a burst of queries queues up.
+    for a free connection instead of failing, so a burst of queries queues up. A command on
+    a connection that broke (Redis restarted) is tried once more on a new one, so that each
+    pooled connection does not fail one command after a restart.
     """
     from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -197,7 +197,8 @@ def test_ledger_counts_failures_against_the_event_they_belong_to() -> None:
                         chain_error="AssertionError: x")])
     assert led.quiet(t + 6) == (3.0, 1)  # since the badNonce answer; one timed out after it
     i = led.record({"kind": "deadlock"}, since=t + 1)  # counts what it explains, backwards
-    assert led.failed_by_cause() == {"ca_answer": 1, "ca_event": 1, "no_answer": 0, "ours": 1}
+    assert led.failed_by_cause() == {"ca_answer": 1, "ca_event": 1, "stack_event": 0,
+                                     "no_answer": 0, "ours": 1}
     led.close(i, t + 10.5 + 3)  # restarted at t+10.5, plus the timeout
     led.answered_again(t + 10.5)
     led.record({"kind": "restart"}, since=t + 10, restart_at=t + 10.5)
@@ -206,7 +207,8 @@ def test_ledger_counts_failures_against_the_event_they_belong_to() -> None:
                  _chain(t + 11, 1, error="connect"),  # a connection to the old Pebble
                  _chain(t + 10, 1, outcome="cancelled"),
                  _chain(t + 17, 3, error="timeout")])  # long after: no event's
-    assert led.failed_by_cause() == {"ca_answer": 1, "ca_event": 3, "no_answer": 1, "ours": 1}
+    assert led.failed_by_cause() == {"ca_answer": 1, "ca_event": 3, "stack_event": 0,
+                                     "no_answer": 1, "ours": 1}
     deadlock, restart = led.snapshot()
     assert deadlock["chains_failed"] == 3
     assert deadlock["failed_by_error"] == {"timeout": 1, "connect": 1, "cancelled": 1}

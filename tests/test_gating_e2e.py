@@ -192,9 +192,9 @@ def test_abort_on_fail_ends_a_long_run_early(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.parametrize(("args", "error"), [
-    (("--wec-threshold", "p96 < 3ms"),
-     "ERROR: --wec-threshold: unknown function 'p96' (functions: p50, p90, p95, p99, p999, "
-     "min, mean, max, error_rate, rate, count), got 'p96 < 3ms'"),
+    (("--wec-threshold", "q95 < 3ms"),
+     "ERROR: --wec-threshold: unknown function 'q95' (functions: pN (any percentile, e.g. "
+     "p95, p99.5), min, mean, max, error_rate, rate, count), got 'q95 < 3ms'"),
     (("--wec-threshold", "p95 < 1s", "--wec-threshold", "p95(endpoint:neworder) < 1s"),
      "ERROR: --wec-threshold: unknown endpoint 'neworder' (did you mean newOrder? endpoints: "
      "*) (in 'p95(endpoint:neworder) < 1s'), got *"),
@@ -260,6 +260,8 @@ def test_thresholds_and_baselines(pytester: pytest.Pytester,
     assert 0 < v["p95(chain:new_order) < 60s"]["value"] < 60
     assert v["error_rate < 1%"]["value"] == 0.0
     assert "gate" not in run1.summary
+    health = run1.summary["generator"]["health"]  # a small closed run: healthy
+    assert health["ok"] is True and [c["name"] for c in health["criteria"]] == ["cpu"], health
     assert "wec thresholds: 2 of 2 passed" in run1.text
     saved = here / "0001_base.json"
     assert sorted(p.name for p in storage.rglob("*") if p.is_file()) == ["0001_base.json"]
@@ -309,7 +311,7 @@ def test_thresholds_and_baselines(pytester: pytest.Pytester,
     msg = next((m for m in gate["regressions"] if m.startswith("chain new_order p95 ")), None)
     assert msg is not None, gate["regressions"]
     m = re.fullmatch(r"chain new_order p95 regressed (\d+\.\d)% \((\S+) ms -> (\S+) ms; "
-                     r"bound 10%\)", msg)
+                     r"noise \u00b1(\S+) (m?s); bound 10%\)", msg)
     assert m is not None, msg
     was, now = float(m[2]), float(m[3])
     assert now >= 1000 > was, "a validation slept at least a second"
@@ -319,6 +321,13 @@ def test_thresholds_and_baselines(pytester: pytest.Pytester,
                  if (d["kind"], d["name"]) == ("chain", "new_order")}
     assert new_order["p95"]["current"] == s["chains"]["new_order"]["latency_ms"]["p95"]
     assert new_order["p95"]["change_pct"] > 10
+    # beyond its noise: the interval of each run's p95, saved with the baseline
+    assert 0 < new_order["p95"]["noise"] < new_order["p95"]["change"]
+    saved_base = json.loads((here / "0001_base.json").read_text())
+    ci = next(b for b in saved_base["benchmarks"]
+              if (b["group"], b["name"]) == ("chain", "new_order"))["extra_info"]["ci"]
+    assert set(ci) == {"p50", "p95", "p99", "mean"}
+    assert s["chains"]["new_order"]["ci_ms"]["p95"][0] <= new_order["p95"]["current"]
     shown = "; ".join(f"{x['expr']}: {format_value(x['value'], x['unit'])}"
                       for x in (lat, count, rate))
     n = len(gate["regressions"])

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from _loadruns import BASIC, NEEDS_STACK, chain_names, log_lines, only, wait_until
 
+from pytest_wec.controller.ledger import EXIT_INCOMPLETE
 from pytest_wec.controller.resultlog import read_results
 from pytest_wec.wire.results import ChainResult
 
@@ -376,15 +377,32 @@ def test_killed_worker_is_reported_and_its_results_kept(pytester: pytest.Pyteste
     seen = {r["chain_id"] for r in log_lines(out) if r["worker"] == "gw1"}
     os.kill(victim, signal.SIGKILL)
     ret, text = run.wait(90)
-    assert ret == pytest.ExitCode.TESTS_FAILED, text
+    # a part of the run died without recovery: its own exit status, the reason last
+    assert ret == EXIT_INCOMPLETE, text
     assert "worker 'gw1' crashed" in text
     assert "wec load results" in text
+    assert text.rstrip().splitlines()[-1].startswith(
+        "wec: INCOMPLETE: worker gw1 killed by SIGKILL at "), text[-2000:]
     done = finish_run(ret, text, out)
+    # seen within a second, named with its signal: lost at once, not "went silent"
+    line = f"wec: stack: worker gw1 (pid {victim}) killed by SIGKILL at "
+    assert line in text and "went silent" not in text
     lost = done.summary["workers_lost"]
-    assert [w["worker"] for w in lost] == ["gw1"], lost
-    assert "gw1 went silent" in lost[0]["message"] and "gw1 went silent" in text
+    assert [(w["worker"], w["cause"]) for w in lost] == [("gw1", "died")], lost
+    assert lost[0]["message"].startswith(line)
+    [event] = done.summary["stack_events"]
+    assert (event["part"], event["signal"], event["recovered"]) == ("worker gw1", "SIGKILL", False)
     kept = {r["chain_id"] for r in done.results if r["worker"] == "gw1"}
     assert seen <= kept, "what the worker sent before it died is in the results log"
+    # every chain each worker started (its own journal) is in the log or counted lost
+    delivery = done.summary["delivery"]
+    for worker in ("gw0", "gw1"):
+        journal = (pids / f"{worker}.started").stat().st_size
+        mine = delivery["by_worker"][worker]
+        assert mine["started"] == journal, (worker, mine, journal)
+        assert done.by_worker()[worker] + mine["lost"] == journal, (worker, mine)
+    assert delivery["by_worker"]["gw0"]["lost"] == 0
+    assert done.summary["totals"]["results_lost"] == delivery["by_worker"]["gw1"]["lost"]
     assert all(r["outcome"] == "ok" for r in done.results)
     assert done.by_worker()["gw0"] > done.by_worker()["gw1"]
     ticks = sorted(r["started"] for r in done.results if r["worker"] == "gw0")

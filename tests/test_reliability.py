@@ -2,9 +2,10 @@
 
 Every test is a whole ``pytest --wec-load`` run in a subprocess, a few seconds of load each,
 with a fault injected from outside: a hostile CA (:mod:`pytest_wec.testing.hostile_ca`),
-the embedded Pebble killed and restarted or stopped (SIGSTOP), SIGTERM to pytest, Pebble
-rejecting nonces. The assertions read what a user reads: the exit status, the terminal,
-summary.json, the results log, the state DB and the run directory.
+the embedded Pebble stopped (SIGSTOP), SIGTERM to pytest, Pebble rejecting nonces (parts of
+the stack killed: ``tests/test_stack_deaths.py``). The assertions read what a user reads:
+the exit status, the terminal, summary.json, the results log, the state DB and the run
+directory.
 """
 
 from __future__ import annotations
@@ -329,12 +330,12 @@ def test_hostile_ca_every_misbehaviour_is_classified(pytester: pytest.Pytester,
         assert 0 < run.peak_rss.get(pid, 0) < 400, (pid, run.kids.get(pid), run.peak_rss)
 
 
-# -- the embedded Pebble killed, restarted, stopped --------------------------------------------
+# -- the embedded Pebble stopped -----------------------------------------------------------
 
 
 @dataclass
 class Pebble:
-    """The run's Pebble as the stack started it: enough to start it again."""
+    """The run's Pebble as the stack started it."""
 
     pid: int
     argv: list[str]
@@ -360,71 +361,11 @@ class Pebble:
             return False
         return True
 
-    def restart(self, log: Path) -> subprocess.Popen[bytes]:
-        """The same binary, config (so the same ports) and environment, started again."""
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=fh,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        self.pid = proc.pid
-        return proc
-
 
 def wait_for_results(run: Popened, out: Path, n: int, at_least: float) -> None:
     """Until *n* chains are in the results log and the run has lasted *at_least* seconds."""
     wait_until(lambda: len(log_lines(out)) >= n, 60, f"{n} results", run.proc)
     wait_until(lambda: run.elapsed() >= at_least, 60, "the run's first seconds", run.proc)
-
-
-def test_pebble_killed_and_restarted(pytester: pytest.Pytester, runs: list[Popened],
-                                     own_procs: list[subprocess.Popen[bytes]]) -> None:
-    """Pebble SIGKILLed mid-run and started again with the same config: the run goes on,
-    the outage is counted as connect errors, the accounts the new Pebble does not know are
-    accountDoesNotExist and marked dead in the state DB."""
-    out = pytester.path / "restarted"
-    run = Popened(pytester.path, [
-        "--pyargs", "chains", "-p", "no:xdist", "--wec-load", "3", "--wec-duration", "14s",
-        "--wec-grace", "5s", "--wec-timeout", "5s", "--wec-mix", only(*BASIC),
-        "--wec-out", str(out)])
-    runs.append(run)
-    wait_for_results(run, out, 20, 8)
-    pebble = Pebble.of(run, out)
-    os.kill(pebble.pid, signal.SIGKILL)
-    killed_at = time.time()
-    time.sleep(2)
-    assert not pebble.answers()
-    own_procs.append(pebble.restart(out / "pebble-restarted.log"))
-    wait_until(pebble.answers, 20, "the restarted Pebble answering", run.proc)
-    restarted_at = time.time()
-    ret, text = run.wait(90)
-    done = finish(ret, text, out)
-
-    assert ret == pytest.ExitCode.OK, text
-    assert "1 passed" in text
-    # the outage: connect errors, only while Pebble was away
-    failed = [(r, c) for c in done.results for r in c["requests"] if not r["ok"]]
-    connect = [r for r, _ in failed if r["error"] == "connect"]
-    assert connect, done.summary["errors"]
-    assert all(killed_at - 0.5 <= r["started"] <= restarted_at for r in connect)
-    assert any(e["type"] == "connect" for e in done.summary["errors"])
-    # the new Pebble knows none of the accounts made before
-    gone = [c for r, c in failed if r["problem"] == ACME + "accountDoesNotExist"]
-    assert gone, done.summary["errors"]
-    assert all(c["started"] >= killed_at - 0.5 for c in gone)
-    assert any(e["type"] == ACME + "accountDoesNotExist" for e in done.summary["errors"])
-    db = sqlite3.connect(out / "state.db")
-    try:
-        statuses = dict(db.execute(
-            "SELECT status, count(*) FROM wec_accounts GROUP BY status").fetchall())
-    finally:
-        db.close()
-    assert statuses.get("dead", 0) > 0, statuses
-    assert statuses.get("valid", 0) > 0, statuses
-    # ... and the run went on: chains of every kind succeed against the new Pebble
-    after = Counter(c["chain"] for c in done.results
-                    if c["ok"] and c["started"] > restarted_at)
-    assert set(after) == set(BASIC), after
-    assert done.summary["workers_lost"] == []
 
 
 def test_pebble_stopped_is_a_stall(pytester: pytest.Pytester, runs: list[Popened]) -> None:

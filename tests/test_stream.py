@@ -283,3 +283,108 @@ def test_source_drops_resent_batches_and_counts_gaps(redis_url: str) -> None:
         assert source.lost == {"gw3": 4}  # 2 in the gap before seq 2, 2 after it (sent=8)
         assert source.ended == {"gw3"}
         source.delete()
+
+
+@pytest.mark.asyncio
+async def test_batches_redis_lost_unread_are_sent_again(own_redis: OwnRedis) -> None:
+    """Redis killed before the controller read what a sink sent, and started again empty:
+    the sink finds it so (its alive counter back at 1) and sends its latest batches again;
+    the source takes those it never saw, drops the rest, and nothing is lost."""
+    run_ns = uuid.uuid4().hex
+    sink = ResultSink(own_redis.url, run_ns, "gw4", flush_interval=0.05, max_batch=20,
+                      heartbeat_interval=0.1)
+    source = ResultSource(own_redis.url, run_ns)
+    restarts: list[int] = []
+
+    async def republish() -> None:
+        restarts.append(sink.redis_restarts)
+
+    sink.on_redis_restart.append(republish)
+    await sink.start()
+    for k in range(60):
+        sink.add(make_chain(k, "gw4"))
+    first: list[ChainResult] = []  # the source reads 20, then Redis dies with the other 40
+    while len(first) < 20:
+        first += batches_chains(await asyncio.to_thread(source.read, 0.2))
+    deadline = time.monotonic() + 10
+    while sink.sent < 60 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert sink.sent == 60
+    own_redis.stop()
+    own_redis.start()
+    for k in range(60, 80):
+        sink.add(make_chain(k, "gw4"))
+    await sink.aclose()
+    assert sink.redis_restarts == 1 and restarts == [1], "the callbacks ran once"
+    records = await asyncio.to_thread(lambda: list(source.drain(workers={"gw4"}, timeout=10)))
+    got = {c["chain_id"] for c in first + batches_chains(records)}
+    assert got == {f"gw4-{k}" for k in range(80)}
+    assert source.lost_total == 0 and source.ended == {"gw4"}
+    assert sink.spill_file is None and sink.dropped == 0
+    source.close()
+
+
+@pytest.mark.asyncio
+async def test_what_cannot_be_delivered_is_spilled_and_read_back(own_redis: OwnRedis,
+                                                                 tmp_path: Path) -> None:
+    """Redis gone for good at the close: the sink writes what it holds, its latest batches
+    and its end record to a spill file in the run directory; the source takes it, and the
+    start counter says how many chains were started, so nothing is lost uncounted."""
+    from pytest_wec.wire.spill import counters, spills
+
+    run_ns = uuid.uuid4().hex
+    sink = ResultSink(own_redis.url, run_ns, "gw5", flush_interval=0.05, max_batch=10,
+                      heartbeat_interval=0.1, spill_dir=tmp_path, give_up_after=1.0)
+    source = ResultSource(own_redis.url, run_ns)
+    await sink.start()
+    for k in range(30):
+        sink.count_start()
+        sink.add(make_chain(k, "gw5"))
+    seen: list[ChainResult] = []
+    while len(seen) < 30:
+        seen += batches_chains(await asyncio.to_thread(source.read, 0.2))
+    own_redis.stop()
+    for k in range(30, 75):
+        sink.count_start()
+        sink.add(make_chain(k, "gw5"))
+    sink.count_start()  # one chain started and never ended (its worker died with it)
+    t0 = time.monotonic()
+    await sink.aclose()
+    assert time.monotonic() - t0 < 5, "a close gives up after a while of failures"
+    assert sink.spill_file is not None and sink.spilled == 45 and sink.dropped == 0
+    assert counters(tmp_path) == {("gw5", sink.session): 76}
+    [(path, data)] = spills(tmp_path)
+    assert path == sink.spill_file
+    records = source.take_spill(data)
+    assert {c["chain_id"] for c in seen + batches_chains(records)} == \
+        {f"gw5-{k}" for k in range(75)}
+    assert source.ended == {"gw5"} and source.duplicates > 0  # the 30 read, in it again
+    assert source.sessions() == {("gw5", sink.session): (75, 75)}
+    source.close()
+    with pytest.raises(ValueError, match="not a spill file"):
+        source.take_spill(b"\xc1 garbage")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_without_the_run_dir_hands_its_spill_over(redis_url: str,
+                                                                  tmp_path: Path) -> None:
+    """A worker on another host has no run directory: its spill is kept for xdist's channel,
+    and the controller takes it like a spill file (pytest_wec.controller.delivery)."""
+    from pytest_wec.controller.delivery import account, take_spills
+
+    away = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    sink = ResultSink(away, "ns", "gw6", flush_interval=0.02, spill_dir=tmp_path / "elsewhere",
+                      give_up_after=0.5)
+    for k in range(12):
+        sink.count_start()
+        sink.add(make_chain(k, "gw6"))
+    await sink.aclose(timeout=3)
+    assert sink.spill_file is None and sink.spill is not None and sink.dropped == 0
+    with ResultSource(redis_url, uuid.uuid4().hex) as source:
+        records, files, recovered = take_spills(source, tmp_path, [sink.spill, b"junk"])
+        assert (files, recovered) == (1, 12)
+        assert len(batches_chains(records)) == 12
+        delivery = account(source, tmp_path)
+        assert delivery["results_lost"] == 0
+        assert delivery["by_worker"]["gw6"] == {"started": 12, "received": 12, "lost": 0,
+                                                "how": "end record"}

@@ -516,6 +516,20 @@ async def test_a_chain_sees_pebbles_validation_requests(
             v.first for v in ctx.validations_seen if v.first is not None)
         polls = [r for r in ctx.requests if r["endpoint"] == "authz"]
         assert len(polls) <= 2 * 3, [r["endpoint"] for r in ctx.requests]
+        # the phases its ChainResult carries: one value per authorization, per order
+        phases = ctx.wire_extras(True)["phases"]
+        assert {k: len(v) for k, v in phases.items()} == {
+            "validation": 2, "first_validation_request": 2, "validation_requests": 2,
+            "issuance": 1, "time_to_certificate": 1, "polls": 1}
+        assert phases["validation_requests"] == [s.count for s in ctx.validations_seen]
+        for seen_at, valid_at in zip(phases["first_validation_request"], phases["validation"],
+                                     strict=True):
+            assert 0 <= seen_at < valid_at  # seen before the answer saying valid arrived
+        took = ctx.requests[-1]["started"] + ctx.requests[-1]["took"] - answered_at
+        assert 0 < phases["issuance"][0] < phases["time_to_certificate"][0] <= took
+        # every authz poll after the answers, and every order poll, counted
+        assert phases["polls"] == [len(polls) - 2 + sum(
+            r["endpoint"] == "order" for r in ctx.requests)]
         await ctx.finish()
     finally:
         await runtime.aclose()

@@ -84,11 +84,13 @@ class AcmeClient(Polling):
     come from :class:`~pytest_wec.acme._polling.Polling`.
     """
 
-    __slots__ = ("_obs", "network")
+    __slots__ = ("_obs", "network", "polls")
 
     def __init__(self, network: AcmeNetwork, obs: Observed) -> None:
         self.network = network
         self._obs = obs
+        #: url -> fetches made by poll_order / poll_authorization (the chain's ``polls`` phase)
+        self.polls: dict[str, int] = {}
 
     @property
     def chain(self) -> str:

@@ -13,6 +13,9 @@ early when it is; then the authorization is fetched at once and again after shor
 (:data:`SEEN_STEP`, doubling up to the interval), a Retry-After of the CA's answers
 honoured. Where no request is seen in time the usual schedule applies.
 
+Every fetch a poll makes is counted in the client's ``polls`` (url -> fetches), where it has
+one: the ``polls`` phase of a chain (:mod:`pytest_wec.worker.phases`).
+
 A poll also ends at once on a status that no wait can turn into the one it waits for: one
 outside RFC 8555 §7.1.6's state machine for the object (:class:`AcmeStatusError`), or an
 authorization that became deactivated, expired or revoked while being validated
@@ -123,7 +126,7 @@ class Polling:
             first = order.retry_after if order.retry_after is not None else "step"
         return await _poll(
             self.network,
-            lambda: self.get_order(account, order.url),
+            _counted(self, order.url, lambda: self.get_order(account, order.url)),
             lambda o: check_order_status(o) in done,
             timeout,
             interval,
@@ -162,7 +165,7 @@ class Polling:
             first = answered.retry_after if answered.retry_after is not None else "step"
         return await _poll(
             self.network,
-            lambda: self.get_authorization(account, url),
+            _counted(self, url, lambda: self.get_authorization(account, url)),
             lambda a: check_authorization_status(a, url, validating=True) != "pending",
             timeout,
             interval,
@@ -170,6 +173,20 @@ class Polling:
             wait_first=first,
             seen=seen,
         )
+
+
+def _counted(client: object, url: str,
+             fetch: Callable[[], Awaitable[P]]) -> Callable[[], Awaitable[P]]:
+    """*fetch*, counted in ``client.polls[url]`` where the client keeps such counts."""
+    polls: dict[str, int] | None = getattr(client, "polls", None)
+    if polls is None:
+        return fetch
+
+    def counted() -> Awaitable[P]:
+        polls[url] = polls.get(url, 0) + 1
+        return fetch()
+
+    return counted
 
 
 def check_order_status(order: Order) -> str:

@@ -20,6 +20,10 @@ endpoints get a series of their own; the rest share one named ``OTHER``.
 Each chain keeps two latencies: from its real start (``took``) and from its intended start
 (``started + took - scheduled``), the open-model view that a slow CA cannot hide by slowing
 the generator down (coordinated omission).
+
+The ACME phases of each chain (validation, issuance, ...) and the RFC deviations its checks
+saw ride on its ChainResult; :attr:`Aggregator.phases` (:mod:`pytest_wec.controller.phases`)
+keeps them per chain.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pytest_wec.controller.buckets import LAYOUT, Buckets, Horizon, Layout, Series, series_rows
+from pytest_wec.controller.health import HotTime
 from pytest_wec.controller.histogram import HIGHEST_US, Histogram, index_range
+from pytest_wec.controller.phases import PhaseBook
 from pytest_wec.controller.stats import ChainStats, EndpointStats, NameSecondStats, SecondStats
 
 if TYPE_CHECKING:
@@ -70,6 +76,12 @@ class Aggregator:
         self.dropped_starts = 0
         self.lost_chains = 0  # lost between worker and controller (not counted in workers)
         self.schedule_lag = Histogram()  # started - scheduled of every chain
+        #: open model: the part of each start's lag the generator's own work explains, and
+        #: per worker the time its CPU was over the limit (pytest_wec.controller.health)
+        self.own_lag = Histogram()
+        self.cpu_hot = HotTime()
+        self.starts_late = 0  # chains started after ``until`` (outside the time under load)
+        self.phases = PhaseBook()  # ACME phases per chain, RFC deviations by kind
         self.workers: dict[str, dict[str, Any]] = {}  # "worker/session" -> latest status
         self.max_cpu_pct = 0.0
         self.max_loop_lag_ms = 0.0
@@ -97,6 +109,11 @@ class Aggregator:
         if lag_us < 0:
             lag_us = 0
         self.schedule_lag.record(lag_us)
+        own = c.get("lag_own")
+        if own is not None:
+            self.own_lag.record(max(int(own * 1e6 + 0.5), 0))
+        if self.until is not None and started > self.until:
+            self.starts_late += 1
         outcome = c["outcome"]
         if outcome == "cancelled":
             cs.cancelled += 1
@@ -134,6 +151,9 @@ class Aggregator:
                 self._chain_error(name, c["error"])
         if c["requests"]:
             self._add_requests(name, c["requests"])
+        phases, deviations = c.get("phases"), c.get("deviations")
+        if phases or deviations:
+            self.phases.add(name, phases, deviations)
 
     def _add_requests(self, name: str, requests: list[RequestResult]) -> None:
         endpoints, by_ep, seconds = self.endpoints, self.endpoint_seconds, self.seconds
@@ -234,6 +254,7 @@ class Aggregator:
             self.workers[key] = dict(status)
         self.max_cpu_pct = max(self.max_cpu_pct, float(status.get("cpu_pct", 0.0)))
         self.max_loop_lag_ms = max(self.max_loop_lag_ms, float(status.get("loop_lag_ms", 0.0)))
+        self.cpu_hot.status(status)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -245,7 +266,10 @@ class Aggregator:
 
     def generator_stats(self) -> dict[str, Any]:
         lag = self.schedule_lag.summary_ms((50, 99))
-        return {
+        own = self.own_lag.summary_ms((50, 99))
+        extra = {"own_schedule_lag_ms": {"p50": own["p50"], "p99": own["p99"],
+                                         "max": own["max"]}} if self.own_lag.total else {}
+        return {**extra,
             "cpu_s": round(sum(float(w.get("cpu_s", 0.0)) for w in self.workers.values()), 3),
             "max_cpu_pct": round(self.max_cpu_pct, 1),
             "schedule_lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
@@ -295,6 +319,10 @@ class Aggregator:
         self.dropped_starts += other.dropped_starts
         self.lost_chains += other.lost_chains
         self.schedule_lag.add(other.schedule_lag)
+        self.own_lag.add(other.own_lag)
+        self.cpu_hot.merge(other.cpu_hot)
+        self.starts_late += other.starts_late
+        self.phases.merge(other.phases)
         for status in other.workers.values():
             self.add_status(status)
         self.max_cpu_pct = max(self.max_cpu_pct, other.max_cpu_pct)
@@ -321,6 +349,10 @@ class Aggregator:
             "dropped_starts": self.dropped_starts,
             "lost_chains": self.lost_chains,
             "schedule_lag": self.schedule_lag.to_plain(),
+            "own_lag": self.own_lag.to_plain(),
+            "cpu_hot": self.cpu_hot.to_plain(),
+            "starts_late": self.starts_late,
+            "phases": self.phases.to_plain(),
             "workers": list(self.workers.values()),
             "max_cpu_pct": self.max_cpu_pct,
             "max_loop_lag_ms": self.max_loop_lag_ms,
@@ -364,8 +396,14 @@ class Aggregator:
         agg.dropped_starts = int(d["dropped_starts"])
         agg.lost_chains = int(d["lost_chains"])
         agg.schedule_lag = Histogram.from_plain(d["schedule_lag"])
+        agg.phases = PhaseBook.from_plain(d.get("phases"))  # absent: written before phases
+        if d.get("own_lag") is not None:  # absent: written before the generator's health
+            agg.own_lag = Histogram.from_plain(d["own_lag"])
+        agg.starts_late = int(d.get("starts_late") or 0)
         for status in d["workers"]:
             agg.add_status(status)
+        if d.get("cpu_hot") is not None:
+            agg.cpu_hot = HotTime.from_plain(d["cpu_hot"])
         agg.max_cpu_pct = float(d["max_cpu_pct"])
         agg.max_loop_lag_ms = float(d["max_loop_lag_ms"])
         agg.first_start, agg.last_end = d["first_start"], d["last_end"]

@@ -29,7 +29,9 @@ from typing import Any
 from pytest_wec.controller.aggregator import Aggregator
 from pytest_wec.controller.ciexports import write_hgrm
 from pytest_wec.controller.csvstats import CsvFiles
+from pytest_wec.controller.delivery import account, take_spills
 from pytest_wec.controller.doctor import PebbleDoctor
+from pytest_wec.controller.health import assess
 from pytest_wec.controller.ledger import FailureLedger, shard_of
 from pytest_wec.controller.livecontrol import LiveControl
 from pytest_wec.controller.outputs import (
@@ -44,6 +46,9 @@ from pytest_wec.controller.plugins import PluginCalls
 from pytest_wec.controller.rebuild import BENCHMARK_NAME, SUMMARY_NAME, rebuild, report_main
 from pytest_wec.controller.report_html import REPORT_NAME, settings_view, write_report
 from pytest_wec.controller.resultlog import ResultLogWriter
+from pytest_wec.controller.runinfo import run_info_of
+from pytest_wec.controller.stackwatch import StackWatch
+from pytest_wec.controller.thresholds import percentiles_of
 from pytest_wec.controller.watch import Watch
 from pytest_wec.settings import Settings
 from pytest_wec.wire.control import ControlWriter
@@ -60,7 +65,7 @@ def log_name(fmt: str) -> str:
     return "results.msgpack" if fmt == "msgpack" else "results.jsonl"
 
 
-class LoadSession(LiveControl):
+class LoadSession(StackWatch, LiveControl):
     """The controller's side of one load run; ``start`` once, ``finish`` at the end."""
 
     def __init__(self, settings: Settings, run_dir: Path, run_id: str, redis_url: str,
@@ -114,32 +119,19 @@ class LoadSession(LiveControl):
         # -- CA events (pytest_wec.controller.doctor): failures by cause, the Pebble doctor
         self.ledger = FailureLedger(self._started)
         self.doctors: list[PebbleDoctor] = []  # one per embedded Pebble
+        # -- stack events (pytest_wec.stack._keeper) and every result accounted for
+        self.keeper: Any = None  # StackKeeper: the run's processes watched, restarted
+        self.handed_spills: list[bytes] = []  # spills xdist's channel brought
+        self.delivery: dict[str, Any] = {}  # pytest_wec.controller.delivery.account
+        self.incomplete: list[str] = []  # why the run lost results or parts of its stack
         self.csv = CsvFiles(self.run_dir)  # Locust's stats.csv and stats_history.csv
         self.plugins = PluginCalls(self._note)  # plugins' hooks (pytest_wec.newhooks)
-
-    def attach_doctors(self, shards: list[Any],
-                       run_on_stack_thread: Callable[[Callable[[], float]], float] | None = None,
-                       forget: Callable[[str], None] | None = None) -> None:
-        """Watch each embedded Pebble (a :class:`~pytest_wec.stack.PebbleShard`): diagnosed
-        and restarted when it hangs; *forget* marks what the state DB holds of a directory
-        dead before its Pebble restarts."""
-        self.ledger.reshard(len(shards))
-        for shard in shards:
-            directory = str(shard.info["directory"])
-            self.doctors.append(PebbleDoctor(
-                shard, self.ledger, self._doctor_note, timeout=self.settings.timeout,
-                stall_after=self.stall_after, run_on_stack_thread=run_on_stack_thread,
-                state_counts=functools.partial(self._state_now, max_age=5.0),
-                forget=functools.partial(forget, directory) if forget is not None else None))
-
-    def _doctor_note(self, line: str) -> None:
-        with self._lock:
-            self._notices.append(line)
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
         view = super().snapshot(since)
         view["ca_events"] = self.ledger.snapshot()
         view["failed_by_cause"] = self.ledger.failed_by_cause()
+        view["stack_events"] = self.ledger.stack_snapshot()
         return view
 
     # -- running ---------------------------------------------------------------------------
@@ -162,6 +154,8 @@ class LoadSession(LiveControl):
             self.ledger.started = self._started
         for doctor in self.doctors:
             doctor.start()
+        if self.keeper is not None:
+            self.keeper.start()
         for name, target in (("wec-results", self._consume), ("wec-progress", self._progress)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -248,6 +242,7 @@ class LoadSession(LiveControl):
             try:
                 now = time.monotonic()
                 with self._lock:
+                    self._stack_state(now)
                     self.watch.tick(now)
                     for doctor in self.doctors:
                         shards = self.ledger.shards
@@ -306,12 +301,20 @@ class LoadSession(LiveControl):
             ended = time.time()
             for doctor in self.doctors:  # first: one may be restarting its Pebble
                 doctor.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
+            if self.keeper is not None:  # a restart under way ends first
+                self.keeper.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
             self._stop.set()
             for thread in self._threads:
                 thread.join(max(min(deadline - time.monotonic(), 5.0), 0.1))
             stuck = any(t.is_alive() and t.name == "wec-results" for t in self._threads)
             source = self._source
             if source is not None and not stuck:
+                records, files, recovered = take_spills(source, self.run_dir,
+                                                        self.handed_spills)
+                self._handle(records)
+                if files:
+                    self._note(f"wec: {recovered} chain results recovered from {files} "
+                               "spill(s) of workers that could not deliver them")
                 self._drain(source, deadline)
             elif source is not None:
                 log.warning("the results reader did not stop; summary without a final drain")
@@ -319,7 +322,13 @@ class LoadSession(LiveControl):
             self._ended = ended
             if self._control is not None:
                 self._control.close()
-            lost = source.lost_total if source is not None else 0
+            self.delivery = account(source, self.run_dir) if source is not None and \
+                not stuck else {"results_lost": source.lost_total if source else 0}
+            lost = int(self.delivery["results_lost"])
+            if self.keeper is not None:
+                self.incomplete += self.keeper.unrecovered()
+            if lost:
+                self.incomplete.append(f"{lost} chain results lost (results_lost)")
             if source is not None and not stuck:
                 source.close()
             if self._writer is None:
@@ -327,7 +336,9 @@ class LoadSession(LiveControl):
                 self._writer = ResultLogWriter(self.log_path, self.settings.log_format)
             self._writer.close()
             with self._lock:
-                self._agg.add_lost(lost)
+                # the sinks' own drops are counted by the aggregator already
+                self._agg.add_lost(max(lost - sum(int(w.get("dropped", 0))
+                                                  for w in self._agg.workers.values()), 0))
                 self.watch.end(time.monotonic(), self.workers, bool(self._threads))
                 summary = self._build(ended)
                 benchmark = build_benchmark_json(self._agg, summary["run"])
@@ -368,6 +379,9 @@ class LoadSession(LiveControl):
     def _drain(self, source: ResultSource, deadline: float) -> None:
         with self._lock:
             names = set(self.watch.workers) or None
+        dead = self.keeper.dead_workers if self.keeper is not None else set()
+        if names is not None and dead:  # known dead: nothing more comes from them
+            names = names - dead
         try:
             for rec in source.drain(names, timeout=max(deadline - time.monotonic(), 0.1),
                                     stale_after=self.silent_after):
@@ -377,35 +391,17 @@ class LoadSession(LiveControl):
 
     def _build(self, ended: float) -> dict[str, Any]:
         s = self.settings
-        if self.load_started is not None:
-            # the time under load: from the common start to the moment no chain starts
-            # (the duration's end, or an earlier stop); start-up and the tail apart
-            started = self.load_started
-            stop = self.load_ended or started + s.run_length
-            load_ended = min(stop, ended)
-        else:  # no barrier (a rebuilt or interrupted run): the chains' own span
-            started = self._agg.first_start or self._started
-            load_ended = min(self._agg.last_end or ended, ended)
-        self._agg.until = load_ended
-        run_info = {"id": self.run_id, "started": started, "ended": load_ended,
-                    "duration_s": max(load_ended - started, 0.0), "directory": self.directory,
-                    "workers": self.workers, "model": s.model, "load": s.load, "rate": s.rate,
-                    "stages": [[d, t] for d, t in s.stages] if s.stages else None,
-                    "load_started": self.load_started,
-                    "load_ended": load_ended if self.load_started is not None else None,
-                    "startup_s": (round(self.load_started - self.process_started, 3)
-                                  if self.load_started is not None and self.process_started
-                                  else None),
-                    "tail_s": round(max(ended - load_ended, 0.0), 3),
-                    "missing_at_start": list(self.missing),
-                    "pebbles": [str(d.stack.info["directory"]) for d in self.doctors]}
+        run_info = run_info_of(self, ended)
         state = self._state_now(max_age=0.0)
         sent: dict[str, int] = {}  # chains each worker delivered, by its own count
         for st in self._agg.workers.values():
             sent[st["worker"]] = sent.get(st["worker"], 0) + int(st.get("sent", 0))
         summary = build_summary(self._agg, run_info, state,
                                 {"saturated": list(self.saturated),
-                                 "sent_by_worker": dict(sorted(sent.items()))}, None)
+                                 "sent_by_worker": dict(sorted(sent.items()))}, None,
+                                percentiles=percentiles_of(s.threshold))
+        # could the generator make the load asked of it (controller/health.py)
+        summary["generator"]["health"] = assess(self._agg, summary["run"], self.controls)
         # beside ``totals``, not in it: a summary rebuilt from the results log has the same
         # totals, and no CA events to count against
         summary.update(failed_by_cause=self.ledger.failed_by_cause(),
@@ -413,6 +409,8 @@ class LoadSession(LiveControl):
         summary.update(stalls=list(self.stalls), waits=list(self.watch.waits),
                        workers_lost=list(self.workers_lost),
                        warnings=list(self.warnings), controls=list(self.controls))
+        summary.update(stack_events=self.ledger.stack_snapshot(), delivery=dict(self.delivery),
+                       incomplete=list(self.incomplete))
         return summary
 
     def tables(self) -> str:

@@ -3,12 +3,20 @@ diffs, bounds on how much worse a metric may get, the regressions beyond them an
 text (controller).
 
 :func:`compare` gives, per chain and per endpoint, count, rate (/s), p50, p95, p99 and mean
-(ms) and error_rate (%), with the absolute and the percent change. Bounds
+(ms) and error_rate (%), with the absolute and the percent change; per ACME phase (over all
+chains, and per chain as ``validation[new_certificate]``) count, p50, p95, p99 and mean, in
+ms or, for the count phases (``polls``, ``validation_requests``), in their own unit. Bounds
 (``--wec-compare-fail``, :func:`parse_compare_fail`) such as ``p95:10%,p99:20%,error_rate:0.5``:
 
     p50 p95 p99 mean    N% of the baseline, or an increase such as 50ms or 0.2s
+    p50 p95 p99 mean    N% of the baseline plus an increase: 10%+2ms
     error_rate          percentage points (0.5: from 1.0% to more than 1.5%)
     count rate          an N% drop
+
+A change is a regression only when it breaks its bound and is beyond the noise of the two
+runs (:func:`pytest_wec.controller.noise.change_noise`, 95%: each latency figure's interval,
+saved with the baseline; Poisson and binomial noise of the counts). A baseline saved
+without intervals takes the current run's for its own.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from typing import Any
 
 from pytest_wec.controller.baseline import KINDS, load_benchmark
 from pytest_wec.controller.gating import text_table
+from pytest_wec.controller.noise import change_noise, halves
+from pytest_wec.controller.phases import COUNT_PHASES
 from pytest_wec.controller.thresholds import format_value
 
 __all__ = ["METRICS", "Bound", "Diff", "Regression", "compare", "format_diffs",
@@ -36,25 +46,54 @@ UNITS = {"count": "", "rate": "/s", "p50": "ms", "p95": "ms", "p99": "ms", "mean
 
 
 Metrics = dict[str, float | None]
+#: what a comparison covers: the baseline's kinds, and the ACME phases
+_KINDS = (*KINDS, "phase")
+
+
+def _counted(kind: str, name: str) -> bool:
+    """A count phase (``polls``, ``polls[new_certificate]``): no ms, its own unit."""
+    return kind == "phase" and name.split("[", 1)[0] in COUNT_PHASES
 
 
 def _ms(seconds: Any) -> float | None:
     return round(float(seconds) * 1000, 3) if isinstance(seconds, int | float) else None
 
 
+def _raw(value: Any) -> float | None:
+    return round(float(value), 3) if isinstance(value, int | float) else None
+
+
+def _phases_of(summary: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The summary's phases over all chains, then per chain as ``phase[chain]``."""
+    out = dict(summary.get("phases") or {})
+    for chain, e in (summary.get("chains") or {}).items():
+        out.update({f"{name}[{chain}]": p for name, p in (e.get("phases") or {}).items()})
+    return out
+
+
 def _from_benchmark(data: Mapping[str, Any]) -> dict[tuple[str, str], Metrics]:
     out: dict[tuple[str, str], Metrics] = {}
     for b in data.get("benchmarks", []):
-        if b.get("group") not in KINDS:
+        if b.get("group") not in _KINDS:
             continue
         stats, extra = b.get("stats") or {}, b.get("extra_info") or {}
+        if b["group"] == "phase":
+            scale = _raw if _counted("phase", b["name"]) else _ms
+            out[("phase", b["name"])] = {
+                "count": extra.get("count", stats.get("rounds")), "rate": None,
+                "p50": scale(stats.get("median")), "p95": scale(extra.get("p95")),
+                "p99": scale(extra.get("p99")), "mean": scale(stats.get("mean")),
+                "error_rate": None,
+                **halves(extra.get("ci"), 1 if _counted("phase", b["name"]) else 1000)}
+            continue
         count = extra.get("count", stats.get("rounds"))
         failed = extra.get("failed")
         out[(b["group"], b["name"])] = {
             "count": count, "rate": extra.get("per_s"), "p50": _ms(stats.get("median")),
             "p95": _ms(extra.get("p95")), "p99": _ms(extra.get("p99")),
             "mean": _ms(stats.get("mean")),
-            "error_rate": 100 * failed / count if count and failed is not None else None}
+            "error_rate": 100 * failed / count if count and failed is not None else None,
+            "failed": failed, **halves(extra.get("ci"), 1000)}
     return out
 
 
@@ -68,7 +107,15 @@ def _from_summary(summary: Mapping[str, Any]) -> dict[tuple[str, str], Metrics]:
             out[(kind, name)] = {
                 "count": e["count"], "rate": e.get("per_s"), "p50": lat["p50"],
                 "p95": lat["p95"], "p99": lat["p99"], "mean": lat["mean"],
-                "error_rate": 100 * e["failed"] / e["count"]}
+                "error_rate": 100 * e["failed"] / e["count"], "failed": e["failed"],
+                **halves(e.get("ci_ms"), 1)}
+    for name, p in _phases_of(summary).items():
+        lat = p.get("latency_ms") or p.get("values") or {}
+        if p.get("count"):
+            out[("phase", name)] = {"count": p["count"], "rate": None, "p50": lat.get("p50"),
+                                    "p95": lat.get("p95"), "p99": lat.get("p99"),
+                                    "mean": lat.get("mean"), "error_rate": None,
+                                    **halves(p.get("ci"), 1)}
     return out
 
 
@@ -90,6 +137,8 @@ class Diff:
     current: float | None
     change: float | None
     change_pct: float | None
+    #: the 95% half-width of ``change`` from the two runs' noise (None: neither says)
+    noise: float | None = None
 
 
 def compare(current: Mapping[str, Any] | str | os.PathLike[str],
@@ -97,17 +146,20 @@ def compare(current: Mapping[str, Any] | str | os.PathLike[str],
     """Diffs of every metric of every chain and endpoint in either run; ``current`` is a
     summary.json or a benchmark.json (a mapping or a path), ``baseline`` a benchmark.json."""
     now, then = _metrics(current), _metrics(baseline)
-    keys = sorted(now.keys() | then.keys(), key=lambda k: (KINDS.index(k[0]), k[1]))
+    keys = sorted(now.keys() | then.keys(), key=lambda k: (_KINDS.index(k[0]), k[1]))
     out = []
     for key in keys:
         a, b = then.get(key, {}), now.get(key, {})
         for metric in METRICS:
             base, cur = a.get(metric), b.get(metric)
-            change = pct = None
+            change = pct = noise = None
             if base is not None and cur is not None:
                 change = round(cur - base, 6)
                 pct = round(change / base * 100, 4) if base else None
-            out.append(Diff(key[0], key[1], metric, UNITS[metric], base, cur, change, pct))
+                noise = change_noise(metric, a, b)
+                noise = round(noise, 6) if noise is not None else None
+            unit = "" if _counted(*key) and metric in LATENCY_METRICS else UNITS[metric]
+            out.append(Diff(key[0], key[1], metric, unit, base, cur, change, pct, noise))
     return out
 
 
@@ -122,13 +174,19 @@ class Bound:
     limit: float  # percent when relative; ms for latency, percentage points for error_rate
     relative: bool
     text: str
+    plus: float = 0.0  # ms a relative latency bound allows on top (``10%+2ms``)
+
+    def allowed(self, base: float) -> float:
+        """The worsening the bound allows from ``base``, in the metric's unit."""
+        return self.limit / 100 * base + self.plus if self.relative else self.limit
 
 
 _FAIL_FORM = ("expected METRIC:BOUND[,...] such as p95:10%,p99:20%,error_rate:0.5 (p50, p95, "
-              "p99, mean: a percent of the baseline such as 10% or an increase such as 50ms; "
-              "error_rate: percentage points such as 0.5; count, rate: a percent drop such "
-              "as 20%)")
-_BOUND = re.compile(r"(?P<metric>\w+)\s*:\s*(?P<num>\d+\.?\d*|\.\d+)\s*(?P<unit>%|ms|s|pp)?")
+              "p99, mean: a percent of the baseline such as 10%, an increase such as 50ms, "
+              "or both such as 10%+2ms; error_rate: percentage points such as 0.5; count, "
+              "rate: a percent drop such as 20%)")
+_BOUND = re.compile(r"(?P<metric>\w+)\s*:\s*(?P<num>\d+\.?\d*|\.\d+)\s*(?P<unit>%|ms|s|pp)?"
+                    r"(?:\s*\+\s*(?P<plus>\d+\.?\d*|\.\d+)\s*(?P<plus_unit>ms|s))?")
 
 
 def parse_compare_fail(spec: str) -> tuple[Bound, ...]:
@@ -141,7 +199,14 @@ def parse_compare_fail(spec: str) -> tuple[Bound, ...]:
         metric, num, unit = m["metric"], float(m["num"]), m["unit"] or ""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; {_FAIL_FORM}")
-        if metric in LATENCY_METRICS and unit in ("%", "ms", "s"):
+        if m["plus"] is not None and not (metric in LATENCY_METRICS and unit == "%"):
+            raise ValueError(f"{metric} does not take {part.partition(':')[2].strip()!r}; "
+                             f"{_FAIL_FORM}")
+        if m["plus"] is not None:
+            plus = float(m["plus"]) * (1000 if m["plus_unit"] == "s" else 1)
+            out.append(Bound(metric, num, True, f"{m['num']}%+{m['plus']} {m['plus_unit']}",
+                             plus))
+        elif metric in LATENCY_METRICS and unit in ("%", "ms", "s"):
             limit = num * 1000 if unit == "s" else num
             text = f"{m['num']}%" if unit == "%" else f"{m['num']} {unit}"
             out.append(Bound(metric, limit, unit == "%", text))
@@ -183,13 +248,23 @@ def _amount(d: Diff, b: Bound) -> float | None:
         return None
     if d.metric in ("count", "rate"):
         return -d.change_pct if d.change_pct is not None else None
+    if not b.relative and d.metric in LATENCY_METRICS and d.unit != "ms":  # a count phase
+        return None
     return d.change_pct if b.relative else d.change
+
+
+def _beyond(d: Diff, b: Bound) -> bool:
+    """Whether ``d`` is worse than ``b`` allows, and worse than its noise explains."""
+    assert d.change is not None and d.baseline is not None
+    worse = -d.change if d.metric in ("count", "rate") else d.change
+    return worse > b.allowed(d.baseline) and worse > (d.noise or 0.0)
 
 
 def regressions(diffs: Iterable[Diff], bounds: Sequence[Bound], *,
                 min_count: int = 0) -> list[Regression]:
-    """The diffs worse than a bound of their metric; an entry new or gone is none, and so is
-    one with fewer than ``min_count`` completions in either run (too few to tell)."""
+    """The diffs worse than a bound of their metric by more than their noise
+    (``Diff.noise``); an entry new or gone is none, and so is one with fewer than
+    ``min_count`` completions in either run (too few to tell)."""
     diffs = list(diffs)
     few = {(d.kind, d.name) for d in diffs if d.metric == "count"
            and min(d.baseline or 0, d.current or 0) < min_count}
@@ -199,9 +274,12 @@ def regressions(diffs: Iterable[Diff], bounds: Sequence[Bound], *,
             continue
         for b in bounds:
             amount = _amount(d, b) if b.metric == d.metric else None
-            if amount is None or not amount > b.limit:
+            if amount is None or not _beyond(d, b):
                 continue
             was, now = (format_value(v, d.unit) for v in (d.baseline, d.current))
+            if d.noise:
+                now += "; noise \u00b1" + (f"{d.noise:.2f} pp" if d.metric == "error_rate"
+                                           else format_value(d.noise, d.unit))
             if b.relative:
                 verb = "dropped" if d.metric in ("count", "rate") else "regressed"
                 how = f"{verb} {amount:.1f}%"
@@ -243,7 +321,7 @@ def format_diffs(diffs: Sequence[Diff], regressions: Sequence[Regression], *,
     flagged = {(r.diff.kind, r.diff.name, r.diff.metric) for r in regressions}
     head = f"wec vs baseline {label}" if label else "wec vs baseline"
     lines = [f"{head}: {len(regressions)} regression{'' if len(regressions) == 1 else 's'}"]
-    for kind in KINDS:
+    for kind in _KINDS:
         rows: dict[str, dict[str, str]] = {}
         for d in diffs:
             if d.kind == kind:

@@ -18,6 +18,11 @@ answer). On its own thread, every step bounded, it proves from Pebble's side wha
   (:func:`~pytest_wec.stack._dump.classify_dump`), Pebble restarted;
 - ``restart``: Pebble started again on the same addresses; its state is gone.
 
+A Pebble that dies (any exit nobody asked for, seen within a second by the stack's keeper,
+:mod:`~pytest_wec.stack._keeper`) is handed over with :meth:`PebbleDoctor.exited`: an
+``exited`` event naming its exit status or signal and its log's last line, then the same
+restart (the keeper bounds how many deaths are restarted).
+
 Each event is a ``ca_events`` entry of summary.json, one terminal line, and is shown by the
 dashboard and report.html. Failures in an event's window (from the last POST answer before
 it to the restart's end plus ``--wec-timeout``) that got no answer, or were cancelled, count
@@ -79,6 +84,8 @@ class PebbleDoctor:
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._reason: tuple[str, int] = ("", 0)
+        #: a death the keeper reported: (how it ended, its log's last line, told the outcome)
+        self._death: tuple[str, str, Callable[[bool, float | None, str], None]] | None = None
         self.busy = False
         self._thread = threading.Thread(target=self._loop, name="wec-doctor", daemon=True)
 
@@ -113,6 +120,20 @@ class PebbleDoctor:
         self.busy = True
         self._wake.set()
 
+    def exited(self, how: str, last_line: str,
+               done: Callable[[bool, float | None, str], None]) -> None:
+        """The keeper saw the embedded Pebble die (*how*: ``killed by SIGKILL``): an
+        ``exited`` event and a restart, on the doctor's thread; *done* is told the outcome
+        (restarted, the seconds it took, the words)."""
+        self._death = (how, last_line, done)
+        self._reason = (f"embedded Pebble {how}", 0)
+        self.busy = True
+        self._wake.set()
+
+    def give_up(self) -> None:
+        """No restart any more (the keeper gave up on this Pebble's deaths)."""
+        self._gave_up = True
+
     # -- the doctor's thread ---------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -124,7 +145,7 @@ class PebbleDoctor:
             try:
                 if self._stopped is not None:
                     self._check_resumed()
-                if self.busy:
+                if self.busy or self._death is not None:
                     self._examine(*self._reason)
             except Exception:
                 log.exception("the Pebble doctor failed; the run goes on")
@@ -150,6 +171,10 @@ class PebbleDoctor:
 
     def _examine(self, reason: str, in_flight: int) -> None:
         proc = self.stack.pebble
+        death, self._death = self._death, None
+        if death is not None:
+            self._died(proc, reason, *death)
+            return
         if proc is None or self._gave_up:
             return
         since = self.ledger.quiet(time.time(), self.shard)[0]
@@ -200,6 +225,26 @@ class PebbleDoctor:
         index = self.ledger.record(ev, since_epoch, shard=self.shard)
         self._restart(ev, index, in_flight)
 
+    def _died(self, proc: Any, reason: str, how: str, last_line: str,
+              done: Callable[[bool, float | None, str], None]) -> None:
+        """A death the keeper saw: proven (the process is gone), so no probe first."""
+        if proc is None:
+            done(False, None, "no embedded Pebble")
+            return
+        if proc.alive():  # a probe found it gone first and restarted it already
+            done(True, None, "embedded Pebble restarted already")
+            return
+        since = self.ledger.quiet(time.time(), self.shard)[0]
+        since_epoch = time.time() - since
+        in_flight = self._reason[1]
+        ends = f"; its log ends: {last_line}" if last_line else ""
+        ev = self._event("exited", f"embedded Pebble {how}{ends}", time.time(),
+                         since_s=self._rel(since_epoch), in_flight=in_flight, trigger=reason)
+        index = self.ledger.record(ev, since_epoch, shard=self.shard)
+        ok = self._restart(ev, index, in_flight)
+        took = self.ledger.events[index].get("restart_s")
+        done(ok, took, self.ledger.events[index]["diagnosis"])
+
     def _dump_and_diagnose(self, probe: PebbleProbe, now: float,
                            common: dict[str, Any]) -> dict[str, Any]:
         exited, text = self.stack.dump_pebble(self.dump_timeout)
@@ -235,7 +280,7 @@ class PebbleDoctor:
         return ("Pebble's state: every account, order, authorization and certificate it held"
                 f"{held}; its issuing roots are new")
 
-    def _restart(self, ev: dict[str, Any], index: int, in_flight: int) -> None:
+    def _restart(self, ev: dict[str, Any], index: int, in_flight: int) -> bool:
         t = time.time()
         self.restarts += 1
         self._last_restart = time.monotonic()
@@ -253,7 +298,7 @@ class PebbleDoctor:
             fail = self._event("restart", f"embedded Pebble did not start again: {exc}",
                                time.time(), in_flight=in_flight, ok=False)
             self._say(self.ledger.record(fail, None, shard=self.shard))
-            return
+            return False
         end = time.time()
         lost = self._lost()
         self.ledger.update(index, lost=lost, restart_s=round(took, 2),
@@ -268,6 +313,7 @@ class PebbleDoctor:
                          lost=lost, restart_s=round(took, 2), ok=True, of=index)
         self._say(self.ledger.record(rs, t, None, restart_at=end, shard=self.shard))
         self._next_probe = time.monotonic() + self.quiet_after
+        return True
 
     def _check_resumed(self) -> None:
         proc = self.stack.pebble

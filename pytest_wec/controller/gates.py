@@ -1,7 +1,8 @@
 """CI gating on the controller: thresholds and baselines wired to one load run.
 
 :class:`Gates` loads the baseline before anything starts (a missing one is a usage error),
-evaluates the thresholds and the comparison on the summary before it is written, stops the
+evaluates the thresholds, the comparison and the generator's health
+(:mod:`pytest_wec.controller.health`) on the summary before it is written, stops the
 run early under ``--wec-abort-on-fail`` and saves the run as a baseline under
 ``--wec-save``. What the verdicts mean: :mod:`pytest_wec.controller.gating`.
 """
@@ -37,8 +38,8 @@ class Gates:
 
     @property
     def active(self) -> bool:
-        s = self.settings
-        return bool(s.threshold or s.compare)
+        """Whether a load run is judged: always, for the generator's health at least."""
+        return self.settings.load_mode
 
     def prepare(self) -> None:
         """Before any load: a baseline that cannot be found is a usage error now."""
@@ -64,9 +65,10 @@ class Gates:
 
         s = self.settings
         result = gate(summary, s.threshold, self.baseline, s.compare_fail or (),
-                      aborted=self.aborted)
+                      aborted=self.aborted, allow_saturated=s.allow_saturated)
         summary["thresholds"] = [v.to_dict() for v in result.verdicts]
-        if self.baseline is not None or self.aborted:
+        if (self.baseline is not None or self.aborted or result.health
+                or result.saturated_allowed):
             summary["gate"] = result.to_dict()
         self.result = result
 

@@ -3,7 +3,9 @@ exit status (runs in the controller, after the summary is built).
 
 Thresholds (:mod:`pytest_wec.controller.thresholds`, e.g. ``p95(endpoint:newOrder) < 500ms``)
 are evaluated against summary.json: latencies come from the summary's ``latency_ms`` (merged
-HDR histograms; ``requests`` and ``chains`` from its ``overall`` entries); ``error_rate`` is
+HDR histograms; ``requests`` and ``chains`` from its ``overall`` entries; ``corrected`` from
+``latency_from_scheduled_ms``; a phase from ``phases``, a count phase's ``values``; a
+percentile beyond p50 .. p99.9 is there when the summary was built with it); ``error_rate`` is
 failed / completed (chains for a chain, requests for an endpoint); ``rate`` is per second of
 the run. A threshold whose chain or endpoint has no data fails: ``no data for chain:x``.
 
@@ -15,7 +17,9 @@ throughput seen so far plus 10 %, the rate would still break the bound. Percenti
 ``rate`` and lower bounds on ``count`` are decided at the end only.
 
 Exit status: :data:`EXIT_GATE_FAILED` (7) when a threshold failed, a regression broke its
-bound (:mod:`~pytest_wec.controller.comparison`) or an abort stopped the run, in place of
+bound (:mod:`~pytest_wec.controller.comparison`), the generator was saturated or short of
+the asked rate (summary.json's ``generator.health``, :mod:`~pytest_wec.controller.health`;
+not under ``--wec-allow-saturated``) or an abort stopped the run, in place of
 pytest's 0 (and of its 2 when the abort interrupted the session). pytest's own 1 to 6 (tests
 failed, interrupted, internal error, usage error, no tests collected, too many warnings) are
 kept.
@@ -99,6 +103,13 @@ def _measure(t: Threshold, s: Mapping[str, Any]) -> float | str:
         entry = (s.get("overall") or {}).get(t.name)
         if entry is None:
             return f"no overall latency of {t.name} in the summary"
+    elif t.scope == "phase":  # summary.json's phases, or a chain's own
+        where = s if t.chain is None else (s.get("chains") or {}).get(t.chain) or {}
+        entry = (where.get("phases") or {}).get(t.name)
+        if entry is None:
+            return f"no data for {t.selector}"
+        if t.kind == "count":
+            return float(entry["count"])
     else:
         entry = (s.get(t.scope + "s") or {}).get(t.name)
         if entry is None:
@@ -109,8 +120,13 @@ def _measure(t: Threshold, s: Mapping[str, Any]) -> float | str:
             return float(entry["per_s"])
     if not entry.get("count"):
         return f"no data for {t.selector}"
-    ms = float(entry["latency_ms"][t.func])
-    return round(ms / 1000, 6) if t.unit == "s" else ms
+    # corrected: from the intended start (open model); the closed model has none apart
+    lat = (entry.get("latency_from_scheduled_ms") if t.corrected else None) \
+        or entry.get("latency_ms") or entry.get("values") or {}
+    if t.key not in lat:
+        return f"no {t.key} of {t.selector} in the summary"
+    value = float(lat[t.key])
+    return round(value / 1000, 6) if t.unit == "s" else value
 
 
 def _verdict(t: Threshold, s: Mapping[str, Any]) -> Verdict:
@@ -211,15 +227,20 @@ class GateResult:
     regressions: tuple[Regression, ...] = ()
     baseline: str | None = None  # what the run was compared with
     aborted: str | None = None  # why --wec-abort-on-fail stopped the run
+    #: why the generator could not make the load asked (controller/health.py); None: it could
+    health: str | None = None
+    #: the same, when --wec-allow-saturated let the run pass all the same
+    saturated_allowed: str | None = None
 
     @property
     def active(self) -> bool:
-        return bool(self.verdicts) or self.baseline is not None or self.aborted is not None
+        return (bool(self.verdicts) or self.baseline is not None or self.aborted is not None
+                or self.health is not None or self.saturated_allowed is not None)
 
     @property
     def failed(self) -> bool:
         return (any(not v.ok for v in self.verdicts) or bool(self.regressions)
-                or self.aborted is not None)
+                or self.aborted is not None or self.health is not None)
 
     def exit_status(self, status: int) -> int:
         """The session's exit status with the gate applied (see the module doc)."""
@@ -234,6 +255,8 @@ class GateResult:
             return None
         failed = [v for v in self.verdicts if not v.ok]
         parts = [f"aborted: {self.aborted}"] if self.aborted else []
+        if self.health:
+            parts.append(f"{self.health}; --wec-allow-saturated accepts it")
         if failed:
             parts.append(f"{_plural(len(failed), 'threshold')} failed ("
                          + _listed([f"{v.expr}: {v.value_text if v.value is not None else v.reason}"
@@ -248,6 +271,8 @@ class GateResult:
             done.append(f"{_plural(len(self.verdicts), 'threshold')} passed")
         if self.baseline is not None:
             done.append(f"no regressions against {self.baseline}")
+        if self.saturated_allowed:
+            done.append(f"{self.saturated_allowed}, allowed by --wec-allow-saturated")
         return "wec: PASSED: " + ", ".join(done)
 
     def text(self) -> str:
@@ -255,6 +280,8 @@ class GateResult:
         from pytest_wec.controller.comparison import format_diffs
 
         parts = [format_verdicts(self.verdicts)]
+        if self.health or self.saturated_allowed:
+            parts.append(f"wec generator: {self.health or self.saturated_allowed}\n")
         if self.baseline is not None:
             parts.append(format_diffs(self.diffs, self.regressions, label=self.baseline))
         return "\n".join(p for p in parts if p)
@@ -262,6 +289,7 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for summary.json."""
         return {"failed": self.failed, "aborted": self.aborted, "baseline": self.baseline,
+                "health": self.health, "saturated_allowed": self.saturated_allowed,
                 "thresholds": [v.to_dict() for v in self.verdicts],
                 "regressions": [r.message for r in self.regressions],
                 "diffs": [dataclasses.asdict(d) for d in self.diffs]}
@@ -269,13 +297,17 @@ class GateResult:
 
 def gate(summary: Mapping[str, Any], thresholds: Iterable[Threshold] = (),
          baseline: Baseline | None = None, bounds: Sequence[Bound] = (), *,
-         aborted: str | None = None) -> GateResult:
-    """Thresholds against ``summary``, then ``summary`` against ``baseline`` with ``bounds``."""
+         aborted: str | None = None, allow_saturated: bool = False) -> GateResult:
+    """Thresholds against ``summary``, then ``summary`` against ``baseline`` with ``bounds``;
+    the generator's health (summary.json's ``generator.health``) fails the gate unless
+    ``allow_saturated``."""
     verdicts = tuple(evaluate(thresholds, summary))
+    reason = ((summary.get("generator") or {}).get("health") or {}).get("reason")
+    health, allowed = (None, reason) if allow_saturated else (reason, None)
     if baseline is None:
-        return GateResult(verdicts, aborted=aborted)
+        return GateResult(verdicts, aborted=aborted, health=health, saturated_allowed=allowed)
     from pytest_wec.controller.comparison import compare, regressions
 
     diffs = compare(summary, baseline.data)
     return GateResult(verdicts, tuple(diffs), tuple(regressions(diffs, bounds)),
-                      baseline.label, aborted)
+                      baseline.label, aborted, health=health, saturated_allowed=allowed)

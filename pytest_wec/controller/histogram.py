@@ -19,7 +19,8 @@ from typing import Any
 import msgpack
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["HIGHEST_US", "LOWEST_US", "SIGNIFICANT_FIGURES", "Histogram", "index_range"]
+__all__ = ["HIGHEST_US", "LOWEST_US", "SIGNIFICANT_FIGURES", "Histogram", "index_range",
+           "percentile_key"]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
@@ -105,19 +106,39 @@ class Histogram:
             out[k] = high if p else low
         return out
 
+    def scaled(self, factor: int) -> Histogram:
+        """Every value times ``factor`` (exact for values under 2048, which HDR keeps
+        exactly: counts)."""
+        out = Histogram()
+        for i, n in self.counts.items():
+            low, _high = index_range(i)
+            j = _index(min(low * factor, HIGHEST_US))
+            out.counts[j] = out.counts.get(j, 0) + n
+        if self.total:
+            out.total, out.sum = self.total, self.sum * factor
+            out.min, out.max = self.min * factor, min(self.max * factor, HIGHEST_US)
+        return out
+
     def mean(self) -> float:
         return self.sum / self.total if self.total else 0.0
 
     def summary_ms(self, ps: Iterable[float] = (50, 90, 95, 99, 99.9)) -> dict[str, float]:
         """min, mean, p.., max in milliseconds; percentiles clipped to the exact min/max."""
+        return self.summary(ps, 1000)
+
+    def summary(self, ps: Iterable[float] = (50, 90, 95, 99, 99.9),
+                scale: int = 1) -> dict[str, float]:
+        """min, mean, p.., max of the recorded values divided by ``scale`` (1000: us as ms;
+        1: counts as they are); keys named by :func:`percentile_key`."""
         plist = list(ps)
         if not self.total:
-            return {"min": 0.0, "mean": 0.0, **{_pname(p): 0.0 for p in plist}, "max": 0.0}
+            return {"min": 0.0, "mean": 0.0, **{percentile_key(p): 0.0 for p in plist},
+                    "max": 0.0}
         values = self.percentiles(plist)
-        out = {"min": _ms(self.min), "mean": round(self.mean() / 1000, 3)}
+        out = {"min": _scaled(self.min, scale), "mean": round(self.mean() / scale, 3)}
         for p, v in zip(plist, values, strict=True):
-            out[_pname(p)] = _ms(min(max(v, self.min), self.max))
-        out["max"] = _ms(self.max)
+            out[percentile_key(p)] = _scaled(min(max(v, self.min), self.max), scale)
+        out["max"] = _scaled(self.max, scale)
         return out
 
     def to_hdr(self) -> HdrHistogram:
@@ -205,9 +226,13 @@ def _index(us: int) -> int:
     return (b << _HALF_BITS) + (us >> b)
 
 
-def _pname(p: float) -> str:
-    return "p" + (str(int(p)) if float(p).is_integer() else str(p).replace(".", ""))
+def percentile_key(p: float) -> str:
+    """The key of percentile ``p`` in a summary: ``p50``, ``p96``, ``p99.5``, ``p99.99``;
+    99.9 keeps its historical ``p999``."""
+    if float(p) == 99.9:
+        return "p999"
+    return "p" + (str(int(p)) if float(p).is_integer() else repr(float(p)))
 
 
-def _ms(us: int) -> float:
-    return round(us / 1000, 3)
+def _scaled(v: int, scale: int) -> float:
+    return round(v / scale, 3) if scale != 1 else float(v)

@@ -3,15 +3,19 @@
 :class:`FailureLedger` (every load run, on the controller) sorts the failed chains as they
 arrive::
 
-    ca_answer   failed on a problem document or an HTTP error status from the CA
-    ca_event    failed because of a recorded CA event (:mod:`~pytest_wec.controller.doctor`)
-    no_answer   a timeout or refused connection outside any event
-    ours        the rest: the chain's own checks, the client, the generator
+    ca_answer    failed on a problem document or an HTTP error status from the CA
+    ca_event     failed because of a recorded CA event (:mod:`~pytest_wec.controller.doctor`)
+    stack_event  failed because a part of our own stack died (redis-server, the challenge
+                 server; :mod:`~pytest_wec.stack._keeper`)
+    no_answer    a timeout or refused connection outside any event
+    ours         the rest: the chain's own checks, the client, the generator
 
 and keeps the CA events (summary.json ``ca_events``): a failure that got no answer, or was
 cancelled, inside an event's window counts against it; after a restart, chains refused with
 ``accountDoesNotExist``, and chains that spanned the restart and failed on an answer, count
-against the restart.
+against the restart. It keeps the stack events too (``stack_events``): every chain that
+failed, however, and was in flight while the part was down (ended after it died, started
+before it was back) counts against it; a part that stays down takes every later failure.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from typing import Any
 
 from pytest_wec.wire.results import ChainResult
 
-__all__ = ["FailureLedger", "failure_cause", "shard_of"]
+__all__ = ["EXIT_INCOMPLETE", "FailureLedger", "failure_cause", "shard_of"]
+
+#: The exit status of a run that lost results or had a part of its stack die without
+#: recovery, whatever its thresholds say (pytest uses 0 to 6, the gates 7).
+EXIT_INCOMPLETE = 8
 
 ACME = "urn:ietf:params:acme:error:"
 _KEEP_S = 120.0  # failures kept this long for an event found later
@@ -79,8 +87,11 @@ class FailureLedger:
         self.reshard(shards)
         self.events: list[dict[str, Any]] = []
         self._windows: list[_Window] = []
+        self.stack_events: list[dict[str, Any]] = []
+        self._stack_windows: list[_Window] = []
         self._recent: deque[list[Any]] = deque(maxlen=_KEEP_N)  # [end, started, group, label]
-        self._counts = {"ca_answer": 0, "ca_event": 0, "no_answer": 0, "ours": 0}
+        self._counts = {"ca_answer": 0, "ca_event": 0, "stack_event": 0, "no_answer": 0,
+                        "ours": 0}
 
     def reshard(self, shards: int) -> None:
         """The run spreads over *shards* embedded Pebbles (before any chain is observed)."""
@@ -111,14 +122,24 @@ class FailureLedger:
                 if self._match(entry) is None:
                     if group != "cancelled":
                         self._counts[group] += 1
-                    if group != "ours":  # the rest may still count against an event
-                        self._recent.append(entry)
+                    self._recent.append(entry)  # it may still count against an event
             while self._recent and self._recent[0][0] < time.time() - _KEEP_S:
                 self._recent.popleft()
 
     def _match(self, entry: list[Any]) -> int | None:
         """Count *entry* against the first event it belongs to; its index, or None."""
         end, started, group, label, shard = entry
+        for i, w in enumerate(self._stack_windows):
+            if end < w.since or (w.until is not None and started > w.until):
+                continue
+            ev = self.stack_events[i]
+            ev["chains_failed"] += 1
+            by = ev["failed_by_error"]
+            by[label] = by.get(label, 0) + 1
+            if group != "cancelled":
+                self._counts["stack_event"] += 1
+            entry[2] = "counted"
+            return -1 - i
         for i, w in enumerate(self._windows):
             if w.shard != shard or end < w.since or (w.until is not None and end > w.until):
                 continue
@@ -184,6 +205,36 @@ class FailureLedger:
             group = entry[2]
             if group != "counted" and self._match(entry) is not None and group != "cancelled":
                 self._counts[group] -= 1
+
+    # -- stack events ----------------------------------------------------------------------
+
+    def record_stack(self, event: dict[str, Any], since: float | None) -> int:
+        """Add a stack event (counting failures from *since*, epoch, on; None: it counts
+        nothing, e.g. a Pebble's, counted by its CA event) and count the failures already
+        in that belong to it; its index in ``stack_events``."""
+        event.setdefault("chains_failed", 0)
+        event.setdefault("failed_by_error", {})
+        with self._lock:
+            self.stack_events.append(event)
+            self._stack_windows.append(_Window(since if since is not None else float("inf"),
+                                               None))
+            self._rematch()
+            return len(self.stack_events) - 1
+
+    def close_stack(self, index: int, until: float | None) -> None:
+        """The part is back from *until* (epoch) on: chains started after it are not the
+        event's; None: it stays down."""
+        with self._lock:
+            self._stack_windows[index].until = until
+
+    def update_stack(self, index: int, **fields: Any) -> None:
+        with self._lock:
+            self.stack_events[index].update(fields)
+
+    def stack_snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{**e, "failed_by_error": dict(e["failed_by_error"])}
+                    for e in self.stack_events]
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:

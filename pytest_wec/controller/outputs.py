@@ -1,7 +1,7 @@
 """End-of-run outputs from an :class:`~pytest_wec.controller.aggregator.Aggregator` (controller).
 
-``build_summary``         summary.json (schema 1): run, totals, chains, endpoints, errors,
-                          state, generator, timeline, timeline_by
+``build_summary``         summary.json (schema 1): run, totals, chains, endpoints, phases,
+                          deviations, errors, state, generator, timeline, timeline_by
 ``build_tables``          totals, chains, endpoints and errors alone (also the live view's)
 ``timeline``              per second: counts, p50/p95/p99 of chains and of requests
 ``timeline_by``           per chain and per endpoint, the seconds each had: counts and
@@ -38,6 +38,13 @@ from pytest_wec.controller.aggregator import (
     index_range,
     short_error_type,
 )
+from pytest_wec.controller.noise import add_benchmark_intervals, add_intervals
+from pytest_wec.controller.phases import (
+    format_phase_lines,
+    phase_benchmarks,
+    phase_entry,
+    standard_ps,
+)
 from pytest_wec.controller.stats import ChainStats, EndpointStats, SecondStats
 
 __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "format_progress",
@@ -66,25 +73,29 @@ def _rate(n: int, duration: float) -> float:
 
 
 def _entry(count: int, ok: int, failed: int, hist: Histogram, duration: float,
-           late: int = 0) -> dict[str, Any]:
+           late: int = 0, ps: Sequence[float] = ()) -> dict[str, Any]:
     """A table row; ``per_s`` counts what ended under load (``count - late``) over the time
-    under load."""
+    under load; ``ps``: the percentiles of ``latency_ms`` (default: p50 .. p99.9)."""
     return {"count": count, "ok": ok, "failed": failed, "per_s": _rate(count - late, duration),
-            "latency_ms": hist.summary_ms()}
+            "latency_ms": hist.summary_ms(ps or standard_ps())}
 
 
 def build_summary(agg: Aggregator, run_info: Mapping[str, Any],
                   state_counts: Mapping[str, int], generator: Mapping[str, Any],
-                  thresholds: Sequence[Any] | None) -> dict[str, Any]:
+                  thresholds: Sequence[Any] | None, *,
+                  percentiles: Iterable[float] = ()) -> dict[str, Any]:
     """summary.json. ``run_info`` supplies the ``run`` keys (``started``/``ended`` in epoch
-    seconds give ``duration_s``); ``generator`` values win over the aggregator's own."""
+    seconds give ``duration_s``); ``generator`` values win over the aggregator's own;
+    ``percentiles``: more than p50 .. p99.9 in every latency (those thresholds name)."""
     duration = _duration(agg, run_info)
     run = {k: run_info.get(k) for k in _RUN_KEYS}
     run["duration_s"] = round(duration, 3)
     if run["ended"] is None and agg.last_end is not None:
         run["ended"] = agg.last_end
     run["model"] = str(getattr(run["model"], "value", run["model"]) or "closed")
-    tables = build_tables(agg, duration, open_model=run["model"] == "open")
+    tables = build_tables(agg, duration, open_model=run["model"] == "open",
+                          percentiles=percentiles)
+    add_intervals(tables, agg)  # each latency figure's 95% interval (controller/noise.py)
     state = {k: int(state_counts.get(k, 0)) for k in _STATE_KEYS}
     state.update({k: v for k, v in state_counts.items() if k not in state})
     gen = agg.generator_stats()
@@ -95,17 +106,23 @@ def build_summary(agg: Aggregator, run_info: Mapping[str, Any],
 
 
 def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
-                 max_errors: int | None = None) -> dict[str, Any]:
-    """``totals``, ``chains``, ``endpoints``, ``overall`` (all chains, all requests) and
-    ``errors`` (the most frequent first, at most ``max_errors``) over ``duration`` seconds."""
+                 max_errors: int | None = None,
+                 percentiles: Iterable[float] = ()) -> dict[str, Any]:
+    """``totals``, ``chains`` (each with its ``phases``), ``endpoints``, ``overall`` (all
+    chains, all requests), ``phases`` (over all chains), ``deviations`` and ``errors`` (the
+    most frequent first, at most ``max_errors``) over ``duration`` seconds."""
+    ps = standard_ps(percentiles)
     chains: dict[str, Any] = {}
     for name, cs in sorted(agg.chains.items()):
-        entry = _entry(cs.count, cs.ok, cs.failed, cs.latency, duration, cs.late)
+        entry = _entry(cs.count, cs.ok, cs.failed, cs.latency, duration, cs.late, ps)
         entry.update(cancelled=cs.cancelled, skipped=cs.skipped)
         if open_model:
-            entry["latency_from_scheduled_ms"] = cs.from_scheduled.summary_ms()
+            entry["latency_from_scheduled_ms"] = cs.from_scheduled.summary_ms(ps)
+        phases = agg.phases.entries(name, ps)
+        if phases:
+            entry["phases"] = phases
         chains[name] = entry
-    endpoints = {ep: _entry(es.count, es.ok, es.failed, es.latency, duration, es.late)
+    endpoints = {ep: _entry(es.count, es.ok, es.failed, es.latency, duration, es.late, ps)
                  for ep, es in sorted(agg.endpoints.items())}
     n_chains = sum(c.count for c in agg.chains.values())
     n_requests = sum(e.count for e in agg.endpoints.values())
@@ -129,20 +146,28 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
     errors.sort(key=lambda r: (-r["count"], r["chain"], r["endpoint"] or "", r["type"]))
     if max_errors is not None:
         del errors[max_errors:]
-    overall = {"chains": _overall(agg.chains.values(), duration),
-               "requests": _overall(agg.endpoints.values(), duration)}
+    overall = {"chains": _overall(agg.chains.values(), duration, ps),
+               "requests": _overall(agg.endpoints.values(), duration, ps)}
+    if open_model:
+        scheduled = Histogram()
+        for cs in agg.chains.values():
+            scheduled.add(cs.from_scheduled)
+        overall["chains"]["latency_from_scheduled_ms"] = scheduled.summary_ms(ps)
     return {"totals": totals, "chains": chains, "endpoints": endpoints, "overall": overall,
-            "errors": errors}
+            "phases": {n: phase_entry(n, agg.phases.merged(n), ps)
+                       for n in agg.phases.names()},
+            "deviations": agg.phases.deviation_table(), "errors": errors}
 
 
-def _overall(stats: Iterable[ChainStats | EndpointStats], duration: float) -> dict[str, Any]:
+def _overall(stats: Iterable[ChainStats | EndpointStats], duration: float,
+             ps: Sequence[float] = ()) -> dict[str, Any]:
     """One entry over all chains (or all requests), from their merged histograms."""
     count = ok = failed = late = 0
     hist = Histogram()
     for s in stats:
         count, ok, failed, late = count + s.count, ok + s.ok, failed + s.failed, late + s.late
         hist.add(s.latency)
-    return _entry(count, ok, failed, hist, duration, late)
+    return _entry(count, ok, failed, hist, duration, late, ps)
 
 
 def timeline(agg: Aggregator, since: int = 0, until: int | None = None) -> list[dict[str, Any]]:
@@ -285,6 +310,8 @@ def build_benchmark_json(agg: Aggregator, run_info: Mapping[str, Any],
     benchmarks += [_bench("endpoint", ep, es.count, es.ok, es.failed, es.latency, duration,
                           options)
                    for ep, es in sorted(agg.endpoints.items()) if es.count]
+    benchmarks += phase_benchmarks(agg.phases, _bench_stats, options)
+    add_benchmark_intervals(benchmarks, agg)  # saved with a baseline (controller/noise.py)
     started = run_info.get("started")
     when = dt.datetime.fromtimestamp(started if isinstance(started, int | float)
                                      else agg.started, dt.UTC)
@@ -354,6 +381,7 @@ def format_tables(summary: Mapping[str, Any]) -> str:
                          float(lat["max"])))
         if rows:
             lines += ["", *_table((title, *header), rows)]
+    lines += format_phase_lines(summary, _table)
     if summary["errors"]:
         rows = [(e["count"], short_error_type(e["type"]), e["chain"], e["endpoint"] or "(chain)",
                  _clip(e["example"], 70)) for e in summary["errors"]]
@@ -364,6 +392,7 @@ def format_tables(summary: Mapping[str, Any]) -> str:
 #: summary.json's ``failed_by_cause`` keys, as the terminal names them
 _CAUSES = (("ca_answer", "on an answer of the CA (problem, HTTP error)"),
            ("ca_event", "because of a CA event"),
+           ("stack_event", "because a part of our own stack died"),
            ("no_answer", "without an answer (timeout, connect) outside any CA event"),
            ("ours", "in the chains, the client or the generator"))
 
@@ -380,6 +409,13 @@ def _ca_event_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"CA event: {ev.get('kind')} at {_clock(ev.get('at_s') or 0)}: "
                      f"{ev.get('diagnosis')}" + (f"; {failed} chains failed because of it"
                                                  if failed else ""))
+    for ev in summary.get("stack_events") or []:  # our own parts that died
+        failed = ev.get("chains_failed") or 0
+        back = (f"restarted in {ev.get('restart_s') or 0:.1f}s" if ev.get("recovered")
+                else "not recovered")
+        lines.append(f"stack event: {ev.get('part')} {ev.get('how')} at "
+                     f"{_clock(ev.get('at_s') or 0)}, {back}"
+                     + (f"; {failed} chains failed because of it" if failed else ""))
     return lines
 
 

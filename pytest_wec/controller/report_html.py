@@ -37,7 +37,8 @@ _URL_FIELDS = frozenset({"db", "redis", "directory", "challtestsrv"})
 REPORT_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
               "img-src data:")
 
-#: the charts, the chain and endpoint tables and the errors, in the report and the dashboard
+#: the charts, the chain, endpoint and phase tables, the errors and the RFC deviations, in the
+#: report and the dashboard
 VIEWS_HTML = """
 <div class="grid2">
   <section><div class="chart-head"><h2>Throughput</h2></div>
@@ -48,7 +49,11 @@ VIEWS_HTML = """
 </div>
 <section><h2>Chains</h2><div id="table-chains"></div></section>
 <section><h2>Endpoints</h2><div id="table-endpoints"></div></section>
+<section><h2>ACME phases</h2><div id="table-phases"></div>
+  <div id="table-phase-counts"></div></section>
 <section><h2>Errors by type</h2><div id="table-errors"></div></section>
+<section id="deviations-section" hidden><h2>RFC deviations</h2>
+  <div id="table-deviations"></div></section>
 """
 
 _REPORT_BODY = """
@@ -60,6 +65,8 @@ _REPORT_BODY = """
 <section><h2>Warnings</h2><div id="warnings"></div></section>
 <section id="ca-events-section" hidden><h2>CA events</h2><div id="table-ca-events"></div>
   </section>
+<section id="stack-events-section" hidden><h2>Stack events</h2>
+  <div id="table-stack-events"></div></section>
 <section id="controls-section" hidden><h2>Live control</h2><div id="table-controls"></div>
   </section>
 """ + VIEWS_HTML + """

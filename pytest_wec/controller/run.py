@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 
 from pytest_wec.controller.gates import Gates
-from pytest_wec.controller.xdist import tx_specs as _tx_specs
 from pytest_wec.controller.xdist import worker_count
 from pytest_wec.controller.xdist import xdist_active as _xdist_active
 from pytest_wec.errors import StackError
@@ -85,6 +84,7 @@ class WecController:
         self.gates = Gates(settings, Path(config.invocation_params.dir), self._write_line)
         self._store: Any = None
         self.chains_ready = False  # a load run's chains were collected and the options hold
+        self._worker_procs: dict[str, Any] = {}  # xdist worker -> its local process (Popen)
 
     # -- run directory and stack -------------------------------------------------------
     @property
@@ -100,6 +100,9 @@ class WecController:
                 probe = d / ".wec-write-probe"
                 probe.write_bytes(b"")
                 probe.unlink()
+                from pytest_wec.wire.spill import clear
+
+                clear(d)  # an earlier run's start counters would count as this run's
             except OSError as exc:
                 raise pytest.UsageError(
                     f"--wec-out: cannot write to {d}: {exc.strerror or exc}") from None
@@ -148,36 +151,9 @@ class WecController:
 
     # -- hooks -----------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        s = self.settings
-        ca = s.directory or "embedded Pebble"
-        lines = [
-            f"wec: run {self.run_id}; CA {ca}; challenge {s.challenge}; domain {s.domain}; "
-            f"account key {s.account_key.value}; cert key {s.cert_key}; "
-            f"transport {s.transport}; stack {s.stack.value}",
-        ]
-        given = ", ".join(f"{k} from {v}" for k, v in sorted(s.sources.items()))
-        if given:
-            lines.append(f"wec: settings given: {given}")
-        lines += self._listen_warnings()
-        return lines
+        from pytest_wec.controller.header import header_lines
 
-    def _listen_warnings(self) -> list[str]:
-        from pytest_wec.stack._procs import is_loopback
-
-        s = self.settings
-        embedded = s.directory is None or s.redis is None or s.challtestsrv is None
-        remote = [t for t in _tx_specs(self.config) if "ssh=" in t or "socket=" in t]
-        if is_loopback(s.listen):
-            line = (f"wec: warning: workers on other hosts ({', '.join(remote)}) cannot reach "
-                    f"a stack bound to {s.listen}; give --wec-listen an address of this host "
-                    "they reach") if remote and embedded else None
-        else:
-            line = (f"wec: warning: the challenge server's management API listens on "
-                    f"{s.listen} without --wec-token; whoever reaches it can change its "
-                    "answers") if s.challtestsrv is None and not s.token else None
-        if line is None or s.stack is StackMode.OFF:
-            return []
-        return [line]
+        return header_lines(self.settings, config, self.run_id)
 
     def _load_run(self) -> bool:
         return self.settings.load_mode and self.settings.stack is not StackMode.OFF
@@ -190,7 +166,9 @@ class WecController:
             self.gates.prepare()  # a baseline that cannot be found: a usage error now
             _ = self.run_dir  # and so is an unwritable --wec-out (which makes the directory)
             if s.metrics is not None:  # and a port that cannot be had
-                self._start_metrics(*s.metrics)
+                from pytest_wec.controller.servers import start_metrics
+
+                self.metrics = start_metrics(*s.metrics, self._write_line)
         if self._load_run() or _xdist_active(self.config):
             from concurrent.futures import ThreadPoolExecutor
 
@@ -259,6 +237,8 @@ class WecController:
         )
         if info.get("embedded") and self.stack is not None:  # CA events: the Pebble doctor
             self.load.attach_doctors(self.stack.shards, self._on_stack_thread, self._ca_forgot)
+        if self.stack is not None:  # stack events: every process watched, restarted
+            self._attach_keeper()
         if self.gates.active:
             self.load.gate = self.gates.judge
             if self.settings.abort_on_fail and self.settings.threshold:
@@ -279,7 +259,38 @@ class WecController:
             f"wec: load run {self.run_id}: {what} for {s.run_length:g}s on "
             f"{self._workers()} worker(s) against {against(info)}; results in {self.run_dir}")
         if s.dashboard is not None:
-            self._start_dashboard(*s.dashboard)
+            from pytest_wec.controller.servers import start_dashboard
+
+            self.dashboard = start_dashboard(self.load, *s.dashboard, self._write_line)
+
+    def _attach_keeper(self) -> None:
+        from pytest_wec.stack._keeper import StackKeeper
+
+        load = self.load
+        keeper = StackKeeper(self.stack, load.ledger, load._doctor_note,
+                             started=lambda: float(load.ledger.started),
+                             run_on_stack_thread=self._on_stack_thread,
+                             doctors={d.label: d for d in load.doctors})
+        for name, popen in self._worker_procs.items():
+            keeper.watch_worker(name, popen)
+        load.attach_keeper(keeper)
+
+    def worker_ready(self, node: Any) -> None:
+        """An xdist worker is up: its process (a local one's ``Popen``) is watched."""
+        name = str(node.gateway.id)
+        popen = getattr(getattr(node.gateway, "_io", None), "popen", None)
+        if popen is not None and hasattr(popen, "poll"):
+            self._worker_procs[name] = popen
+            if self.load is not None and self.load.keeper is not None:
+                self.load.keeper.watch_worker(name, popen)
+
+    def worker_down(self, node: Any, error: Any) -> None:
+        """An xdist worker went down: the spill it handed over, a remote one's death."""
+        spill = (getattr(node, "workeroutput", None) or {}).get("wec_spill")
+        if self.load is not None and isinstance(spill, bytes):
+            self.load.handed_spills.append(spill)
+        if error is not None and self.load is not None and self.load.keeper is not None:
+            self.load.keeper.worker_down(str(node.gateway.id), error)
 
     def _ca_forgot(self, directory: str) -> None:
         """An embedded Pebble restarts with nothing: its accounts (and what hangs on them)
@@ -298,38 +309,6 @@ class WecController:
         """The barrier opened: the load starts everywhere at ``load_started``."""
         if self.load is not None:
             self.load.load_opened(load_started, missing=self.rendezvous.missing)
-
-    def _start_metrics(self, host: str, port: int) -> None:
-        from pytest_wec.controller.dashboard import is_loopback
-        from pytest_wec.controller.metrics import MetricsServer, available
-
-        if not available():
-            raise pytest.UsageError("--wec-metrics needs prometheus_client: pip install "
-                                    "'pytest-wec[metrics]'")
-        token = None if is_loopback(host) else secrets.token_urlsafe(16)
-        server = MetricsServer(host, port, token=token)
-        try:
-            url = server.start()
-        except OSError as exc:
-            raise pytest.UsageError(f"--wec-metrics: cannot listen on {host}:{port}: "
-                                    f"{exc.strerror or exc}") from None
-        self.metrics = server
-        self._write_line(f"wec: metrics {url}" + (f" (Authorization: Bearer {token})"
-                                                   if token else ""))
-
-    def _start_dashboard(self, host: str, port: int) -> None:
-        from pytest_wec.controller.dashboard import Dashboard, is_loopback
-
-        # reachable from other hosts: only with the token printed in the URL
-        token = None if is_loopback(host) else secrets.token_urlsafe(16)
-        dashboard = Dashboard(self.load, host, port, token=token)
-        try:
-            url = dashboard.start()
-        except OSError as exc:
-            raise pytest.UsageError(f"--wec-dashboard: cannot listen on {host}:{port}: "
-                                    f"{exc.strerror or exc}") from None
-        self.dashboard = dashboard
-        self._write_line(f"wec: dashboard {url}")
 
     def _abort_check(self, live: dict[str, Any], elapsed: float) -> None:
         if self.load is not None:
@@ -371,9 +350,19 @@ class WecController:
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
             if self.gates.result is not None:
                 session.exitstatus = self.gates.result.exit_status(int(session.exitstatus))
+            from pytest_wec.controller.gating import EXIT_GATE_FAILED
+            from pytest_wec.controller.ledger import EXIT_INCOMPLETE
+
+            if self.load.incomplete and int(session.exitstatus) in (0, 1, EXIT_GATE_FAILED):
+                session.exitstatus = EXIT_INCOMPLETE  # whatever the thresholds say
             if self.settings.save:
                 self.gates.save(self.load.benchmark_path)
-            self._ci_exports()
+            if self.summary is not None:
+                from pytest_wec.controller.closing import ci_exports
+
+                ci_exports(self.config, self.summary,
+                           self.gates.result.line() if self.gates.result is not None else None,
+                           self.run_id, self._write_line)
         elif self.stack_error is not None and _xdist_active(self.config) \
                 and self.stack is None and session.exitstatus != pytest.ExitCode.OK:
             # the stack a worker asked for could not start: one line, as a usage error
@@ -381,25 +370,6 @@ class WecController:
 
             print(f"ERROR: wec stack: {self.stack_error}", file=sys.stderr)
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
-
-    def _ci_exports(self) -> None:
-        """The gate as test cases in ``--junitxml`` (written by now) and the run in
-        ``$GITHUB_STEP_SUMMARY`` (:mod:`pytest_wec.controller.ciexports`)."""
-        from pytest_wec.controller.ciexports import (
-            add_junit_cases,
-            append_step_summary,
-            gate_cases,
-        )
-
-        if self.summary is None:
-            return
-        line = self.gates.result.line() if self.gates.result is not None else None
-        xml = getattr(self.config.option, "xmlpath", None)
-        if xml:
-            path = Path(self.config.invocation_params.dir) / xml
-            if not add_junit_cases(path, gate_cases(self.summary), run_id=self.run_id):
-                self._write_line(f"wec: cannot add the gate's test cases to {path}")
-        append_step_summary(self.summary, line)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._old_sigterm is not None:
@@ -418,32 +388,16 @@ class WecController:
         self.stop_stack()
         if self._stack_thread is not None:
             self._stack_thread.shutdown(wait=False)
-        # the gates' verdict is the last thing printed, after pytest's own summary line
-        line = self.gates.result.line() if self.gates.result is not None else None
-        if line:
-            tr = config.pluginmanager.get_plugin("terminalreporter")
-            if tr is not None:
-                tr.write_line(line, bold=True, red=line.startswith("wec: FAILED"),
-                              green=line.startswith("wec: PASSED"))
+        from pytest_wec.controller.closing import last_lines
+
+        last_lines(config, self.gates, self.load)  # after pytest's own summary line
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
         if self.load is not None and self.summary is not None:
-            tr.section("wec load results")
-            for line in self.load.tables().splitlines():
-                tr.write_line(line)
-            tr.write_line(f"wec: results log  {self.load.log_path}")
-            tr.write_line(f"wec: benchmark    {self.load.benchmark_path}")
-            tr.write_line(f"wec: summary      {self.load.summary_path}")
-            if self.gates.saved is not None:
-                tr.write_line(f"wec: baseline     {self.gates.saved}")
-            tr.write_line(f"wec: report       {self.load.report_path}")
-            if self.gates.result is not None:
-                text = self.gates.result.text()
-                if text:
-                    tr.section("wec gates")
-                    for line in text.splitlines():
-                        tr.write_line(line)
+            from pytest_wec.controller.closing import terminal_summary
+
+            terminal_summary(tr, self.load, self.gates)
         elif self.stack is not None:
             tr.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
 

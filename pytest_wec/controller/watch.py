@@ -11,7 +11,13 @@
   CA does answer: the chains wait on something, and the message says what they wait on, by
   the workers' ``waiting`` counts (``waits``); the CA is not blamed;
 - a generator over its limits (loop lag, CPU) for ``saturation_reports`` statuses in a row
-  (``saturated``).
+  (``saturated``);
+- our own stack (:meth:`Watch.set_down`, from the stack's keeper): while redis-server is down
+  (or the controller cannot read it) no result can arrive, so no worker is silent and the CA
+  is not blamed: ``no answer seen ... redis-server is down``; while the challenge server is
+  down, the CA's validations cannot reach it: ``no chain ended ... our challenge server is
+  down``; both in ``waits`` with the ``cause``. A worker whose process died is lost at once
+  (:meth:`Watch.died`), with how it died, not after ``silent_after``.
 
 Not thread-safe: the collector calls it under its own lock.
 """
@@ -22,7 +28,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +96,10 @@ class Watch:
         self.last_end = t0  # monotonic: any chain ended
         self._stall: dict[str, Any] | None = None
         self._wait: dict[str, Any] | None = None
+        self.down: dict[str, Mapping[str, Any]] = {}  # our parts down now (the keeper's)
+        self.back: dict[str, float] = {}  # part -> monotonic time it was back
+        self.channel_failing = False  # the controller cannot read Redis
+        self._blind_until = 0.0  # monotonic: results may lag the outage of Redis until then
 
     def rel(self, mono: float) -> float:
         return round(mono - self.t0, 1)
@@ -159,6 +169,44 @@ class Watch:
                                    "message": msg})
             self.note(msg)
 
+    def set_down(self, down: Mapping[str, Mapping[str, Any]], back: Mapping[str, float],
+                 channel_failing: bool, now: float) -> None:
+        """Our own parts down now (name -> ``how``, ``at_s``), when each was last back, and
+        whether the controller's reads of Redis fail."""
+        self.down, self.back = dict(down), dict(back)
+        self.channel_failing = channel_failing
+        if "redis-server" in self.down or channel_failing:
+            self._blind_until = now + self.silent_after
+        elif "redis-server" in self.back:
+            self._blind_until = max(self._blind_until, self.back["redis-server"] +
+                                    self.silent_after)
+
+    def died(self, name: str, message: str, now: float) -> None:
+        """Worker *name*'s process died (the keeper saw it): lost now, with *message*."""
+        w = self.workers.get(name)
+        if w is None:
+            w = self.workers[name] = _Worker(now, time.time())
+        if w.lost is not None and not w.lost["recovered"]:
+            w.lost.update(message=message, cause="died")
+            return
+        n = sum(w.in_flight.values())
+        w.lost = {"worker": name, "at_s": self.rel(w.heard), "last_seen": w.heard_at,
+                  "in_flight": n, "recovered": False, "message": message, "cause": "died"}
+        self.workers_lost.append(w.lost)
+
+    def _ours(self, now: float) -> tuple[str, str] | None:
+        """Our own part that explains why nothing is seen: (part, words); None: none."""
+        for part in ("redis-server", "challenge-server"):
+            d = self.down.get(part)
+            if d is not None:
+                return part, f"{part} is down ({d.get('how')} at {clock(d.get('at_s') or 0)})"
+            back = self.back.get(part)
+            if back is not None and now - back < self.stall_after:
+                return part, f"{part} was down until {clock(back - self.t0)}"
+        if self.channel_failing:
+            return "redis-server", "the controller cannot read Redis"
+        return None
+
     # -- watching --------------------------------------------------------------------------
 
     @property
@@ -192,22 +240,33 @@ class Watch:
 
     def tick(self, now: float) -> None:
         """Silent workers, then a stalled CA or chains that wait on something else."""
+        blind = now < self._blind_until  # results cannot arrive: Redis is (was) away
         for name, w in self.workers.items():
-            if w.lost is None and w.in_flight and now - w.heard >= self.silent_after:
+            if w.lost is None and w.in_flight and now - w.heard >= self.silent_after \
+                    and not blind:
                 self._lose(name, w)
         in_flight = self.in_flight()
         if in_flight <= 0:
             return
         quiet = self._answer_age(now)
+        idle = now - self.last_end
+        ours = self._ours(now)
+        if ours is not None:
+            if self._stall is None and self._wait is None and \
+                    max(quiet, idle) >= self.stall_after:
+                self._our_wait(ours, quiet, idle, in_flight, now)
+            return
         if self._stall is None and quiet >= self.stall_after:
+            pebbles = [f"{k} is down ({d.get('how')} at {clock(d.get('at_s') or 0)})"
+                       for k, d in sorted(self.down.items()) if k.startswith("pebble")]
+            because = f": the embedded {', '.join(pebbles)}" if pebbles else ""
             msg = (f"wec: CA stalled: no answer from the CA for {quiet:.1f}s with {in_flight} "
-                   "in flight")
+                   f"in flight{because}")
             self._stall = {"at_s": self.rel(now - quiet), "detected_s": self.rel(now),
                            "in_flight": in_flight, "duration_s": None, "message": msg}
             self.stalls.append(self._stall)
             self.note(msg)
             return
-        idle = now - self.last_end
         if self._stall is None and self._wait is None and idle >= self.stall_after:
             waiting = Counter[str]()
             for w in self.workers.values():
@@ -220,6 +279,22 @@ class Watch:
                           "duration_s": None, "message": msg}
             self.waits.append(self._wait)
             self.note(msg)
+
+    def _our_wait(self, ours: tuple[str, str], quiet: float, idle: float, in_flight: int,
+                  now: float) -> None:
+        part, words = ours
+        if part == "redis-server":
+            msg = (f"wec: no result arrived for {idle:.1f}s with {in_flight} in flight: "
+                   f"{words}: results cannot reach the controller, the workers keep them")
+        else:
+            msg = (f"wec: no chain ended for {idle:.1f}s with {in_flight} in flight: our "
+                   f"{words}: the CA's validations cannot reach it (last answer from the CA "
+                   f"{quiet:.1f}s ago)")
+        self._wait = {"at_s": self.rel(self.last_end), "detected_s": self.rel(now),
+                      "in_flight": in_flight, "waiting": {}, "cause": part,
+                      "duration_s": None, "message": msg}
+        self.waits.append(self._wait)
+        self.note(msg)
 
     def _end_stall(self, now: float) -> None:
         if self._stall is not None:

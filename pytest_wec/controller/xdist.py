@@ -2,7 +2,8 @@
 
 :class:`XdistHooks` is registered only when xdist is present (``-p no:xdist`` keeps
 working): it hands every worker the controller's settings and its rendezvous through
-``workerinput`` (plain data) and tells the rendezvous when a worker went down.
+``workerinput`` (plain data), tells the rendezvous when a worker went down, and hands the
+controller each worker's process and what it handed back (a spill of its results).
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class XdistHooks:
             node.workerinput["wec_token"] = c.rendezvous.token
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        self.controller.worker_ready(node)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         if self.controller.rendezvous is not None:
             self.controller.rendezvous.worker_down(str(node.gateway.id))
+        self.controller.worker_down(node, error)

@@ -77,6 +77,7 @@ class Settings:
     metrics: tuple[str, int] | None = None
     threshold: tuple[Any, ...] = ()
     abort_on_fail: bool = False
+    allow_saturated: bool = False
     save: str | None = None
     storage: Any = ".benchmarks"
     compare: str | None = None

@@ -141,6 +141,10 @@ OPTIONS: tuple[Option, ...] = (
            multi=True, ini_name="wec_thresholds"),
     Option("abort-on-fail", _bool, False,
            "end the run early once a threshold can no longer pass", flag=True),
+    Option("allow-saturated", _bool, False,
+           "do not fail a load run whose generator was saturated or fell short of the asked "
+           "rate (docs/load-mode.md); the verdict is still printed and in summary.json",
+           flag=True),
     Option("save", _save_name, None,
            "store this run's benchmark.json as a baseline named NAME", "NAME"),
     Option("storage", _storage, ".benchmarks",

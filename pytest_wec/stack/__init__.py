@@ -226,6 +226,7 @@ class Stack:
         proc = self._pebble_proc(shard)
         if proc is None:
             return False, ""
+        proc.quitting = True  # an exit asked for: not a death (ManagedProcess.died)
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGQUIT)
         try:

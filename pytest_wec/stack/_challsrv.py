@@ -1,11 +1,11 @@
 """The challenge server (``python -m challenge_srv``) as a child process of the stack.
 
 It binds port 0 everywhere and reports ``listening KIND HOST:PORT`` lines, then ``ready``,
-on its stdout; the ports are read from those lines. Every listener, the management API too,
-binds the one address given (``--wec-listen``), and its DNS answers that address for every
-name, so that the CA's validation reaches it. The Redis URL and the token go in the
-environment (``WEC_REDIS``, ``WEC_TOKEN``), not on the command line, which other users of
-the host can read.
+on its stdout; the ports are read from those lines, and a restart binds them again. Every
+listener, the management API too, binds the one address given (``--wec-listen``), and its
+DNS answers that address for every name, so that the CA's validation reaches it. The Redis
+URL and the token go in the environment (``WEC_REDIS``, ``WEC_TOKEN``), not on the command
+line, which other users of the host can read.
 """
 
 from __future__ import annotations
@@ -76,4 +76,9 @@ def start_challenge_server(
         m = _LISTEN.match(line.strip())
         if m:
             listeners[m.group(1)] = (m.group(2), int(m.group(3)))
+    # a restart (ManagedProcess.restart) binds the same ports again, not new free ones
+    for flag, kind in (("--http01", "http01"), ("--tlsalpn01", "tlsalpn01"),
+                       ("--dns01", "dns01"), ("--management", "management")):
+        if kind in listeners:
+            proc.argv[proc.argv.index(flag) + 1] = host_port(listen, listeners[kind][1])
     return proc, ChallengeServerInfo(listeners)

@@ -5,6 +5,9 @@ its output to a log file in the run directory, and on Linux is asked to die with
 parent (``PR_SET_PDEATHSIG``), so that even a SIGKILLed controller leaves no process.
 :meth:`ManagedProcess.restart` starts it again on the same argv, environment, directory and
 log (appended to, after a marker line), readiness checked as at its start.
+:meth:`ManagedProcess.died` tells a death (any exit that neither :meth:`~ManagedProcess.stop`
+nor a restart nor an announced exit, :attr:`~ManagedProcess.quitting`, caused) once per start;
+:func:`exit_words` says how a process ended.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 
 from pytest_wec.errors import StackError
 
-__all__ = ["INSTALL_HINTS", "ManagedProcess", "find_binary", "free_port", "host_port",
-           "is_loopback", "wait_for_port"]
+__all__ = ["INSTALL_HINTS", "ManagedProcess", "exit_words", "find_binary", "free_port",
+           "host_port", "is_loopback", "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         with contextlib.suppress(Exception):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def exit_words(returncode: int | None) -> str:
+    """``killed by SIGKILL``, ``exited with status 1``, ``exited`` (status unknown)."""
+    if returncode is None:
+        return "exited"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with status {returncode}"
 
 
 def find_binary(name: str, given: str | None = None) -> str:
@@ -117,6 +133,10 @@ class ManagedProcess:
         #: where this start's output begins in the log (the log is appended to)
         self.log_offset = 0
         self.closed = False  # stop() was called: no restart any more
+        #: an exit was asked for (a goroutine dump's SIGQUIT): not a death; reset at a start
+        self.quitting = False
+        self.generation = 0  # starts so far, minus one
+        self._reported = -1  # the generation whose death died() told
         self._lock = threading.RLock()
         self._readiness: tuple[Callable[[], bool], float, str] | None = None
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +144,7 @@ class ManagedProcess:
         self._spawn()
 
     def _spawn(self) -> None:
+        self.quitting = False
         self._log.flush()
         self.log_offset = os.fstat(self._log.fileno()).st_size
         log.debug("starting %s: %s", self.name, " ".join(self.argv))
@@ -152,6 +173,23 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self.proc.poll()
 
+    def died(self) -> int | None:
+        """The exit status (negative: the signal) when this start of the process died and
+        nobody asked for it; once per start, None otherwise (also while a restart or a
+        stop holds the process)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.closed or self.quitting or self._reported == self.generation:
+                return None
+            rc = self.proc.poll()
+            if rc is None:
+                return None
+            self._reported = self.generation
+            return rc
+        finally:
+            self._lock.release()
+
     def log_since_start(self, limit: int = 64 << 20) -> str:
         """The log's text written since the last (re)start, at most *limit* bytes."""
         try:
@@ -173,6 +211,7 @@ class ManagedProcess:
             if self._log.closed:
                 self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             self.restarts += 1
+            self.generation += 1
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
             self._log.write(f"\n--- wec: {self.name} restarted ({self.restarts}) at "
                             f"{stamp} UTC ---\n".encode())

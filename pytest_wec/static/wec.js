@@ -234,16 +234,56 @@
       if (all && out.length) out.push(Object.assign({ name: "all " + key, _all: key }, all));
       return out;
     };
-    table(byId("table-chains"), [["chain", "name"]].concat(cols), rows(data.chains, "chains"),
+    // the open model: latency from the intended start too, where it differs (coordinated omission)
+    var sched = function (k) { return function (r) { return r.latency_from_scheduled_ms ? r.latency_from_scheduled_ms[k] : null; }; };
+    var chainCols = cols;
+    var differs = Object.keys(data.chains || {}).some(function (n) {
+      var c = data.chains[n], f = c.latency_from_scheduled_ms;
+      return f && ["p50", "p95", "p99", "max"].some(function (k) { return f[k] !== c.latency_ms[k]; });
+    });
+    if (differs) chainCols = cols.concat([["p50 ms from intended start", sched("p50"), 1],
+      ["p95 ms from intended start", sched("p95"), 1], ["p99 ms from intended start", sched("p99"), 1],
+      ["max ms from intended start", sched("max"), 1]]);
+    table(byId("table-chains"), [["chain", "name"]].concat(chainCols), rows(data.chains, "chains"),
       { empty: "no chain finished yet",
         onclick: function (r) { self.choose(r._all || "chain:" + r.name); } });
     table(byId("table-endpoints"), [["endpoint", "name"]].concat(cols), rows(data.endpoints, "requests"),
       { empty: "no request yet",
         onclick: function (r) { self.choose(r._all || "endpoint:" + r.name); } });
+    phaseTables(data);
     table(byId("table-errors"), [["count", "count", 1], ["type", function (r) { return shortType(r.type); }],
       ["chain", "chain"], ["endpoint", function (r) { return r.endpoint || "(chain)"; }],
       ["example", "example", 0, "example"]], data.errors || [], { empty: "no errors" });
   };
+
+  // summary.json "phases" (over all chains, then each chain's own) and "deviations"
+  function phaseTables(data) {
+    var timed = [], counted = [];
+    var add = function (chain, phases) {
+      Object.keys(phases || {}).forEach(function (n) {
+        var row = Object.assign({ name: n, chain: chain }, phases[n]);
+        (row.values ? counted : timed).push(row);
+      });
+    };
+    add("all chains", data.phases);
+    Object.keys(data.chains || {}).forEach(function (c) { add(c, data.chains[c].phases); });
+    var ms = function (k) { return function (r) { return r.latency_ms[k]; }; };
+    var val = function (k) { return function (r) { return r.values[k]; }; };
+    table(byId("table-phases"), [["phase", "name"], ["chain", "chain"], ["count", "count", 1],
+      ["mean ms", ms("mean"), 1], ["p50 ms", ms("p50"), 1], ["p90 ms", ms("p90"), 1],
+      ["p95 ms", ms("p95"), 1], ["p99 ms", ms("p99"), 1], ["max ms", ms("max"), 1]], timed,
+      { empty: "no phase yet" });
+    table(byId("table-phase-counts"), [["phase", "name"], ["chain", "chain"], ["unit", "unit"],
+      ["count", "count", 1], ["mean", val("mean"), 1], ["p50", val("p50"), 1], ["p95", val("p95"), 1],
+      ["p99", val("p99"), 1], ["max", val("max"), 1]], counted, { empty: "" });
+    var devs = data.deviations || {};
+    var section = byId("deviations-section");
+    if (section) section.hidden = !Object.keys(devs).length;
+    table(byId("table-deviations"), [["count", "count", 1], ["kind", "kind"], ["chain", "chain"],
+      ["example", "example", 0, "example"]],
+      Object.keys(devs).map(function (k) { return Object.assign({ kind: k }, devs[k]); }),
+      { empty: "none" });
+  }
 
   Views.prototype.choose = function (what) {
     this.select.value = what;
@@ -293,9 +333,25 @@
     return "CA event: " + e.kind + " at " + clock(e.at_s) + ": " + e.diagnosis + failed;
   }
 
+  // stack events (summary.json "stack_events"): a part of our own stack that died.
+  function stackLine(e) {
+    var back = e.recovered ? "restarted in " + fmt(e.restart_s) + " s" : "not recovered";
+    var failed = e.chains_failed ? "; " + fmt(e.chains_failed) + " chains failed because of it" : "";
+    return "stack event: " + e.part + " " + e.how + " at " + clock(e.at_s) + ", " + back + failed;
+  }
+
+  function stackTable(section, container, events) {
+    section.hidden = !events.length;
+    table(container, [["at", function (e) { return clock(e.at_s); }], ["part", "part"],
+      ["how", "how"], ["recovered", function (e) { return e.recovered ? "yes" : "no"; }],
+      ["restart s", "restart_s", 1], ["chains failed", "chains_failed", 1],
+      ["log ends", "log_tail", 0, "example"]], events);
+  }
+
   function causeCards(by) {
     if (!by) return [];
     return [["failed: CA answer", by.ca_answer], ["failed: CA event", by.ca_event, by.ca_event > 0],
+      ["failed: stack event", by.stack_event, by.stack_event > 0],
       ["failed: no answer", by.no_answer], ["failed: ours", by.ours, by.ours > 0]];
   }
 
@@ -323,6 +379,7 @@
       run.directory || ""].filter(Boolean).join("  ·  ");
     totalsCards(byId("totals"), s.totals || {}, causeCards(s.failed_by_cause));
     eventsTable(byId("ca-events-section"), byId("table-ca-events"), s.ca_events || []);
+    stackTable(byId("stack-events-section"), byId("table-stack-events"), s.stack_events || []);
     var th = s.thresholds || [];
     byId("thresholds-section").hidden = !th.length;
     table(byId("table-thresholds"), [["threshold", "expr"], ["value", "value", 1],
@@ -423,7 +480,8 @@
         ["target", "target", 1], ["loop lag ms", "loop_lag_ms", 1], ["cpu %", "cpu_pct", 1],
         ["sent", "sent", 1], ["dropped", "dropped", 1], ["dropped starts", "dropped_starts", 1],
         ["heard s ago", "age_s", 1]], d.workers || [], { empty: "no worker reported yet" });
-      warningsList(byId("warnings"), (d.ca_events || []).map(eventLine).concat(d.warnings || []));
+      warningsList(byId("warnings"), (d.ca_events || []).map(eventLine)
+        .concat((d.stack_events || []).map(stackLine)).concat(d.warnings || []));
       views = views || new Views(series);
       views.draw(d);
     }

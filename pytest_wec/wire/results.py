@@ -8,15 +8,23 @@ msgpack or JSON, never pickled objects (DESIGN.md, "Results").
 
 Times: ``started`` and ``scheduled`` are epoch seconds (``time.time()``);
 ``took`` is seconds measured with ``time.perf_counter()``.
+
+``ChainResult["phases"]`` (optional: absent when the chain went through none, and in
+results written before phases existed): phase name -> its values in this chain run, seconds
+for the time phases, whole numbers for the counts (``validation_requests``, ``polls``); what
+each phase measures is :data:`pytest_wec.controller.phases.PHASES`.
+``ChainResult["deviations"]`` (optional): ``[kind, detail]`` pairs, the RFC deviations the
+chain's checks saw (``chains._checks.warn_deviation``).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, TypedDict
+from typing import NotRequired, Protocol, TypedDict
 
 __all__ = [
     "ENDPOINTS",
     "ChainResult",
+    "Phases",
     "RequestObserver",
     "RequestResult",
 ]
@@ -53,6 +61,17 @@ class RequestResult(TypedDict):
     problem: str | None  # ACME problem type, e.g. "urn:ietf:params:acme:error:badNonce"
 
 
+class Phases(TypedDict, total=False):
+    """One chain run's phases: one value per authorization or order it went through."""
+
+    validation: list[float]  # seconds
+    first_validation_request: list[float]  # seconds
+    validation_requests: list[int]  # per authorization
+    issuance: list[float]  # seconds
+    time_to_certificate: list[float]  # seconds
+    polls: list[int]  # per order
+
+
 class ChainResult(TypedDict):
     chain_id: str
     chain: str
@@ -65,6 +84,11 @@ class ChainResult(TypedDict):
     error: str | None  # "ExceptionClass: message" or an ACME "type :: detail"
     certificates: int  # certificates issued by this chain run
     requests: list[RequestResult]
+    phases: NotRequired[Phases]
+    deviations: NotRequired[list[list[str]]]  # [kind, detail]
+    #: open model: the part of ``started - scheduled`` (seconds) the generator's own work
+    #: explains (``pytest_wec.worker.runner.own_lag``); absent in the closed model
+    lag_own: NotRequired[float]
 
 
 class RequestObserver(Protocol):

@@ -1,7 +1,10 @@
 """The controller end of the result channel: :class:`ResultSource` reads the run's stream.
 
-Blocking calls, for a controller thread. It drops batches that arrive twice and counts the
-chains of a gap as lost; the wire format is :mod:`pytest_wec.wire.stream`'s.
+Blocking calls, for a controller thread. It keeps every batch it has not seen, in any order
+(a sink sends its latest batches again when Redis came back without them), drops those that
+arrive twice, and counts what never arrived at the end (:attr:`ResultSource.lost`); spill
+files go through the same door (:meth:`ResultSource.take_spill`). The wire format is
+:mod:`pytest_wec.wire.stream`'s.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pytest_wec.wire.stream import (
     Record,
     WorkerStatus,
     decode_batch,
+    decode_spill,
     decode_status,
     results_key,
     workers_key,
@@ -50,11 +54,13 @@ class ResultSource:
         self._last_id: bytes | str = "0-0"
         self._failures = 0
         self.workers: dict[str, WorkerStatus] = {}  # "worker/session" -> latest status
-        self.lost: dict[str, int] = {}  # chains known lost on the way, per worker
         self.duplicates = self.undecodable = 0
+        self.failing = False  # the latest read could not reach Redis
         self._received: dict[tuple[str, str], int] = {}  # chains per (worker, session)
-        self._seq: dict[tuple[str, str], int] = {}
+        self._expected: dict[tuple[str, str], int] = {}  # chains the sink says it sent
+        self._seqs: dict[tuple[str, str], set[int]] = {}
         self._open: dict[str, set[str]] = {}  # worker -> sessions without an end record
+        self._ended: dict[str, set[str]] = {}  # worker -> sessions that sent their end record
         self._heard: dict[str, float] = {}  # worker -> monotonic time of its last entry
 
     def read(self, block: float = 1.0) -> list[Record]:
@@ -64,6 +70,7 @@ class ResultSource:
                 block=max(1, int(min(block, 10.0) * 1000)))
         except _REDIS_ERRORS as exc:
             self._failures += 1
+            self.failing = True
             log.log(logging.WARNING if self._failures == 1 else logging.DEBUG,
                     "cannot read results from Redis (%s); retrying", exc)
             time.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0, max(block, 0.05)))
@@ -71,6 +78,7 @@ class ResultSource:
         if self._failures:
             log.info("reading results from Redis again after %d failed attempts", self._failures)
             self._failures = 0
+        self.failing = False
         out: list[Record] = []
         for _key, entries in resp or []:
             for entry_id, fields in entries:
@@ -97,13 +105,16 @@ class ResultSource:
     def _batch(self, batch: Batch) -> Batch | None:
         key = (batch.worker, batch.session)
         self._heard[batch.worker] = time.monotonic()
-        if batch.seq <= self._seq.get(key, -1):
+        seqs = self._seqs.setdefault(key, set())
+        if batch.seq in seqs:
             self.duplicates += 1
             return None
-        self._seq[key] = batch.seq
-        self._open.setdefault(batch.worker, set()).add(batch.session)
-        self._gap(key, batch.chains_before)
-        self._received[key] = batch.chains_before + len(batch.chains)
+        seqs.add(batch.seq)
+        if batch.session not in self._ended.get(batch.worker, set()):
+            self._open.setdefault(batch.worker, set()).add(batch.session)
+        self._received[key] = self._received.get(key, 0) + len(batch.chains)
+        self._expected[key] = max(self._expected.get(key, 0),
+                                  batch.chains_before + len(batch.chains))
         return batch
 
     def _status(self, st: WorkerStatus, final: bool) -> WorkerStatus:
@@ -113,17 +124,41 @@ class ResultSource:
         sessions = self._open.setdefault(w, set())
         if final:
             sessions.discard(st["session"])
-            self._gap(key, int(st.get("sent", 0)))
-            self._received[key] = max(self._received.get(key, 0), int(st.get("sent", 0)))
-        else:
+            self._ended.setdefault(w, set()).add(st["session"])
+            self._expected[key] = max(self._expected.get(key, 0), int(st.get("sent", 0)))
+        elif st["session"] not in self._ended.get(w, set()):
             sessions.add(st["session"])
+        self._received.setdefault(key, 0)
         return st
 
-    def _gap(self, key: tuple[str, str], expected: int) -> None:
-        gap = expected - self._received.get(key, 0)
-        if gap > 0:
-            self.lost[key[0]] = self.lost.get(key[0], 0) + gap
-            log.warning("worker %s: %d chains lost on the way (stream gap)", key[0], gap)
+    def take_spill(self, data: bytes) -> list[Record]:
+        """The records of a sink's spill file (its batches, some maybe seen already, then its
+        end record), as :meth:`read` returns them; ValueError when *data* is no spill."""
+        spill = decode_spill(data)
+        out: list[Record] = []
+        for batch in spill.batches:
+            rec = self._decode({b"k": b"b", b"d": batch})
+            if rec is not None:
+                out.append(rec)
+        rec = self._decode({b"k": b"e", b"d": spill.end})
+        if rec is not None:
+            out.append(rec)
+        return out
+
+    @property
+    def lost(self) -> dict[str, int]:
+        """Chains per worker that a sink sent (or counted before a later batch) and that
+        never arrived: Redis restarted without them, the stream was trimmed unread."""
+        out: dict[str, int] = {}
+        for key, expected in self._expected.items():
+            gap = expected - self._received.get(key, 0)
+            if gap > 0:
+                out[key[0]] = out.get(key[0], 0) + gap
+        return out
+
+    def sessions(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """``(worker, session) -> (chains received, chains the sink said it sent)``."""
+        return {key: (n, self._expected.get(key, 0)) for key, n in self._received.items()}
 
     @property
     def ended(self) -> set[str]:

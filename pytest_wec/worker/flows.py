@@ -10,6 +10,13 @@ runtime's ``watch_validation``, :mod:`pytest_wec.worker.validations`), else on t
 schedule; an order after finalize is polled as its Retry-After says, else in short steps
 (§7.4). What was seen is kept on the chain: :attr:`Flows.first_validation_request` and,
 per authorization, :attr:`Flows.validations_seen`.
+
+The ACME phases (:data:`pytest_wec.controller.phases.PHASES`) are measured here, from the
+chain's own RequestResults: a phase starts at the send (``started``) of the request the CA
+accepted and ends at the arrival (``started + took``) of the answer that ends it, or at the
+challenge server's stamp of the CA's validation request; :class:`PhaseRecorder.wire_extras
+<pytest_wec.worker.phases.PhaseRecorder>` hands them, with the RFC deviations the chain's
+checks saw, to its ChainResult.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from pytest_wec.worker.phases import PhaseRecorder
 
 if TYPE_CHECKING:
     from pytest_wec.worker.runtime import WorkerRuntime
@@ -75,7 +84,7 @@ class ValidationSeen:
     count: int
 
 
-class Flows:
+class Flows(PhaseRecorder):
     """Orders, authorizations and certificates; state kept by the ChainContext."""
 
     #: when this chain first saw a validation request of the CA (epoch); None: never
@@ -150,17 +159,34 @@ class Flows:
             unpublish = await publish_answer(self.publisher, kind, ident.value, chall.token,
                                              key_authz)
             watch = await self._watch_validation(kind, ident.value, chall.token)
+            sent: float | None = None
+            authz_valid: float | None = None
             try:
+                mark = len(self.requests)
                 answered = await self._answer(account, url, chall)
+                if answered is not None:  # None: another chain's answer started it
+                    sent = self._sent(mark, "challenge")
+                mark = len(self.requests)
+                polls = self._polls_of(url)
                 authz = await self.client.poll_authorization(
                     account, url, timeout=POLL_TIMEOUT, answered=answered,
                     seen=None if watch is None else watch.wait)
+                self._count_polls(order.url, self._polls_of(url) - polls)
+                if authz.status == "valid" and sent is not None:
+                    authz_valid = self._arrived(mark, "authz")
             finally:
                 try:
                     await unpublish()
                 finally:
                     if watch is not None:
                         self._saw(url, kind, watch)
+                        if sent is not None and watch.first is not None:
+                            self._phase("first_validation_request",
+                                        max(watch.first - sent, 0.0))
+                        if authz_valid is not None:
+                            self._phase("validation_requests", watch.count)
+            if authz_valid is not None and sent is not None:
+                self._phase("validation", authz_valid - sent)
             done.append(authz)
             if authz.status == "valid":
                 # stored when this chain ends: until then no other chain may take it (and,
@@ -244,7 +270,13 @@ class Flows:
 
     async def order(self, account: Any, names: list[str], **kwargs: Any) -> Any:
         """newOrder for *names* (RFC 8555 §7.4), recorded in the state DB."""
+        mark = len(self.requests)
         order = await self.client.new_order(account, self.identifiers(names), **kwargs)
+        sent = self._sent(mark, "newOrder")
+        if sent is not None:
+            if self._order_sent is None:
+                self._order_sent = {}
+            self._order_sent[order.url] = sent
         await self.db(self.store.add_order, self.directory, self.account_id(account), order.url,
                       order.status, names)
         return order
@@ -280,14 +312,27 @@ class Flows:
         from pytest_wec.acme import generate_cert_key, make_csr
 
         key = generate_cert_key(cert_key or self.settings.cert_key)
+        mark = len(self.requests)
         order = await self.client.finalize(account, order, make_csr(names, key))
+        finalized = self._sent(mark, "finalize")
+        valid_at = self._arrived(mark, "finalize") if order.status == "valid" else None
         # §7.4: "processing" with a Retry-After waits that long; without, short steps
+        mark = len(self.requests)
         order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT,
                                              step=ORDER_STEP)
         if order.status != "valid" or not order.certificate:
             raise AssertionError(f"order is {order.status} after finalize: "
                                  f"{order.body.get('error')}")
+        if valid_at is None:
+            valid_at = self._arrived(mark, "order")
+        if finalized is not None and valid_at is not None:
+            self._phase("issuance", valid_at - finalized)
+        mark = len(self.requests)
         cert = await self.client.download_certificate(account, order.certificate)
+        ordered = (self._order_sent or {}).get(order.url)
+        downloaded = self._arrived(mark, "certificate")
+        if ordered is not None and downloaded is not None:
+            self._phase("time_to_certificate", downloaded - ordered)
         self.certificates += 1
         parsed = x509.load_pem_x509_certificate(cert.pem.encode())
         key_pem = key.private_bytes(

@@ -114,7 +114,13 @@ class WecLoadItem(pytest.Item):
 
         worker = worker_name(self.config)
         runtime = await WorkerRuntime(settings, info, worker).start()
-        sink = ResultSink(info["redis_url"], info["namespace"], worker)
+        # the run directory: start counter and spill file (kept for xdist's channel when
+        # this host does not have it)
+        sink = ResultSink(info["redis_url"], info["namespace"], worker,
+                          spill_dir=info.get("run_dir"))
+        republish = getattr(runtime.publisher, "republish", None)
+        if republish is not None:  # Redis came back empty: challenge data of chains in flight
+            sink.on_redis_restart.append(republish)
         loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
         sink.io = f"{type(runtime.network.transport).__name__} on {loop_kind}"
         await sink.start()
@@ -130,7 +136,8 @@ class WecLoadItem(pytest.Item):
             return spec.name if spec is not None else None
 
         plan = LoadPlan.from_settings(settings, self.index, self.workers)
-        runner = LoadRunner(runtime, self.chains, plan, emit=sink.add, choose=choose,
+        counted = {name: (ci, sink.counted(fn)) for name, (ci, fn) in self.chains.items()}
+        runner = LoadRunner(runtime, counted, plan, emit=sink.add, choose=choose,
                             worker=worker)
         _RUNNERS.append(runner)
         # every worker is ready: the load starts at one instant everywhere, and the
@@ -177,6 +184,9 @@ class WecLoadItem(pytest.Item):
             sink.set_status(in_flight=0, dropped_starts=runner.dropped)
             await control.aclose()
             await sink.aclose()
+            workeroutput = getattr(self.config, "workeroutput", None)
+            if sink.spill is not None and workeroutput is not None:
+                workeroutput["wec_spill"] = sink.spill  # the controller reads it there
             await runtime.aclose()
             _RUNNERS.remove(runner)
         self.outcome = {"started": runner.started, "finished": runner.finished,

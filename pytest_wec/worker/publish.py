@@ -80,8 +80,12 @@ class ChallengePublisher(Protocol):
 class RedisPublisher:
     """Writes the challenge store in Redis; the challenge server serves it at once.
 
-    Challenge entries expire after ``ttl`` seconds even if never removed.
+    Challenge entries expire after ``ttl`` seconds even if never removed. The entries it
+    published and did not remove yet (those of the chains in flight, at most ``keep``) are
+    kept, so that :meth:`republish` writes them again into a Redis that restarted empty.
     """
+
+    keep = 10_000
 
     def __init__(
         self,
@@ -97,6 +101,39 @@ class RedisPublisher:
         self.keys = Keys(namespace)
         self._redis = connect(redis_url, timeout=timeout)
         self._store = ChallengeStore(self._redis, self.keys, ttl=ttl)
+        #: (kind, name) -> values, oldest first: what a restarted Redis needs again
+        self._live: dict[tuple[str, str], list[str]] = {}
+
+    def _hold(self, kind: str, name: str, value: str | None) -> None:
+        key = (kind, name)
+        if value is None:
+            self._live.pop(key, None)
+            return
+        values = self._live.pop(key, [])
+        if kind != "txt":
+            values = []
+        values.append(value)
+        self._live[key] = values
+        while len(self._live) > self.keep:
+            del self._live[next(iter(self._live))]
+
+    async def republish(self) -> int:
+        """Writes again every entry published and not removed (Redis came back without its
+        data); the number written. Errors are logged: the chains then fail, counted."""
+        items = list(self._live.items())
+        adds = {"http01": self._store.add_http01, "tlsalpn01": self._store.add_tlsalpn01,
+                "txt": self._store.add_txt}
+        done = 0
+        for (kind, name), values in items:
+            for value in values:
+                try:
+                    await self._call(f"republish {kind} {name}", adds[kind](name, value))
+                    done += 1
+                except ChallengePublishError as exc:
+                    log.warning("%s", exc)
+                    return done
+        log.info("challenge data written again after a Redis restart: %d entries", done)
+        return done
 
     async def _call(self, what: str, op: Awaitable[T]) -> T:
         try:
@@ -114,20 +151,26 @@ class RedisPublisher:
 
     async def add_http01(self, token: str, key_authz: str) -> None:
         await self._call(f"add http-01 {token}", self._store.add_http01(token, key_authz))
+        self._hold("http01", token, key_authz)
 
     async def del_http01(self, token: str) -> None:
+        self._hold("http01", token, None)
         await self._call(f"delete http-01 {token}", self._store.del_http01(token))
 
     async def add_tlsalpn01(self, host: str, key_authz: str) -> None:
         await self._call(f"add tls-alpn-01 {host}", self._store.add_tlsalpn01(host, key_authz))
+        self._hold("tlsalpn01", host, key_authz)
 
     async def del_tlsalpn01(self, host: str) -> None:
+        self._hold("tlsalpn01", host, None)
         await self._call(f"delete tls-alpn-01 {host}", self._store.del_tlsalpn01(host))
 
     async def set_txt(self, host: str, value: str) -> None:
         await self._call(f"set TXT {host}", self._store.add_txt(host, value))
+        self._hold("txt", host, value)
 
     async def clear_txt(self, host: str) -> None:
+        self._hold("txt", host, None)
         await self._call(f"clear TXT {host}", self._store.clear_txt(host))
 
     async def aclose(self) -> None:

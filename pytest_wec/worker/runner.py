@@ -28,7 +28,7 @@ from pytest_wec.worker.context import ChainContext, NoContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadPlan", "LoadRunner", "run_chain", "split_int"]
+__all__ = ["LoadPlan", "LoadRunner", "own_lag", "run_chain", "split_int"]
 
 ChainFn = Callable[[ChainContext], Awaitable[None]]
 #: open model without --wec-load: the cap on chains in flight per worker
@@ -122,8 +122,11 @@ async def run_chain(
     *,
     worker: str,
     scheduled: float | None = None,
+    lag_own: float | None = None,
 ) -> ChainResult:
-    """Run chain *fn* once with a fresh context; never raises (but for cancellation)."""
+    """Run chain *fn* once with a fresh context; never raises (but for cancellation).
+    *lag_own* (open model): the part of its start's lag the generator's own work explains
+    (:func:`own_lag`), carried in the result."""
     ctx = ChainContext(runtime, name, mode="load", chain_id=secrets.token_hex(8))
     contexts = getattr(runtime, "contexts", None)
     if contexts is not None:
@@ -152,7 +155,7 @@ async def run_chain(
             log.debug("releasing claims of %s failed", ctx.chain_id, exc_info=True)
         if contexts is not None:
             contexts.discard(ctx)
-    return ChainResult(
+    result = ChainResult(
         chain_id=ctx.chain_id,
         chain=name,
         worker=worker,
@@ -165,6 +168,20 @@ async def run_chain(
         certificates=ctx.certificates,
         requests=ctx.requests,
     )
+    result.update(ctx.wire_extras(outcome == "ok"))  # type: ignore[typeddict-item]
+    if lag_own is not None:
+        result["lag_own"] = lag_own
+    return result
+
+
+def own_lag(carried: float, busy: float, planned: float, late: float) -> float:
+    """The part of a start's lateness *late* (seconds) that the generator's own work
+    explains, between 0 and *late*: the CPU its event loop's thread spent (*busy*, thread
+    CPU time) beyond the sleep it *planned*, plus what it *carried* from the start before
+    when it was behind and did not sleep. A thread that the OS did not run (other processes
+    on the cores, the CA among them) or that waited for the GIL spent no CPU: that lateness
+    is the machine's, not the generator's."""
+    return min(max(carried + busy - planned, 0.0), max(late, 0.0))
 
 
 class LoadRunner:
@@ -214,14 +231,15 @@ class LoadRunner:
             return self.target_override
         return self.plan.target(elapsed)
 
-    async def _one(self, name: str, scheduled: float | None, *, counted: bool = False) -> bool:
+    async def _one(self, name: str, scheduled: float | None, *, counted: bool = False,
+                   lag_own: float | None = None) -> bool:
         """Run one chain; True when it failed because the CA could not be reached."""
         if not counted:
             self.in_flight += 1
         try:
             info_fn = self.chains[name]
             result = await run_chain(self.runtime, name, info_fn[1], worker=self.worker,
-                                     scheduled=scheduled)
+                                     scheduled=scheduled, lag_own=lag_own)
             self.emit(result)
             return not result["ok"] and bool(result["requests"]) and \
                 result["requests"][-1]["error"] == "connect"
@@ -229,11 +247,13 @@ class LoadRunner:
             self.in_flight -= 1
             self.finished += 1
 
-    def _spawn(self, name: str, scheduled: float | None) -> asyncio.Task[bool]:
+    def _spawn(self, name: str, scheduled: float | None,
+               lag_own: float | None = None) -> asyncio.Task[bool]:
         # counted in flight now, not when the task first runs: a burst of starts caught up
         # in one go must see each other against the cap
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._one(name, scheduled, counted=True))
+        task = asyncio.get_running_loop().create_task(
+            self._one(name, scheduled, counted=True, lag_own=lag_own))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         self.started += 1
@@ -318,6 +338,7 @@ class LoadRunner:
         wall0 = time.time() - (time.monotonic() - mono0)
         at = max(mono0, time.monotonic())  # a worker late to the common start: no catch-up
         owed = 1.0 - self.plan.index / self.plan.workers  # 1.0: a start is due at *at*
+        own, prev = 0.0, at  # the generator's own part of its lateness at *prev* (own_lag)
         while not self._stop.is_set():
             rate = self._target_at(at - mono0)
             due = rate > 0 and (1.0 - owed) / rate <= OPEN_TICK
@@ -330,8 +351,12 @@ class LoadRunner:
             if at >= deadline:
                 break
             delay = at - time.monotonic()
+            busy0 = time.thread_time()
             if delay > 0 and await self._wait(delay):
                 break
+            own = own_lag(max(own - (at - prev), 0.0) if delay <= 0 else 0.0,
+                          time.thread_time() - busy0, max(delay, 0.0), time.monotonic() - at)
+            prev = at
             if not due:
                 continue
             if len(self.lags) < 200_000:
@@ -344,7 +369,7 @@ class LoadRunner:
             if name is None:
                 self.nothing_to_run += 1
             else:
-                self._spawn(name, wall0 + (at - mono0))
+                self._spawn(name, wall0 + (at - mono0), own)
 
     async def _drain(self) -> None:
         """Let chains in flight finish within the grace, then cancel them."""

@@ -1,0 +1,154 @@
+"""The regression gate against noise: A/A comparisons flag nothing, a real +20% is flagged.
+
+    .venv/bin/python bench/bench_regression_gate.py [--quick] [--trials 20] [--duration 5]
+        [--load 8] [--bound p95:10%]
+
+Each trial is three short load runs (``pytest --wec-load``, one process, the embedded Redis
+and challenge server), each against a fresh stub CA (``stubca.py --program``) that holds
+every answer for a lognormal delay (p50 10 ms, p99 13 ms; newNonce and the directory 1 ms).
+The chain makes an account and four orders, so that newOrder has many samples:
+
+    A   the baseline (its benchmark.json, as ``--wec-save`` stores it)
+    A'  the same program, another seed: compared with A, nothing may regress
+    B   newOrder's delay programmed 20% longer (p50 12 ms, p99 15.6 ms): compared with A,
+        ``endpoint newOrder p95`` must regress
+
+The comparison is the gate's own (``comparison.compare`` of the run's summary.json against
+A's benchmark.json, ``regressions`` with ``--bound``). Targets: A/A flags nothing in at least
+19 of 20 trials; A/B flags newOrder's p95 in every trial. Prints one row per trial (the
+p95s, their noise, what was flagged) and the totals; never fails on a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import log, machine, table
+from stubca import start_stub_ca
+
+from pytest_wec.controller.comparison import compare, parse_compare_fail, regressions
+
+BASE = {"delays": {"*": "lognormal:10ms:13ms", "newNonce": "1ms", "directory": "1ms"},
+        "requests": [1, 1]}
+SHIFTED_ENDPOINT = "newOrder"
+SHIFT = 1.2
+CHAIN = '''\
+from pytest_wec import ChainContext, chain
+
+
+@chain("gate_orders")
+async def test_gate_orders(wec: ChainContext) -> None:
+    account = await wec.new_account()
+    for _ in range(4):
+        await wec.order(account, wec.random_names(1))
+'''
+
+
+def program(seed: int, shifted: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(json.dumps(BASE))
+    spec["seed"] = seed
+    if shifted:
+        spec["delays"][SHIFTED_ENDPOINT] = f"lognormal:{10 * SHIFT:g}ms:{13 * SHIFT:g}ms"
+    return spec
+
+
+def run(name: str, work: Path, spec: dict[str, Any], args: argparse.Namespace
+        ) -> dict[str, Any]:
+    """One load run against a fresh programmed stub CA; its summary.json."""
+    out = work / name
+    spec = {**spec, "challenge_log": str(out / "challenge-server.log")}
+    chains = work / "chains"
+    chains.mkdir(exist_ok=True)
+    (chains / "test_gate_chain.py").write_text(CHAIN)
+    proc, url, _bundle = start_stub_ca(work / f"stub-{name}", plain=True, program=spec)
+    try:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
+                "-q", str(chains / "test_gate_chain.py"), "--wec-directory", url,
+                f"--wec-duration={args.duration:g}s", "--wec-grace=30s", f"--wec-out={out}",
+                f"--wec-load={args.load}", "--wec-allow-saturated"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEC_")}
+        p = subprocess.Popen(argv, cwd=chains, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            text, _ = p.communicate(timeout=180)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+    finally:
+        proc.stop()
+    path = out / "summary.json"
+    if not path.exists():
+        raise RuntimeError(f"{name}: no summary.json (status {p.returncode}):\n"
+                           + text.decode(errors="replace")[-3000:])
+    summary: dict[str, Any] = json.loads(path.read_text())
+    summary["_exit_status"] = p.returncode
+    return summary
+
+
+def trial(i: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    bounds = parse_compare_fail(args.bound)
+    runs = {}
+    for name, spec in (("A", program(3 * i + 1)), ("A2", program(3 * i + 2)),
+                       ("B", program(3 * i + 3, shifted=True))):
+        summary = runs[name] = run(f"t{i}-{name}", work, spec, args)
+        health = summary["generator"].get("health") or {}
+        log(f"trial {i + 1}: {name} {summary['totals']['chains']} chains, "
+            f"{summary['endpoints'].get(SHIFTED_ENDPOINT, {}).get('count', 0)} "
+            f"{SHIFTED_ENDPOINT}, exit {summary['_exit_status']}, generator "
+            f"{'healthy' if health.get('ok') else health.get('reason')}")
+    base = json.loads((work / f"t{i}-A" / "benchmark.json").read_text())
+    out: dict[str, Any] = {}
+    for name in ("A2", "B"):
+        diffs = compare(runs[name], base)
+        found = regressions(diffs, bounds)
+        d = next(d for d in diffs if (d.kind, d.name, d.metric) ==
+                 ("endpoint", SHIFTED_ENDPOINT, "p95"))
+        out[name] = {"flagged": [r.short for r in found], "base": d.baseline,
+                     "now": d.current, "noise": d.noise,
+                     "hit": any((r.diff.kind, r.diff.name, r.diff.metric) ==
+                                ("endpoint", SHIFTED_ENDPOINT, "p95") for r in found)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 trials of 4 s runs")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--load", type=int, default=8)
+    ap.add_argument("--bound", default="p95:10%")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.duration = 3, 4.0
+    print(f"regression gate: {args.trials} trials, {args.duration:g} s runs at --wec-load "
+          f"{args.load}, bound {args.bound}; {machine()}")
+    rows, aa_clean, ab_hit = [], 0, 0
+    with tempfile.TemporaryDirectory(prefix="wec-gate-") as tmp:
+        for i in range(args.trials):
+            r = trial(i, Path(tmp), args)
+            aa_clean += not r["A2"]["flagged"]
+            ab_hit += r["B"]["hit"]
+            rows.append([i + 1, r["A2"]["base"], r["A2"]["now"], r["A2"]["noise"],
+                         ", ".join(r["A2"]["flagged"]) or "-", r["B"]["now"], r["B"]["noise"],
+                         "yes" if r["B"]["hit"] else "NO", ", ".join(r["B"]["flagged"])])
+    print(table(["trial", "A p95 ms", "A' p95 ms", "noise", "A/A flagged", "B p95 ms",
+                 "noise", "B flagged", "B/A flagged (all)"], rows))
+    print(f"A/A: nothing flagged in {aa_clean} of {args.trials} (target >= 95%); "
+          f"A/B: {SHIFTED_ENDPOINT} p95 flagged in {ab_hit} of {args.trials} (target: all)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
