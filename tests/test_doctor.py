@@ -313,10 +313,13 @@ def test_deadlocked_pebble_is_diagnosed_restarted_and_the_run_goes_on(
     """Debian's Pebble 2.4 deadlocks within seconds at this rate of new_certificate chains
     (see the module's doc); every try so far deadlocked at least once in 30 s."""
     out = pytester.path / "deadlock"
+    # more than two cores can serve, on purpose: the rate is missed and the generator
+    # saturated, which the gate accepts here (the test is of the doctor, not the generator)
     ret, text = _run(pytester.path, [
         "--pyargs", "chains", "-n", "2", "--wec-rate", "250", "--wec-load", "200",
         "--wec-mix", "new_account=1,new_certificate=3", "--wec-duration", "30s",
-        "--wec-pebbles", "1", "--wec-timeout", "3s", "--wec-out", str(out)], 180)
+        "--wec-pebbles", "1", "--wec-timeout", "3s", "--wec-allow-saturated",
+        "--wec-out", str(out)], 180)
     assert ret == pytest.ExitCode.OK, text
     summary, results = _outputs(out, text)
     events = summary["ca_events"]

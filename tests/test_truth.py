@@ -55,7 +55,11 @@ def test_the_report_is_what_the_ca_did(tmp_path: Path) -> None:
             if key[1] in ("polls", "validation_requests"):
                 assert reported == true, (key, p, reported, true)
                 continue
-            assert reported >= true - 0.001, (key, p, reported, true)
+            # the client's figures add the loopback's delays to the CA's, but for the end
+            # of first_validation_request: the challenge server's own stamp, one delay
+            # before the CA receives that answer (the truth's end)
+            slack = 2.0 if key[1] == "first_validation_request" else 0.001
+            assert reported >= true - slack, (key, p, reported, true)
             assert reported < true + max(0.5 * true, 30.0), (key, p, reported, true)
     # every authorization is seen validated 1 to 3 times, as programmed
     counts = summary["phases"]["validation_requests"]["values"]
