@@ -255,13 +255,15 @@ class LoadSession(StackWatch, LiveControl):
                                 now)
                             doctor.tick(in_flight, None, idle=idle)
                     line = self._progress_line(now)
+                    rows = None
                     if self.load_started is not None:
                         wall = time.time()
-                        self.csv.tick(self._agg, wall, self.watch.in_flight(),
-                                      max(min(wall, self.load_ended or wall)
-                                          - self.load_started, 1e-3))
+                        rows = self.csv.prepare(self._agg, wall, self.watch.in_flight(),
+                                                max(min(wall, self.load_ended or wall)
+                                                    - self.load_started, 1e-3))
                     live = (build_tables(self._agg, max(now - self._t0, 1e-3))
                             if self.on_tick is not None else None)
+                self.csv.write(rows)  # the files outside the lock
                 self._flush_notices()
                 self._write(line)
                 if self.on_tick is not None and live is not None:

@@ -109,8 +109,12 @@ def _write_rows(f: IO[str], rows: Iterable[Sequence[Any]]) -> None:
 
 def write_stats_csv(path: Path, agg: Aggregator, duration: float) -> None:
     """stats.csv, whole (temp file + rename: a reader never sees half of it)."""
+    _write_stats(path, stats_rows(agg, duration))
+
+
+def _write_stats(path: Path, rows: list[list[Any]]) -> None:
     buf = io.StringIO()
-    _write_rows(buf, [STATS_COLUMNS, *stats_rows(agg, duration)])
+    _write_rows(buf, [STATS_COLUMNS, *rows])
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)
@@ -128,15 +132,18 @@ class StatsHistory:
 
     def tick(self, agg: Aggregator, now: float | None = None, users: int = 0) -> None:
         """Appends the rows for epoch second ``now`` (default: the clock)."""
+        self.append(self.rows(agg, time.time() if now is None else now, users))
+
+    def append(self, rows: list[list[Any]]) -> None:
+        """Appends a block of :meth:`rows`."""
         if self._failed:
             return
-        now = time.time() if now is None else now
         try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("w", encoding="utf-8", newline="")
                 _write_rows(self._file, [HISTORY_COLUMNS])
-            _write_rows(self._file, self.rows(agg, now, users))
+            _write_rows(self._file, rows)
             self._file.flush()
         except OSError as exc:  # a full disk must not end the run; said once
             self._failed = True
@@ -188,21 +195,33 @@ class CsvFiles:
 
     def tick(self, agg: Aggregator, now: float, users: int, duration: float) -> None:
         """A history block for epoch second ``now``; stats.csv over ``duration`` seconds."""
-        if agg.first_start is None:  # nothing ran yet: no rows of zeros
+        self.write(self.prepare(agg, now, users, duration))
+
+    def prepare(self, agg: Aggregator, now: float, users: int,
+                duration: float) -> tuple[list[list[Any]], list[list[Any]]] | None:
+        """The rows of a tick, read from ``agg`` (under the caller's lock); None before any
+        chain ran (no rows of zeros). :meth:`write` writes them, outside that lock."""
+        if agg.first_start is None:
+            return None
+        return self.history.rows(agg, now, users), stats_rows(agg, duration)
+
+    def write(self, prepared: tuple[list[list[Any]], list[list[Any]]] | None) -> None:
+        if prepared is None:
             return
-        self.history.tick(agg, now, users)
-        self._stats(agg, duration)
+        history, stats = prepared
+        self.history.append(history)
+        self._stats(stats)
 
     def close(self, agg: Aggregator, duration: float) -> None:
-        self._stats(agg, duration)
+        self._stats(stats_rows(agg, duration))
         self.history.close()
 
-    def _stats(self, agg: Aggregator, duration: float) -> None:
+    def _stats(self, rows: list[list[Any]]) -> None:
         if self._stats_failed:
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_stats_csv(self.run_dir / self.STATS, agg, duration)
+            _write_stats(self.run_dir / self.STATS, rows)
         except OSError as exc:
             self._stats_failed = True
             log.warning("cannot write %s: %s", self.run_dir / self.STATS, exc)
