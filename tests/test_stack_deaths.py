@@ -28,9 +28,12 @@ from _loadruns import BASIC, NEEDS_STACK, log_lines, only, wait_until
 
 from pytest_wec.controller.ledger import EXIT_INCOMPLETE, FailureLedger
 from pytest_wec.controller.resultlog import read_results
+from pytest_wec.controller.stackwatch import StackWatch
 from pytest_wec.controller.watch import Watch
 from pytest_wec.stack._keeper import StackKeeper
 from pytest_wec.stack._procs import ManagedProcess
+from pytest_wec.stack._redis import start_redis
+from pytest_wec.wire.control import Control, ControlReader, ControlWriter
 from pytest_wec.wire.results import ChainResult
 from pytest_wec.wire.spill import counters, spills
 from pytest_wec.wire.stream import WorkerStatus
@@ -202,7 +205,8 @@ def test_each_part_killed_without_xdist_redis_given_up_and_spilled(
         pytester: pytest.Pytester, runs: list[Run]) -> None:
     out = pytester.path / "lone"
     run = Run(pytester.path, out, [
-        "--pyargs", "chains", "-p", "no:xdist", "--wec-load", "4", "--wec-duration", "16s",
+        "--pyargs", "pytest_wec_chains", "-p", "no:xdist", "--wec-load", "4",
+        "--wec-duration", "16s",
         "--wec-timeout", "5s", "--wec-grace", "5s", "--wec-mix", only(*BASIC)])
     runs.append(run)
     wait_until(lambda: len(log_lines(out)) >= 20, 60, "the first results", run.proc)
@@ -270,7 +274,7 @@ def test_each_part_killed_with_xdist_is_restarted_and_nothing_is_lost(
         pytester: pytest.Pytester, runs: list[Run]) -> None:
     out = pytester.path / "xdist"
     run = Run(pytester.path, out, [
-        "--pyargs", "chains", "-n", "2", "--wec-load", "4", "--wec-duration", "14s",
+        "--pyargs", "pytest_wec_chains", "-n", "2", "--wec-load", "4", "--wec-duration", "14s",
         "--wec-timeout", "5s", "--wec-grace", "5s", "--wec-mix", only(*BASIC)])
     runs.append(run)
     wait_until(lambda: len({r["worker"] for r in log_lines(out)}) == 2 and
@@ -358,6 +362,54 @@ def test_keeper_restarts_a_dead_part_a_few_times_then_gives_up(tmp_path: Path) -
     ledger.observe([chain])
     assert ledger.failed_by_cause()["stack_event"] == 1
     assert ledger.stack_snapshot()[1]["chains_failed"] == 1  # the one given up on
+
+
+@pytest.mark.redis
+def test_live_control_is_written_again_when_redis_comes_back_empty(tmp_path: Path) -> None:
+    """A target and a stop set from the dashboard live in Redis; a redis-server that died and
+    was restarted empty holds neither until the controller writes them again."""
+    import asyncio
+
+    proc, url = start_redis(tmp_path)
+    ledger = FailureLedger(time.time())
+    keeper = StackKeeper(_Stack([proc]), ledger, lambda _line: None,
+                         started=lambda: ledger.started, interval=0.05)
+
+    class Session(StackWatch):
+        _control = ControlWriter(url, "ns")
+
+    session = Session()
+    session.attach_keeper(keeper)
+
+    async def read() -> Control | None:
+        reader = ControlReader(url, "ns")
+        try:
+            return await reader.read()
+        finally:
+            await reader.aclose()
+
+    keeper.start()
+    try:
+        session._control.set_target(6)
+        session._control.stop()
+        assert asyncio.run(read()) == Control(6.0, True)
+        first = proc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        seen = None
+        while time.monotonic() < deadline:
+            if proc.pid != first and proc.alive():
+                seen = asyncio.run(read())
+                if seen == Control(6.0, True):
+                    break
+            time.sleep(0.05)
+        assert proc.pid != first, "redis-server was not restarted"
+        assert seen == Control(6.0, True), seen
+        assert ledger.stack_snapshot()[0]["recovered"] is True
+    finally:
+        keeper.stop()
+        session._control.close()
+        proc.stop()
 
 
 def _status(worker: str, in_flight: int) -> WorkerStatus:

@@ -6,9 +6,12 @@ embedded Pebble (:mod:`~pytest_wec.controller.doctor`) and the keeper of the run
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from pytest_wec.controller.doctor import PebbleDoctor
 
@@ -18,9 +21,12 @@ if TYPE_CHECKING:
     from pytest_wec.controller.ledger import FailureLedger
     from pytest_wec.controller.watch import Watch
     from pytest_wec.settings import Settings
+    from pytest_wec.wire.control import ControlWriter
     from pytest_wec.wire.source import ResultSource
 
 __all__ = ["StackWatch"]
+
+log = logging.getLogger(__name__)
 
 
 class StackWatch:
@@ -37,6 +43,7 @@ class StackWatch:
         _lock: threading.Lock
         _notices: list[str]
         _source: ResultSource | None
+        _control: ControlWriter | None
 
         def _state_now(self, max_age: float = 2.0) -> dict[str, int]: ...
 
@@ -59,6 +66,22 @@ class StackWatch:
         """Watch the run's processes (a :class:`~pytest_wec.stack._keeper.StackKeeper`)."""
         self.keeper = keeper
         keeper.on_worker_died = self._worker_died
+        keeper.on_recovered = self._part_recovered
+
+    def _part_recovered(self, name: str) -> None:
+        """redis-server came back empty: the run's live control (a target or a stop set from
+        the dashboard) is written again, or the workers would read neither."""
+        control = self._control
+        if name != "redis-server" or control is None:
+            return
+        try:
+            fields = control.rewrite()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("cannot write the run's live control again after the Redis restart: "
+                        "%s", exc)
+            return
+        if fields:
+            log.info("the run's live control written again after the Redis restart")
 
     def _worker_died(self, name: str, line: str) -> None:
         with self._lock:

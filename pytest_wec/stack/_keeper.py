@@ -79,6 +79,8 @@ class StackKeeper:
         self.max_restarts, self.interval = max_restarts, interval
         #: told (name, the event's line) when a worker died
         self.on_worker_died: Callable[[str, str], None] | None = None
+        #: told the part's name when it was restarted and is back (in the keeper's thread)
+        self.on_recovered: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         self._workers: dict[str, subprocess.Popen[Any]] = {}
         self._deaths: dict[str, int] = {}
@@ -211,6 +213,11 @@ class StackKeeper:
                 f"{deaths} of {self.max_restarts})")
         log.info(line)
         self.note(line)
+        if self.on_recovered is not None:
+            try:
+                self.on_recovered(name)
+            except Exception:  # a callback's failure must not stop the watch
+                log.exception("after %s came back", name)
 
     def _pebble_done(self, name: str, index: int, deaths: int, ok: bool, took: float | None,
                      words: str) -> None:

@@ -69,10 +69,24 @@ class ControlWriter:
         self.key = control_key(run_ns)
         self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
                                             socket_timeout=5.0, retry=Retry(NoBackoff(), 1))
+        self._written: dict[str, str] = {}  # what this run wrote, for :meth:`rewrite`
 
     def reset(self) -> None:
         """Forgets what an earlier run under the same namespace left."""
         self._client.delete(self.key)
+        self._written.clear()
+
+    def rewrite(self) -> int:
+        """Writes again every field this run set (Redis restarted without its data, and the
+        workers would otherwise read no target and no stop); the number of fields."""
+        written = dict(self._written)
+        if written:
+            pipe = self._client.pipeline(transaction=True)
+            for name, value in written.items():
+                pipe.hset(self.key, name, value)
+            pipe.expire(self.key, KEY_TTL_S)
+            pipe.execute()
+        return len(written)
 
     def set_target(self, value: float) -> None:
         self._set("target", repr(float(value)))
@@ -85,6 +99,7 @@ class ControlWriter:
         pipe.hset(self.key, name, value)
         pipe.expire(self.key, KEY_TTL_S)
         pipe.execute()
+        self._written[name] = value
 
     def close(self) -> None:
         self._client.close()
