@@ -6,6 +6,7 @@ product starts them, through ``pytest_wec.stack``.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,32 @@ from typing import Any
 import pytest
 
 from pytest_wec.stack._redis import start_redis
+
+NO_HYPOTHESIS = "-p no:hypothesispytest"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _subprocess_runs_without_hypothesis() -> Iterator[None]:
+    """The pytest runs these tests start (a user's load runs, their xdist workers) load
+    without Hypothesis's pytest plugin, which the test extra installs and which costs each
+    such process over a second of CPU at start-up; a user's installation has none. Set
+    once this process's own plugins are loaded (and its xdist workers started), so only
+    the runs started from here on leave it out."""
+    before = os.environ.get("PYTEST_ADDOPTS")
+    os.environ["PYTEST_ADDOPTS"] = f"{before or ''} {NO_HYPOTHESIS}".strip()
+    yield
+    if before is None:
+        os.environ.pop("PYTEST_ADDOPTS", None)
+    else:
+        os.environ["PYTEST_ADDOPTS"] = before
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest's own, its runs without Hypothesis's plugin too (pytester clears
+    ``PYTEST_ADDOPTS`` when it starts)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", NO_HYPOTHESIS)
+    return pytester
 
 
 @pytest.fixture(scope="session")
