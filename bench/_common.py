@@ -139,8 +139,7 @@ class CertbotIssuer:
                  *, default_poll: float | None = None) -> None:
         from acme import client, messages
         from josepy import ES256, JWKEC
-
-        from challenge_srv.store import Keys
+        from pytest_wec_challenge_srv.store import Keys
 
         self._messages, self._jwk, self._alg = messages, JWKEC, ES256
         counter = self._sent

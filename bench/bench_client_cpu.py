@@ -44,37 +44,50 @@ from _common import (
     table,
 )
 
+from pytest_wec.acme import AccountKey
 from pytest_wec.worker.publish import RedisPublisher
 
 TARGET_RATIO = 5.0
 TARGET_REQUEST_MS = 0.3
 
 
-def measure_ours(certs: int, concurrency: int) -> dict[str, Any]:
+def measure_ours(certs: int, concurrency: int, *, ca: tuple[str, str | None] | None = None,
+                 new_accounts: bool = True) -> dict[str, Any]:
+    """*certs* certificates by *concurrency* tasks on one event loop, after a warm-up of one
+    each. *ca*: (directory URL, CA bundle) to issue from instead of the stack's Pebble (the
+    stack still gives Redis and the challenge server). *new_accounts* False: each task makes
+    its account in the warm-up and issues every certificate on it (as new_certificate
+    chains take an existing account)."""
     with fresh_stack() as stack:
         info = stack.info
+        directory, bundle = ca if ca is not None else (info["directory"], info["ca_bundle"])
 
         async def run() -> dict[str, Any]:
             results: list[Any] = []
-            net = our_network(info["directory"], info["ca_bundle"])
+            net = our_network(directory, bundle)
             pub = RedisPublisher(info["redis_url"], info["namespace"])
             acme = net.client("bench", "1", results.append)
             try:
-                await asyncio.gather(*(issue_ours(acme, pub) for _ in range(concurrency)))
+                accounts: list[Any] = [None] * concurrency
+                if not new_accounts:
+                    accounts = list(await asyncio.gather(
+                        *(acme.new_account(AccountKey.generate("ES256"))
+                          for _ in range(concurrency))))
+                await asyncio.gather(*(issue_ours(acme, pub, a) for a in accounts))
                 left = [certs]
                 errors: list[str] = []
 
-                async def task() -> None:
+                async def task(account: Any) -> None:
                     while left[0] > 0:
                         left[0] -= 1
                         try:
-                            await issue_ours(acme, pub)
+                            await issue_ours(acme, pub, account)
                         except Exception as exc:  # counted, reported
                             errors.append(f"{type(exc).__name__}: {exc}")
 
                 results.clear()
                 cpu0, wall0 = time.process_time(), time.perf_counter()
-                await asyncio.gather(*(task() for _ in range(concurrency)))
+                await asyncio.gather(*(task(a) for a in accounts))
                 cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
                 return {"certs": certs - len(errors), "errors": errors, "cpu": cpu,
                         "wall": wall, "requests": len(results)}
@@ -85,11 +98,15 @@ def measure_ours(certs: int, concurrency: int) -> dict[str, Any]:
         return run_like_worker(run())
 
 
-def measure_certbot(certs: int, concurrency: int) -> dict[str, Any]:
+def measure_certbot(certs: int, concurrency: int, *, ca: tuple[str, str | None] | None = None,
+                    new_accounts: bool = True) -> dict[str, Any]:
+    """The same as :func:`measure_ours` on certbot's ``acme``, *concurrency* threads (the
+    warm-up makes each thread's account)."""
     with fresh_stack() as stack:
         info = stack.info
+        directory, bundle = ca if ca is not None else (info["directory"], info["ca_bundle"])
         redis = sync_redis(info["redis_url"])
-        issuers = [CertbotIssuer(info["directory"], info["ca_bundle"], redis, info["namespace"])
+        issuers = [CertbotIssuer(directory, bundle, redis, info["namespace"])
                    for _ in range(concurrency)]
         lock = threading.Lock()
         left = [certs]
@@ -105,7 +122,7 @@ def measure_certbot(certs: int, concurrency: int) -> dict[str, Any]:
                         return
                     left[0] -= 1
                 try:
-                    issuer.issue()
+                    issuer.issue(new_account=new_accounts)
                 except Exception as exc:
                     with lock:
                         errors.append(f"{type(exc).__name__}: {exc}")
@@ -137,8 +154,6 @@ def seq_ours(n: int) -> float:
             results: list[Any] = []
             net = our_network(info["directory"], info["ca_bundle"])
             acme = net.client("bench", "1", results.append)
-            from pytest_wec.acme import AccountKey
-
             account = await acme.new_account(AccountKey.generate("ES256"))
             for _ in range(50):
                 await acme.fetch_account(account)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_memory.py [--quick] [--duration S] [--rate R] [--workers N]
 
-Runs ``pytest --pyargs chains --wec-rate R -n N --wec-duration S`` (every load chain, the
+Runs ``pytest --pyargs pytest_wec_chains --wec-rate R -n N --wec-duration S`` (every load chain, the
 default mix, the embedded stack: a fresh Pebble) as a subprocess and reads ``VmRSS`` from
 ``/proc/PID/status`` of pytest (the controller) and of its children every few seconds:
 the xdist workers, and the challenge server; redis-server and Pebble are the stack, shown
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (60.0 if args.quick else 300.0)
     ref_at = min(60.0, duration / 3)
     out = Path(tempfile.mkdtemp(prefix="wec-memory-"))
-    argv2 = [sys.executable, "-m", "pytest", "--pyargs", "chains", "-p", "no:cacheprovider",
-             "-q", f"--wec-rate={args.rate:g}", f"--wec-duration={duration:g}s",
-             "--wec-grace=20s", f"--wec-out={out}", "-n", str(args.workers),
+    argv2 = [sys.executable, "-m", "pytest", "--pyargs", "pytest_wec_chains",
+             "-p", "no:cacheprovider", "-q", f"--wec-rate={args.rate:g}",
+             f"--wec-duration={duration:g}s", "--wec-grace=20s", f"--wec-out={out}",
+             "-n", str(args.workers),
              # the repository's pytest-timeout (300 s) would fail the 300 s load items
              "-o", "timeout=0"]
     print(f"bench_memory: {' '.join(argv2[1:])}; {machine()}")

@@ -1,6 +1,7 @@
 """A small, fast ACME CA for benchmarks: ``FakeCA`` served over real HTTPS with aiohttp.web.
 
     .venv/bin/python bench/stubca.py [--port 0] [--plain] [--dir DIR] [--program JSON]
+                                     [--limits JSON]
 
 It prints ``listening URL`` (the directory URL) and ``ready``, then serves until killed. The
 ACME logic is :class:`pytest_wec.acme.FakeCA` (every JWS verified, nonces single-use, real
@@ -17,6 +18,10 @@ delays, validation requests really sent to the run's challenge server (its http-
 read from ``challenge_log``, the ``challenge-server.log`` of the run), a stall; its timers
 run on a ``select()`` event loop (microseconds; epoll's are milliseconds). What it saw is
 served at ``GET /_stub/truth``.
+
+``--limits`` (a JSON object of :class:`pytest_wec.acme._fakeca_limits.FakeLimits`' fields,
+e.g. ``{"certificates_per_domain": 2, "retry_after": 30}``) makes it refuse over rate limits
+as Boulder does; what it refused is served at ``GET /_stub/limits``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from multidict import CIMultiDict
 
 from pytest_wec.acme import FakeCA, Request, Response
+from pytest_wec.acme._fakeca_limits import FakeLimits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _program import Program, Truth, parse_dist
@@ -55,8 +61,8 @@ class StubCA(FakeCA):
     """FakeCA with an account index by key (FakeCA scans every account on newAccount), and
     chains that end in a self-signed root, so that chains checking issuers pass."""
 
-    def __init__(self, base: str) -> None:
-        super().__init__(base, renewal_info=True)
+    def __init__(self, base: str, limits: FakeLimits | None = None) -> None:
+        super().__init__(base, renewal_info=True, limits=limits)
         self._by_jwk: dict[bytes, str] = {}
         now = dt.datetime.now(dt.UTC)
         root = (
@@ -270,6 +276,10 @@ def make_app(ca: FakeCA) -> web.Application:
         if programmed is not None and request.path == "/_stub/truth":
             return web.json_response({"program": programmed.program.to_plain(),
                                       **programmed.truth.to_plain()})
+        if request.path == "/_stub/limits" and ca.limits is not None:
+            return web.json_response({"refusals": dict(ca.limits.refusals),
+                                      "issued": dict(ca.limits.issued),
+                                      "orders": sum(ca.limits.orders.values())})
         req = Request(request.method, base + request.raw_path, request.headers, body)
         resp = ca(req)
         if programmed is not None:
@@ -292,7 +302,8 @@ def make_app(ca: FakeCA) -> web.Application:
 
 
 async def serve(host: str, port: int, run_dir: Path, plain: bool,
-                program: dict[str, Any] | None = None) -> None:
+                program: dict[str, Any] | None = None,
+                limits: dict[str, Any] | None = None) -> None:
     ctx: ssl.SSLContext | None = None
     scheme = "http"
     if not plain:
@@ -308,7 +319,8 @@ async def serve(host: str, port: int, run_dir: Path, plain: bool,
     sock.bind((host, port))
     real_port = sock.getsockname()[1]
     base = f"{scheme}://{host}:{real_port}"
-    ca = StubCA(base) if program is None else ProgrammedCA(
+    fake_limits = FakeLimits(**limits) if limits else None
+    ca = StubCA(base, fake_limits) if program is None else ProgrammedCA(
         base, make_program(program), program.get("challenge_log"))
     if isinstance(ca, ProgrammedCA) and ca.program.stall_at is not None:
         ca.truth.stall = [ca.program.stall_at, ca.program.stall_for]
@@ -333,9 +345,10 @@ def make_program(spec: dict[str, Any]) -> Program:
         seed=int(spec.get("seed", 1)))
 
 
-def start_stub_ca(run_dir: Path, *, plain: bool = False,
-                  program: dict[str, Any] | None = None) -> tuple[Any, str, str | None]:
-    """Start the stub CA as a child process: (ManagedProcess, directory URL, CA bundle)."""
+def start_stub_ca(run_dir: Path, *, plain: bool = False, program: dict[str, Any] | None = None,
+                  limits: dict[str, Any] | None = None) -> tuple[Any, str, str | None]:
+    """Start the stub CA as a child process: (ManagedProcess, directory URL, CA bundle);
+    *limits*: its rate limits (``--limits``)."""
     from pytest_wec.stack._procs import ManagedProcess
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -345,6 +358,9 @@ def start_stub_ca(run_dir: Path, *, plain: bool = False,
     if program is not None:
         make_program(program).to_plain()  # a bad program fails here, not in the child
         argv += ["--program", json.dumps(program)]
+    if limits is not None:
+        FakeLimits(**limits)  # a bad one fails here, not in the child
+        argv += ["--limits", json.dumps(limits)]
     proc = ManagedProcess("stub-ca", argv, run_dir / "stubca.log")
     lines = proc.wait_line(lambda line: line.strip() == "ready", 20, "printing 'ready'")
     url = next(line.split()[1] for line in lines if line.startswith("listening "))
@@ -359,10 +375,12 @@ def main() -> None:
     ap.add_argument("--dir", help="where the TLS material goes (default: a temporary dir)")
     ap.add_argument("--program", help="a JSON program (see make_program): delays, "
                                       "validation, issuance, stall")
+    ap.add_argument("--limits", help="a JSON object of rate limits (FakeLimits' fields)")
     args = ap.parse_args()
     run_dir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="wec-stubca-"))
     if args.program is None:
-        asyncio.run(serve(args.host, args.port, run_dir, args.plain))
+        limits = json.loads(args.limits) if args.limits else None
+        asyncio.run(serve(args.host, args.port, run_dir, args.plain, limits=limits))
         return
     program = json.loads(args.program)
     loop = asyncio.SelectorEventLoop(selectors.SelectSelector())  # microsecond timers

@@ -12,7 +12,7 @@ import itertools
 import os
 import re
 import warnings
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -147,15 +147,18 @@ def authorization_identifier(authz: Any) -> str:
     return f"*.{value}" if authz.wildcard else value
 
 
-def challenge_for(names: Iterable[str], default: str) -> str:
-    """A challenge type that can validate every name: dns-01 for wildcards (the only type
-    Pebble and Let's Encrypt offer for them), never dns-01 for IP addresses (RFC 8738 §7)."""
+def challenge_for(names: Iterable[str], default: str | Sequence[str]) -> tuple[str, ...]:
+    """Challenge types, in order of preference, that can validate every name (each
+    authorization takes the first its CA offers): *default* (``--wec-challenge``), then
+    dns-01 for a wildcard (the only type Pebble and Let's Encrypt offer for one) and
+    http-01 for an IP address when *default* is dns-01 alone (RFC 8738 §7)."""
     names = list(names)
-    if any(n.startswith("*.") for n in names):
-        return "dns-01"
-    if default == "dns-01" and any(_is_ip(n) for n in names):
-        return "http-01"
-    return default
+    prefs = (default,) if isinstance(default, str) else tuple(default)
+    if any(n.startswith("*.") for n in names) and "dns-01" not in prefs:
+        prefs += ("dns-01",)
+    if any(_is_ip(n) for n in names) and set(prefs) == {"dns-01"}:
+        prefs += ("http-01",)
+    return prefs
 
 
 def _is_ip(name: str) -> bool:

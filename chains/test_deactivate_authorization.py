@@ -13,14 +13,15 @@ as ``deactivated`` (no order status of §7.1.6), refuses to finalize it, and a d
 between another chain's finalize and issuance can hang Pebble. No other chain knows the fresh
 account's random name, and the authorization is stored (as deactivated) only when this chain
 ends. The account joins the pool at once: it holds no authorization another chain could be
-handed. The integration-only variant takes a stored authorization (run once, nothing else
-is in flight).
+handed. The integration-only variant deactivates one validated for the purpose (run once,
+nothing else is in flight).
 """
 
 from __future__ import annotations
 
-from chains._checks import authorization_identifier
 from pytest_wec import ChainContext, chain
+
+from ._checks import authorization_identifier
 
 
 @chain("deactivate_authorization", produces={"account"})
@@ -37,9 +38,11 @@ async def test_deactivate_authorization(wec: ChainContext) -> None:
 
 @chain("deactivate_authorization", needs={"authorization"}, load=False)
 async def test_deactivated_is_not_reused(wec: ChainContext) -> None:
-    """A stored authorization, deactivated, stays deactivated, and a new order for its
-    identifier does not get it back: it no longer authorizes issuance (§7.1.6, §7.5.2)."""
-    row = await wec.take_authorization()
+    """A valid authorization, deactivated, stays deactivated, and a new order for its
+    identifier does not get it back: it no longer authorizes issuance (§7.1.6, §7.5.2).
+    Validated for the purpose (``fresh``): a stored one may be for an IP address, which a
+    CA limiting certificates per address may refuse to order again."""
+    row = await wec.take_authorization(fresh=True)
     account = await wec.account_of(row)
     before = await wec.client.get_authorization(account, row.url)
     assert before.status == "valid", before.body

@@ -1,12 +1,16 @@
-"""new_certificate: finalize (§7.4), poll the order, download the certificate (§7.4.2)."""
+"""new_certificate: finalize (§7.4), poll the order, download the certificate (§7.4.2).
+
+Every order asks for ``--wec-profile`` when given; a variant orders one certificate under
+each profile the directory advertises (draft-aaron-acme-profiles)."""
 
 from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from chains._checks import assert_chains_to_ca_root, assert_names, chain_certs
 from pytest_wec import ChainContext, chain
+
+from ._checks import assert_chains_to_ca_root, assert_names, chain_certs, warn_deviation
 
 
 @chain("new_certificate", needs={"account"}, produces={"certificate"})
@@ -44,3 +48,24 @@ async def test_alternate_chains(wec: ChainContext) -> None:
         alt = await wec.client.download_certificate(issued.account, url)
         assert chain_certs(alt.pem)[0] == leaf
         await assert_chains_to_ca_root(wec, alt.pem)
+
+
+@chain("new_certificate", needs={"account"}, produces={"certificate"}, load=False)
+async def test_certificate_profiles(wec: ChainContext) -> None:
+    """A certificate under each profile the directory advertises (draft-aaron-acme-profiles:
+    ``meta.profiles``; the order names the profile it was asked for, and the accepted order
+    carries it)."""
+    offered = (await wec.client.directory()).profiles
+    if not offered:
+        pytest.skip("the CA advertises no profiles (no meta.profiles in its directory)")
+    account = await wec.take_account()
+    for profile in offered:
+        names = wec.random_names(1)
+        issued = await wec.issue(account, names, profile=profile)
+        assert_names(issued.cert, names)
+        echoed = issued.order.body.get("profile")
+        if echoed is None:
+            warn_deviation(wec, f"the order for profile {profile!r} does not name it: the "
+                                f"draft-aaron-acme-profiles order object carries the profile")
+        else:
+            assert echoed == profile, f"ordered profile {profile!r}, the order says {echoed!r}"

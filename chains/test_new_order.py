@@ -34,7 +34,7 @@ async def test_new_order_each_challenge(wec: ChainContext, challenge: str) -> No
     authzs = await wec.authorize(account, order, challenge)
     assert {a.identifier.value for a in authzs} == set(names)
     for authz in authzs:
-        assert authz.status == "valid", authz.body
+        assert authz.status == "valid", f"{authz.identifier.value}: {authz.body}"
         validated = [c for c in authz.challenges if c.status == "valid"]
         assert [c.type for c in validated] == [challenge], authz.body
     order = await wec.client.poll_order(account, order, timeout=60, until="ready")

@@ -5,23 +5,25 @@ Against the embedded Pebble (``PEBBLE_AUTHZREUSE=100``) reuse is asserted. Again
 either answer is accepted, but a reused authorization must be valid and the order ``ready``
 at once, with no challenge answered (§7.1.6).
 
-The authorization is claimed from the state DB, and the chain only reads it and orders its
-identifier: the order it gets is left ready, never finalized, so no other chain that the CA
-hands the same authorization (an order of the same account for the same identifier) sees
-anything change. Nothing deactivates a stored authorization under load either:
+The authorization is claimed from the state DB (run once: one validated for the purpose, for
+a random name, so that the order is not for an IP address a CA limits), and the chain only
+reads it and orders its identifier: the order it gets is left ready, never finalized, so no
+other chain that the CA hands the same authorization (an order of the same account for the
+same identifier) sees anything change. Nothing deactivates a stored authorization under load either:
 deactivate_authorization deactivates only one it made itself on a fresh account.
 """
 
 from __future__ import annotations
 
-from chains._checks import authorization_identifier, challenge_for, expects_authz_reuse
 from pytest_wec import ChainContext, chain
 from pytest_wec.acme import Account, Authorization, Order
+
+from ._checks import authorization_identifier, challenge_for, expects_authz_reuse
 
 
 async def _held(wec: ChainContext) -> tuple[Account, Authorization]:
     """A claimed authorization, checked valid at the CA too."""
-    row = await wec.take_authorization()
+    row = await wec.take_authorization(fresh=True)
     account = await wec.account_of(row)
     authz = await wec.client.get_authorization(account, row.url)
     if authz.status != "valid":

@@ -7,9 +7,10 @@ names the base domain with ``"wildcard": true`` (§7.1.4) and is validated by a 
 
 from __future__ import annotations
 
-from chains._checks import assert_chains_to_ca_root, assert_names
 from pytest_wec import ChainContext, chain
 from pytest_wec.worker.context import Issued
+
+from ._checks import assert_chains_to_ca_root, assert_names
 
 
 async def _issue_and_check(wec: ChainContext, names: list[str]) -> Issued:

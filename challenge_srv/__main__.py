@@ -1,7 +1,8 @@
-"""``python -m challenge_srv``: see :mod:`challenge_srv.server`."""
+"""``python -m pytest_wec_challenge_srv`` (``python -m challenge_srv`` in the repository's
+root): see :mod:`.server`."""
 
 from __future__ import annotations
 
-from challenge_srv.server import main
+from .server import main
 
 raise SystemExit(main())

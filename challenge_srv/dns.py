@@ -44,9 +44,9 @@ from dnslib import (
     DNSRecord,
 )
 
-from challenge_srv.history import RequestHistory
-from challenge_srv.seen import SeenPublisher
-from challenge_srv.store import CaaPolicy, ChallengeStore, DnsData, normalize_host
+from .history import RequestHistory
+from .seen import SeenPublisher
+from .store import CaaPolicy, ChallengeStore, DnsData, normalize_host
 
 __all__ = ["DnsServer"]
 

@@ -22,9 +22,9 @@ import socket
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from challenge_srv.history import RequestHistory, http_host_key
-from challenge_srv.seen import SeenPublisher
-from challenge_srv.store import ChallengeStore
+from .history import RequestHistory, http_host_key
+from .seen import SeenPublisher
+from .store import ChallengeStore
 
 __all__ = ["PREFIX", "PROTOCOL_LOG", "Http01Server"]
 

@@ -35,9 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from challenge_srv.history import RequestHistory
-from challenge_srv.http01 import PROTOCOL_LOG
-from challenge_srv.store import CaaPolicy, ChallengeStore
+from .history import RequestHistory
+from .http01 import PROTOCOL_LOG
+from .store import CaaPolicy, ChallengeStore
 
 __all__ = ["BadRequest", "Fields", "ManagementServer", "parse_body"]
 

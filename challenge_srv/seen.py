@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from challenge_srv.store import ip_from_reverse_name, normalize_host
+from .store import ip_from_reverse_name, normalize_host
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -1,6 +1,6 @@
 """The challenge server process: arguments, listeners, readiness, shutdown.
 
-    python -m challenge_srv --http01 ADDRS --tlsalpn01 ADDRS --dns01 ADDRS
+    python -m pytest_wec_challenge_srv --http01 ADDRS --tlsalpn01 ADDRS --dns01 ADDRS
         --management ADDR --redis URL --namespace NS
         [--default-ipv4 IP] [--default-ipv6 IP] [--token TOKEN] [--log-level LEVEL]
 
@@ -43,7 +43,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from challenge_srv.store import ChallengeStore, Keys, connect, redact_url
+from .store import ChallengeStore, Keys, connect, redact_url
 
 __all__ = ["Config", "ListenAddr", "main", "parse_addrs", "parse_args"]
 
@@ -223,12 +223,12 @@ def _bound(sock: socket.socket) -> str:
 
 
 async def serve(cfg: Config) -> int:
-    from challenge_srv.dns import DnsServer
-    from challenge_srv.history import RequestHistory
-    from challenge_srv.http01 import Http01Server
-    from challenge_srv.management import ManagementServer
-    from challenge_srv.seen import SeenPublisher
-    from challenge_srv.tlsalpn01 import TlsAlpn01Server
+    from .dns import DnsServer
+    from .history import RequestHistory
+    from .http01 import Http01Server
+    from .management import ManagementServer
+    from .seen import SeenPublisher
+    from .tlsalpn01 import TlsAlpn01Server
 
     socks: list[socket.socket] = []
     lines: list[str] = []

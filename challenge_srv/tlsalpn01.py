@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ObjectIdentifier
 
-from challenge_srv.history import RequestHistory
-from challenge_srv.seen import SeenPublisher
-from challenge_srv.store import ChallengeStore, ip_from_reverse_name, normalize_host
+from .history import RequestHistory
+from .seen import SeenPublisher
+from .store import ChallengeStore, ip_from_reverse_name, normalize_host
 
 __all__ = [
     "ACME_IDENTIFIER_OID",

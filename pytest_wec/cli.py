@@ -1,6 +1,7 @@
 """The ``wec`` command.
 
-    wec run [PYTEST ARGS...]      the chains against the embedded stack (pytest --pyargs chains)
+    wec run [PYTEST ARGS...]      the chains against the embedded stack
+                                  (pytest --pyargs pytest_wec_chains)
     wec stack [OPTIONS]           start the embedded stack in the foreground, print its URLs
     wec challenge-server [...]    the challenge server alone (see --help)
     wec convert SRC DST           results log: JSONL <-> msgpack
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 __all__ = ["main"]
 
@@ -22,11 +24,13 @@ USAGE = __doc__ or ""
 
 
 def _run(argv: list[str]) -> int:
-    """``pytest --pyargs chains`` plus *argv*; ends by printing where the report is."""
+    """``pytest --pyargs pytest_wec_chains`` (the shipped chains, by their installed name)
+    plus *argv*; ends by printing where the report is."""
     import os
 
     import pytest
 
+    from pytest_wec._shipped import CHAINS
     from pytest_wec.controller.run import new_run_id
 
     out: str | None = None
@@ -40,7 +44,7 @@ def _run(argv: list[str]) -> int:
     if out is None:
         out = str(Path("wec-results") / new_run_id())
         extra = ["--wec-out", out]
-    code = int(pytest.main(["--pyargs", "chains", "-p", "no:cacheprovider", *extra, *argv]))
+    code = int(pytest.main(["--pyargs", CHAINS, "-p", "no:cacheprovider", *extra, *argv]))
     for name in ("report.html", "summary.json"):
         path = Path(out) / name
         if path.exists():
@@ -60,7 +64,8 @@ def _stack(argv: list[str]) -> int:
         "and print its URLs; Ctrl-C stops it."))
     for opt in OPTIONS:
         if opt.name in ("directory", "redis", "challtestsrv", "pebble-bin", "out", "token",
-                        "listen", "insecure", "ca-bundle"):
+                        "listen", "insecure", "ca-bundle",
+                        "pebble-eab", "eab-kid", "eab-hmac", "eab-file"):
             if opt.flag:
                 parser.add_argument(opt.cli, action="store_true", default=None,
                                     dest=opt.field, help=opt.help)
@@ -74,7 +79,7 @@ def _stack(argv: list[str]) -> int:
         print(f"wec stack: error: {exc}", file=sys.stderr)
         return 2
     run_id = new_run_id()
-    run_dir = Path(settings.out or Path("wec-results") / run_id)
+    run_dir = Path(settings.out or Path("wec-results") / run_id).absolute()
     try:
         stack = Stack.start(settings, run_dir, run_id)
     except StackError as exc:
@@ -97,6 +102,12 @@ def _stack(argv: list[str]) -> int:
         print(f"challenge DNS:     {info['dns']}")
     if info["challenge_management"]:
         print(f"challenge server:  {info['challenge_management']}")
+    eab = info.get("eab")
+    if settings.pebble_eab and eab:  # the embedded Pebble requires External Account Binding
+        from pytest_wec.stack._eab import KEYS_FILE
+
+        generated = run_dir / KEYS_FILE
+        print(f"EAB keys:          {generated if generated.exists() else eab['source']}")
     print("Ctrl-C stops the stack.", flush=True)
     try:
         while not stop.wait(1.0):
@@ -110,7 +121,10 @@ def _stack(argv: list[str]) -> int:
 
 
 def _challenge_server(argv: list[str]) -> int:
-    from challenge_srv.server import main as srv_main
+    if TYPE_CHECKING:  # the checkout's folder; installed as pytest_wec_challenge_srv
+        from challenge_srv.server import main as srv_main
+    else:
+        from pytest_wec_challenge_srv.server import main as srv_main
 
     return srv_main(argv)
 

@@ -28,8 +28,9 @@ BASIC = ("new_account", "new_order", "new_certificate")
 
 
 def chain_names() -> set[str]:
-    """The chains of the installed ``chains`` package, read from their declarations."""
-    spec = importlib.util.find_spec("chains")
+    """The chains of the installed ``pytest_wec_chains`` package (the repository's chains/),
+    read from their declarations."""
+    spec = importlib.util.find_spec("pytest_wec_chains")
     assert spec is not None and spec.origin is not None
     names: set[str] = set()
     for path in Path(spec.origin).parent.glob("*.py"):

@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+# Imported here, before any test: pytester's in-process runs take the modules they imported
+# out of sys.modules afterwards, and SQLAlchemy imported a second time beside objects of its
+# first copy fails ('InternalTraversal' object is not callable).
+import pytest_wec.state._sql  # noqa: F401
 from pytest_wec.stack._redis import start_redis
 
 NO_HYPOTHESIS = "-p no:hypothesispytest"

@@ -1,8 +1,9 @@
 """The challenge server as a real process, checked with real clients.
 
-``python -m challenge_srv`` runs on port 0 against a real redis-server; the management-API
-cases also run against Debian's ``pebble-challtestsrv`` (started here on free ports), which
-proves the API compatible. Fuzzing (hypothesis, bounded) ends with the server still answering.
+``python -m pytest_wec_challenge_srv`` (the installed name of challenge_srv/) runs on port 0
+against a real redis-server; the management-API cases also run against Debian's
+``pebble-challtestsrv`` (started here on free ports), which proves the API compatible.
+Fuzzing (hypothesis, bounded) ends with the server still answering.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _read_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> list[st
 
 def start_wec(redis_url: str, log: Path, *extra: str, namespace: str | None = None) -> Target:
     listeners = "--http01 127.0.0.1:0 --tlsalpn01 127.0.0.1:0 --dns01 127.0.0.1:0"
-    argv = [sys.executable, "-m", "challenge_srv", *listeners.split()]
+    argv = [sys.executable, "-m", "pytest_wec_challenge_srv", *listeners.split()]
     argv += ["--management", "127.0.0.1:0", "--redis", redis_url, "--default-ipv6", "::1"]
     argv += ["--namespace", namespace or f"t-{uuid.uuid4().hex[:8]}", *extra]
     with open(log, "ab") as err:
@@ -268,7 +269,7 @@ def test_readiness_lines(wec_server: Target) -> None:
 )
 def test_bad_argument_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "challenge_srv", *args], capture_output=True, timeout=30
+        [sys.executable, "-m", "pytest_wec_challenge_srv", *args], capture_output=True, timeout=30
     )
     assert r.returncode == 2
     assert r.stdout == b""
@@ -281,7 +282,7 @@ def test_unreachable_redis_and_busy_port_exit_1(redis_url: str) -> None:
     base = [
         sys.executable,
         "-m",
-        "challenge_srv",
+        "pytest_wec_challenge_srv",
         "--tlsalpn01",
         "",
         "--dns01",

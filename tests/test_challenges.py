@@ -27,8 +27,8 @@ import redis as redis_sync
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from dnslib import DNSRecord
+from pytest_wec_challenge_srv.store import CHALLENGE_TTL, Keys
 
-from challenge_srv.store import CHALLENGE_TTL, Keys
 from pytest_wec.errors import WecError
 from pytest_wec.stack._challsrv import start_challenge_server
 from pytest_wec.worker.publish import (

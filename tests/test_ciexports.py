@@ -236,8 +236,9 @@ def test_a_load_run_writes_them_all(pytester: pytest.Pytester) -> None:
     files, the job summary and a failed threshold as a failure in --junitxml."""
     out, junit, step = pytester.path / "out", pytester.path / "j.xml", pytester.path / "step.md"
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(step)}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pyargs", "chains",
-           "--wec-out", str(out), "--wec-load", "2", "--wec-duration", "6s",
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+           "--pyargs", "pytest_wec_chains", "--wec-out", str(out), "--wec-load", "2",
+           "--wec-duration", "6s",
            "--wec-mix", only("new_account", "new_order"), "--junitxml", str(junit),
            "--wec-threshold", "p95(chain:new_order) < 0.001ms",
            "--wec-threshold", "error_rate < 50%", "--wec-metrics", "0"]

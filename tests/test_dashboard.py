@@ -331,8 +331,9 @@ def test_dashboard_drives_a_real_run(browser: Any, tmp_path: Path) -> None:
     if shutil.which("pebble") is None or shutil.which("redis-server") is None:
         pytest.skip("needs the pebble and redis-server binaries")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pytest", "--pyargs", "chains", "-p", "no:cacheprovider",
-           "-n", "2", "--wec-load", "2", "--wec-duration", f"{DURATION}s", "--wec-grace", "10s",
+    cmd = [sys.executable, "-m", "pytest", "--pyargs", "pytest_wec_chains",
+           "-p", "no:cacheprovider", "-n", "2", "--wec-load", "2",
+           "--wec-duration", f"{DURATION}s", "--wec-grace", "10s",
            "--wec-dashboard", "0", "--wec-out", str(out)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEC_")}
     env["PYTHONUNBUFFERED"] = "1"

@@ -54,7 +54,7 @@ def external_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 def test_chain_subset_against_external_ca(pytester: pytest.Pytester,
                                           external_ca: dict[str, str]) -> None:
     result = pytester.runpytest_subprocess(
-        "--pyargs", "chains", "-p", "no:xdist", "-p", "no:cacheprovider",
+        "--pyargs", "pytest_wec_chains", "-p", "no:xdist", "-p", "no:cacheprovider",
         "-k", "new_account or new_order or new_certificate",
         "--wec-directory", external_ca["directory"],
         "--wec-ca-bundle", external_ca["ca_bundle"],
@@ -71,7 +71,7 @@ def test_chain_subset_against_external_ca(pytester: pytest.Pytester,
 
 def test_external_ca_with_dns01(pytester: pytest.Pytester, external_ca: dict[str, str]) -> None:
     result = pytester.runpytest_subprocess(
-        "--pyargs", "chains", "-p", "no:xdist", "-p", "no:cacheprovider",
+        "--pyargs", "pytest_wec_chains", "-p", "no:xdist", "-p", "no:cacheprovider",
         "-k", "test_new_order and not each",
         "--wec-directory", external_ca["directory"],
         "--wec-ca-bundle", external_ca["ca_bundle"],

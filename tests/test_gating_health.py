@@ -172,7 +172,7 @@ def test_a_saturated_generator_fails_the_run(pytester: pytest.Pytester) -> None:
     (its own lag, the starts dropped at the cap), whatever else the machine runs."""
     out = pytester.path / "sat"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:xdist", "--pyargs", "chains", "--wec-out",
+        "-p", "no:cacheprovider", "-p", "no:xdist", "--pyargs", "pytest_wec_chains", "--wec-out",
         str(out), "--wec-rate", "1500", "--wec-load", "1000", "--wec-duration", "3s",
         "--wec-mix", only("new_account"), timeout=100)
     text = "\n".join(result.outlines + result.errlines)

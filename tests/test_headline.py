@@ -109,6 +109,14 @@ def test_workers_start_together_and_rates_are_over_the_load(pytester: pytest.Pyt
     assert run["started"] == run["load_started"]
     assert run["load_ended"] - run["load_started"] == pytest.approx(4.0, abs=0.01)
     assert run["startup_s"] > 0 and run["tail_s"] >= 0
+    # where start-up went: the stack, then both workers at the barrier, then the lead
+    parts = run["startup"]
+    assert set(parts) == {"stack_ready_s", "first_worker_ready_s", "last_worker_ready_s",
+                          "start_in_s"}, parts
+    assert 0 < parts["stack_ready_s"] <= parts["last_worker_ready_s"], parts
+    assert 0 < parts["first_worker_ready_s"] <= parts["last_worker_ready_s"], parts
+    assert parts["last_worker_ready_s"] + parts["start_in_s"] == \
+        pytest.approx(run["startup_s"], abs=0.5), (parts, run["startup_s"])
     results = list(read_results(out / "results.jsonl"))
     first = {}
     for r in results:
@@ -147,7 +155,7 @@ def test_a_mix_needing_what_none_of_its_chains_produces_is_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
         "ERROR: --wec-mix: chain 'reuse_authorization' needs authorization, which no "
-        "chain of the mix produces (chains that produce it: new_order)"])
+        "chain of the mix produces (chains that produce it: all_but_finalize, new_order)"])
     assert not (out / "summary.json").exists()
 
 

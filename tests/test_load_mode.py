@@ -39,7 +39,7 @@ LOADCHAINS = Path(__file__).parent / "loadchains"
 RUN_LINE = re.compile(r"^wec: load run (\d{8}-\d{6}-[0-9a-f]{6}): (.*); results in (.+)$")
 
 RUN_KEYS = {"id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
-            "rate", "stages", "load_started", "load_ended", "startup_s", "tail_s",
+            "rate", "stages", "load_started", "load_ended", "startup_s", "startup", "tail_s",
             "missing_at_start", "pebbles"}
 TOTALS_KEYS = {"chains", "chains_ok", "chains_failed", "requests", "requests_failed",
                "chains_per_s", "requests_per_s", "certificates_issued", "dropped_starts"}
@@ -177,7 +177,7 @@ def test_closed_model_without_xdist_and_the_outputs(pytester: pytest.Pytester) -
     pytest-benchmark compare."""
     left_out = "wildcard"
     mix = only(*BASIC) + ("" if left_out in chain_names() else f",{left_out}=0")
-    run = load_run(pytester, "--pyargs", "chains", "-p", "no:xdist", "--wec-load", "2",
+    run = load_run(pytester, "--pyargs", "pytest_wec_chains", "-p", "no:xdist", "--wec-load", "2",
                    "--wec-duration", "5s", "--wec-mix", mix, name="chosen-dir")
     assert run.ret == 0, run.text
     assert_chains_ran_well(run)
@@ -248,8 +248,8 @@ def test_closed_model_without_xdist_and_the_outputs(pytester: pytest.Pytester) -
 
 def test_closed_model_stages_on_two_workers(pytester: pytest.Pytester) -> None:
     """-n 2: both workers' results in one log and one summary; the stages ramp up and down."""
-    run = load_run(pytester, "--pyargs", "chains", "-n", "2", "--wec-stages", "3s:4,3s:0",
-                   "--wec-mix", only(*BASIC))
+    run = load_run(pytester, "--pyargs", "pytest_wec_chains", "-n", "2",
+                   "--wec-stages", "3s:4,3s:0", "--wec-mix", only(*BASIC))
     assert run.ret == 0, run.text
     assert_chains_ran_well(run)
     s = run.summary
@@ -277,7 +277,7 @@ def test_closed_model_stages_on_two_workers(pytester: pytest.Pytester) -> None:
 def test_open_model_rate(pytester: pytest.Pytester) -> None:
     """No -n (xdist loaded, no workers); the results log in msgpack; the aiohttp transport on
     the standard asyncio loop (the defaults are httptools on uvloop, as in the other runs)."""
-    run = load_run(pytester, "--pyargs", "chains", "--wec-rate", "5", "--wec-load", "20",
+    run = load_run(pytester, "--pyargs", "pytest_wec_chains", "--wec-rate", "5", "--wec-load", "20",
                    "--wec-duration", "6s", "--wec-mix", only("new_account", "new_order"),
                    "--wec-log-format", "msgpack", "--wec-transport", "aiohttp",
                    "--wec-loop", "asyncio")
@@ -310,7 +310,7 @@ def test_unknown_chain_in_the_mix_is_a_usage_error(pytester: pytest.Pytester,
                                                    xdist: tuple[str, str]) -> None:
     out = pytester.path / "never"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--pyargs", "chains", *xdist, "--wec-load", "1",
+        "-p", "no:cacheprovider", "--pyargs", "pytest_wec_chains", *xdist, "--wec-load", "1",
         "--wec-duration", "2s", "--wec-mix", "new_account=1,nwe_order=2",
         "--wec-out", str(out), timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -327,7 +327,7 @@ def test_sigint_mid_run_leaves_complete_outputs(pytester: pytest.Pytester,
                                                 xdist: tuple[str, ...]) -> None:
     """The closed model without -n and with -n 2, each ended by SIGINT to pytest alone."""
     out = pytester.path / "interrupted"
-    run = Popened(pytester.path, ["--pyargs", "chains", *xdist, "--wec-load", "2",
+    run = Popened(pytester.path, ["--pyargs", "pytest_wec_chains", *xdist, "--wec-load", "2",
                                   "--wec-duration", "60s", "--wec-mix", only(*BASIC),
                                   "--wec-out", str(out)])
     popen_runs.append(run)
@@ -408,3 +408,19 @@ def test_killed_worker_is_reported_and_its_results_kept(pytester: pytest.Pyteste
     ticks = sorted(r["started"] for r in done.results if r["worker"] == "gw0")
     assert max(b - a for a, b in itertools.pairwise(ticks)) < 2, "gw0 ran on meanwhile"
     run.assert_no_leftovers()
+
+
+def test_a_resource_limit_runs_and_stops_the_producing_chains(pytester: pytest.Pytester) -> None:
+    """``--wec-limit accounts=N`` names a resource, not a chain: the run goes on, and
+    new_account stops once the state DB holds N accounts (at most the chains then in
+    flight more)."""
+    out = pytester.path / "limited"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--pyargs", "pytest_wec_chains", "-p", "no:xdist",
+        "--wec-load", "2", "--wec-duration", "3s", "--wec-limit", "accounts=3",
+        "--wec-mix", "new_account=1,new_order=3", "--wec-out", str(out), timeout=120)
+    text = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.OK, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert 3 <= summary["state"]["accounts"] <= 3 + 2, summary["state"]
+    assert summary["chains"]["new_order"]["count"] > summary["chains"]["new_account"]["count"]

@@ -136,7 +136,7 @@ def test_bad_metrics_addresses_are_usage_errors_before_the_stack(
         arg = f"127.0.0.1:{port}" if value == "TAKEN" else value
         out = pytester.path / "out"
         result = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "--pyargs", "chains", "--wec-load", "1",
+            "-p", "no:cacheprovider", "--pyargs", "pytest_wec_chains", "--wec-load", "1",
             "--wec-duration", "1s", "--wec-out", str(out), "--wec-metrics", arg, timeout=60)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = result.stdout.str() + result.stderr.str()

@@ -62,7 +62,7 @@ def test_summary_schema(agg: Aggregator, tmp_path: Path) -> None:
     assert required <= set(s)
     assert set(s["run"]) == {"id", "started", "ended", "duration_s", "directory", "workers",
                              "model", "load", "rate", "stages", "load_started", "load_ended",
-                             "startup_s", "tail_s", "missing_at_start", "pebbles"}
+                             "startup_s", "startup", "tail_s", "missing_at_start", "pebbles"}
     assert {"chains", "chains_ok", "chains_failed", "requests", "requests_failed",
             "chains_per_s", "requests_per_s", "certificates_issued",
             "dropped_starts"} <= set(s["totals"])

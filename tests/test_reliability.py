@@ -271,7 +271,8 @@ def test_hostile_ca_every_misbehaviour_is_classified(pytester: pytest.Pytester,
     out = pytester.path / "hostile"
     duration, grace = 6.0, 5.0
     run = Popened(pytester.path, [
-        "--pyargs", "chains", "-n", "1", "--wec-load", "4", "--wec-duration", f"{duration:g}s",
+        "--pyargs", "pytest_wec_chains", "-n", "1", "--wec-load", "4",
+        "--wec-duration", f"{duration:g}s",
         "--wec-grace", f"{grace:g}s", "--wec-timeout", "2s", "--wec-directory", hostile_ca,
         "--wec-insecure", "--wec-mix", only("new_account"), "--wec-out", str(out)])
     runs.append(run)
@@ -374,7 +375,7 @@ def test_pebble_stopped_is_a_stall(pytester: pytest.Pytester, runs: list[Popened
     out = pytester.path / "stopped"
     duration, grace = 18.0, 5.0
     run = Popened(pytester.path, [
-        "--pyargs", "chains", "-p", "no:xdist", "--wec-load", "3",
+        "--pyargs", "pytest_wec_chains", "-p", "no:xdist", "--wec-load", "3",
         "--wec-duration", f"{duration:g}s", "--wec-grace", f"{grace:g}s",
         "--wec-timeout", "3s", "--wec-mix", only(*BASIC), "--wec-out", str(out)])
     runs.append(run)
@@ -417,7 +418,7 @@ def test_sigterm_mid_run_leaves_complete_outputs_and_no_process(
     and valid, and nothing of the run (Pebble, redis-server, the challenge server, workers)
     outlives it."""
     out = pytester.path / "terminated"
-    run = Popened(pytester.path, ["--pyargs", "chains", *xdist, "--wec-load", "2",
+    run = Popened(pytester.path, ["--pyargs", "pytest_wec_chains", *xdist, "--wec-load", "2",
                                   "--wec-duration", "60s", "--wec-mix", only(*BASIC),
                                   "--wec-out", str(out)])
     runs.append(run)
@@ -456,7 +457,7 @@ def nonce_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Done]:
     cwd = tmp_path_factory.mktemp("noncereject")
     out = cwd / "run"
     env = dict(os.environ, PEBBLE_WFE_NONCEREJECT="50")
-    run = Popened(cwd, ["--pyargs", "chains", "-p", "no:xdist", "--wec-load", "3",
+    run = Popened(cwd, ["--pyargs", "pytest_wec_chains", "-p", "no:xdist", "--wec-load", "3",
                         "--wec-duration", "6s", "--wec-mix", only(*KEYED), "--wec-out",
                         str(out), "--log-file", str(out / "pytest.log"),
                         "--log-file-level", "DEBUG"], env=env)

@@ -365,8 +365,8 @@ def _controller(hosts: Hosts, args: list[str], tmp: Path, **env: str) -> tuple[
     log = tmp / "controller.log"
     cwd = tmp / "ca"
     cwd.mkdir()
-    argv = [sys.executable, "-m", "pytest", "--pyargs", "chains", "-p", "no:cacheprovider",
-            "-p", "no:randomly", "--dist", "load", *args]
+    argv = [sys.executable, "-m", "pytest", "--pyargs", "pytest_wec_chains",
+            "-p", "no:cacheprovider", "-p", "no:randomly", "--dist", "load", *args]
     return hosts.popen("ca", argv, log, _clean_env(**env), cwd), log
 
 

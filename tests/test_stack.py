@@ -100,9 +100,51 @@ def test_missing_pebble_under_xdist_is_a_usage_error(pytester: pytest.Pytester) 
 
 
 def test_unwritable_out_dir_is_a_clear_error_before_the_run(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--pyargs", "chains", "--wec-load", "1",
+    result = pytester.runpytest_subprocess("--pyargs", "pytest_wec_chains", "--wec-load", "1",
                                            "--wec-duration", "5s", "--wec-out",
                                            "/proc/wec-cannot-be-here", "-p", "no:xdist")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --wec-out: cannot write to /proc/wec-cannot-be-here*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_wec_stack_command_with_a_relative_run_directory(tmp_path: Path) -> None:
+    """``wec stack --wec-out DIR`` with DIR relative to where it is typed: the stack runs in
+    DIR under that directory, answers, and stops on Ctrl-C leaving no process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    wec = Path(sys.executable).with_name("wec")
+    proc = subprocess.Popen([str(wec), "stack", "--wec-out", "rel"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C stops the stack."):
+                break
+        assert lines and lines[-1].startswith("Ctrl-C"), "".join(lines)
+        fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        assert fields["run dir"].strip() == str(tmp_path / "rel")
+        assert fields["CA bundle"].strip() == str(tmp_path / "rel" / "pebble-ca.pem")
+        ctx = ssl.create_default_context(cafile=fields["CA bundle"].strip())
+        with urllib.request.urlopen(fields["ACME directory"].strip(), context=ctx,
+                                    timeout=10) as resp:
+            assert "newOrder" in json.load(resp)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, "".join(lines) + out
+    assert (tmp_path / "rel" / "pebble.log").is_file()

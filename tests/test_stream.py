@@ -387,4 +387,4 @@ async def test_a_worker_without_the_run_dir_hands_its_spill_over(redis_url: str,
         delivery = account(source, tmp_path)
         assert delivery["results_lost"] == 0
         assert delivery["by_worker"]["gw6"] == {"started": 12, "received": 12, "lost": 0,
-                                                "how": "end record"}
+                                                "unread": 0, "how": "end record"}

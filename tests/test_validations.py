@@ -23,10 +23,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from dnslib import DNSRecord
+from pytest_wec_challenge_srv.seen import SeenEvent, SeenPublisher, decode, encode, seen_name
+from pytest_wec_challenge_srv.store import Keys
 from redis.asyncio import Redis
 
-from challenge_srv.seen import SeenEvent, SeenPublisher, decode, encode, seen_name
-from challenge_srv.store import Keys
 from pytest_wec.acme import AccountKey, AcmeNetwork, FakeCA, MockTransport
 from pytest_wec.settings import Settings
 from pytest_wec.stack._challsrv import start_challenge_server

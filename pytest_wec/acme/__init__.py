@@ -15,7 +15,8 @@ hierarchy under :class:`AcmeError` (see ``_errors``).
 
 from __future__ import annotations
 
-from ._aiohttp import AiohttpTransport
+from typing import TYPE_CHECKING, Any
+
 from ._ari import RenewalInfo, cert_id
 from ._client import AcmeClient
 from ._csr import (
@@ -42,7 +43,6 @@ from ._errors import (
 )
 from ._fakeca import FakeCA
 from ._httptools import HttptoolsTransport
-from ._httpx import HttpxTransport
 from ._jws import (
     AccountKey,
     JwsSigner,
@@ -57,7 +57,6 @@ from ._jws import (
     tls_alpn01_digest,
     verify_signature,
 )
-from ._jws_josepy import josepy_sign
 from ._messages import (
     Account,
     Authorization,
@@ -148,3 +147,24 @@ __all__ = [
     "tls_alpn01_digest",
     "verify_signature",
 ]
+
+if TYPE_CHECKING:
+    from ._aiohttp import AiohttpTransport
+    from ._httpx import HttpxTransport
+    from ._jws_josepy import josepy_sign
+
+#: imported on first use: the transports a worker's settings do not name
+#: (``--wec-transport``; aiohttp alone costs more import time than the rest of this package)
+#: and josepy's signer, the reference the tests and benches compare ours with
+_LAZY = {"AiohttpTransport": "._aiohttp", "HttpxTransport": "._httpx",
+         "josepy_sign": "._jws_josepy"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

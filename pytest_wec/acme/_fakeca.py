@@ -10,7 +10,11 @@ against the network.
 
 Faults are injected per endpoint with :meth:`FakeCA.inject`; ``pending_polls``
 and ``processing_polls`` make resources stay non-final for that many polls,
-answered with ``Retry-After: retry_after`` when set.
+answered with ``Retry-After: retry_after`` when set. ``limits`` (a :class:`~pytest_wec.acme.
+_fakeca_limits.FakeLimits`) makes it refuse over Boulder's rate limits, as Boulder words it.
+``profiles`` replaces the directory's ``meta.profiles`` (draft-aaron-acme-profiles): an
+order for a profile it does not list is refused with invalidProfile. ``challenge_types``
+are the challenges each authorization offers.
 
 This module is the CA's front and its state: routing, fault injection, nonces, JWS
 verification and problem responses; the resources' handlers and life cycles are
@@ -22,7 +26,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -30,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ._fakeca_limits import FakeLimits, LimitBook, RateLimitRefusal
 from ._fakeca_resources import ACME_ERROR, FakeResources, Problem, public_key, verify
 from ._jws import b64url, b64url_decode
 from ._transport import Request, Response
@@ -50,8 +55,12 @@ class FakeCA(FakeResources):
         pending_polls: int = 0,
         processing_polls: int = 0,
         retry_after: int | None = None,
+        limits: FakeLimits | None = None,
+        profiles: Mapping[str, str] | None = None,
+        challenge_types: tuple[str, ...] | None = None,
     ) -> None:
         self.base = base
+        self.limits = LimitBook(limits) if limits is not None else None
         self.pending_polls = pending_polls
         self.processing_polls = processing_polls
         self.retry_after = retry_after
@@ -65,6 +74,11 @@ class FakeCA(FakeResources):
         }
         if renewal_info:
             self.directory["renewalInfo"] = f"{base}/renewal-info"
+        if profiles is not None:  # these only; an order for another gets invalidProfile
+            self.directory["meta"]["profiles"] = dict(profiles)
+            self.strict_profiles = True
+        if challenge_types is not None:
+            self.challenge_types = tuple(challenge_types)
         self.nonces: set[str] = set()
         self.accounts: dict[str, dict[str, Any]] = {}  # url -> {"jwk", "body"}
         self.orders: dict[str, dict[str, Any]] = {}
@@ -163,6 +177,8 @@ class FakeCA(FakeResources):
             status, extra, body = getattr(self, f"_do_{endpoint}")(req, rest, payload, account, jwk)
         except Problem as p:
             return self.problem(p.status, p.code, p.detail, subproblems=p.subproblems)
+        except RateLimitRefusal as r:
+            return self.problem(429, "rateLimited", r.detail, {"Retry-After": str(r.retry_after)})
         pairs = [("Replay-Nonce", self.new_nonce()), *extra.items()]
         if isinstance(body, bytes):
             return Response.make(status, pairs, body)

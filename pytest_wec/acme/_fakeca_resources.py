@@ -70,6 +70,12 @@ class FakeResources:
     certs: dict[str, bytes]  # url -> PEM chain
     revoked: dict[int, int | None]  # serial -> reason
     polls: dict[str, int]
+    limits: Any  # a LimitBook (pytest_wec.acme._fakeca_limits), or None: no rate limit
+    directory: dict[str, Any]
+    #: the challenge types each authorization offers, in this order
+    challenge_types: tuple[str, ...] = ("http-01", "dns-01", "tls-alpn-01")
+    #: refuse an order for a profile not in meta.profiles (draft-aaron-acme-profiles)
+    strict_profiles: bool = False
     _ids: itertools.count[int]
     _ca_key: ec.EllipticCurvePrivateKey
     _ca_name: x509.Name
@@ -126,6 +132,12 @@ class FakeResources:
                 for i in bad
             ]
             raise Problem(400, "rejectedIdentifier", f"{len(bad)} identifiers rejected", subs)
+        if self.limits is not None:  # a 429 rateLimited over a limit (RateLimitRefusal)
+            self.limits.check_order(kid, idents)
+        offered = self.directory.get("meta", {}).get("profiles") or {}
+        if self.strict_profiles and "profile" in payload and payload["profile"] not in offered:
+            raise Problem(400, "invalidProfile", f"profile {payload['profile']!r} is not "
+                                                 f"offered: {', '.join(offered)}")
         oid = next(self._ids)
         url = f"{self.base}/order/{oid}"
         authz_urls = []
@@ -133,7 +145,7 @@ class FakeResources:
             aid = next(self._ids)
             authz_url = f"{self.base}/authz/{aid}"
             challs = []
-            for typ in ("http-01", "dns-01", "tls-alpn-01"):
+            for typ in self.challenge_types:
                 ch_url = f"{self.base}/chall/{aid}-{typ}"
                 ch = {
                     "type": typ,
@@ -260,6 +272,8 @@ class FakeResources:
         self.certs[cert_url] = cert.public_bytes(serialization.Encoding.PEM)
         body["status"] = "valid"
         body["certificate"] = cert_url
+        if self.limits is not None:
+            self.limits.count_issued(body["identifiers"])
 
     def _do_certificate(self, req: Request, rest: str, payload: Any, kid: Any, jwk: Any) -> Any:
         url = f"{self.base}/cert/{rest}"

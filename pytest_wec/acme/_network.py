@@ -11,6 +11,13 @@ the error response carried (§6.5), up to ``max_nonce_retries`` times; a 429
 or 503 with a ``Retry-After`` no longer than ``max_retry_after`` seconds is
 retried up to ``max_retries`` times (§6.6). Nothing else is retried: a POST
 that timed out may have taken effect.
+
+A retry's sleep is between two exchanges, so neither one's latency holds it; it is told to
+the chain (:meth:`Observed.waited`), which counts it as a rate-limit wait. A ``rateLimited``
+problem's RequestResult names the limit its detail states (``limit``,
+:func:`~pytest_wec.acme._ratelimits.limit_name`). With ``client_ip_header``, every signed
+request carries its account key's own address (:class:`~pytest_wec.acme._ratelimits.
+ClientAddresses`) for a CA that trusts that header.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
-from ..wire.results import RequestObserver, RequestResult
+from ..wire.results import RequestObserver
 from ._errors import (
     AcmeError,
     AcmeProblem,
@@ -36,7 +43,9 @@ from ._errors import (
 from ._jws import AccountKey, JwsSigner, sign_jws
 from ._messages import Directory
 from ._nonces import NoncePool, valid_nonce
+from ._observed import Observed
 from ._parse import media_type
+from ._ratelimits import ClientAddresses
 from ._transport import USER_AGENT, Response, Transport
 
 if TYPE_CHECKING:
@@ -80,45 +89,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - _now())
-
-
-class Observed:
-    """Who is asking: the chain whose requests are being recorded."""
-
-    __slots__ = ("chain", "chain_id", "current", "observer")
-
-    def __init__(self, chain: str, chain_id: str, observer: RequestObserver | None) -> None:
-        self.chain = chain
-        self.chain_id = chain_id
-        self.observer = observer
-        self.current: str | None = None  # the endpoint of the exchange under way, if any
-
-    def emit(
-        self,
-        endpoint: str,
-        method: str,
-        status: int,
-        started: float,
-        took: float,
-        error: AcmeError | None,
-    ) -> None:
-        self.current = None
-        observer = self.observer
-        if observer is None:
-            return
-        result: RequestResult = {
-            "chain_id": self.chain_id,
-            "chain": self.chain,
-            "endpoint": endpoint,
-            "method": method,
-            "status": status,
-            "started": started,
-            "took": took,
-            "ok": error is None,
-            "error": None if error is None else error.kind,
-            "problem": error.type if isinstance(error, AcmeProblem) else None,
-        }
-        observer(result)
 
 
 def _nonce_of(resp: Response) -> str:
@@ -186,6 +156,8 @@ class AcmeNetwork:
         nonce_pool_size: int = 256,
         nonce_method: str = "HEAD",
         signer: JwsSigner = sign_jws,
+        client_ip_header: str | None = None,
+        client_addresses: ClientAddresses | None = None,
     ) -> None:
         if transport is None:
             from ._httptools import HttptoolsTransport
@@ -200,6 +172,9 @@ class AcmeNetwork:
         self.poll_interval = poll_interval
         self.poll_first = poll_first
         self.signer = signer
+        #: every signed request carries its key's address in this header (None: none)
+        self.client_ip_header = client_ip_header if client_addresses is not None else None
+        self.client_addresses = client_addresses
         if nonce_method not in ("HEAD", "GET"):
             raise ValueError(f"nonce_method must be HEAD or GET, got {nonce_method!r}")
         self.nonce_method = nonce_method
@@ -318,6 +293,7 @@ class AcmeNetwork:
                 delay = self._retry_delay(exc, retries)
                 if delay is None:
                     raise
+                obs.waited(endpoint, exc, delay)
             retries += 1
             log.debug("%s %s: HTTP 429/503, retry %d in %.3gs", method, endpoint, retries, delay)
             await sleep_at_least(delay)
@@ -336,6 +312,8 @@ class AcmeNetwork:
     ) -> T:
         """A JWS-signed POST (§6.2); ``payload`` None is POST-as-GET (§6.3)."""
         headers = _POST_HEADERS if accept is None else {**_POST_HEADERS, "Accept": accept}
+        if self.client_ip_header is not None and self.client_addresses is not None:
+            headers = {**headers, self.client_ip_header: self.client_addresses.for_key(key)}
         nonce_retries = retries = 0
         nonce: str | None = None
         while True:
@@ -355,10 +333,12 @@ class AcmeNetwork:
                 delay = self._retry_delay(exc, retries)
                 if delay is None:
                     raise
+                obs.waited(endpoint, exc, delay)
             except AcmeUnexpectedStatus as exc:
                 delay = self._retry_delay(exc, retries)
                 if delay is None:
                     raise
+                obs.waited(endpoint, exc, delay)
             retries += 1
             nonce = None
             log.debug("%s: HTTP 429/503, retry %d in %.3gs", endpoint, retries, delay)

@@ -23,7 +23,8 @@ the generator down (coordinated omission).
 
 The ACME phases of each chain (validation, issuance, ...) and the RFC deviations its checks
 saw ride on its ChainResult; :attr:`Aggregator.phases` (:mod:`pytest_wec.controller.phases`)
-keeps them per chain.
+keeps them per chain. Refusals over rate limits and the waits they caused are
+:attr:`Aggregator.rate_limits` (:mod:`pytest_wec.controller.ratelimits`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pytest_wec.controller.buckets import LAYOUT, Buckets, Horizon, Layout, Seri
 from pytest_wec.controller.health import HotTime
 from pytest_wec.controller.histogram import HIGHEST_US, Histogram, index_range
 from pytest_wec.controller.phases import PhaseBook
+from pytest_wec.controller.ratelimits import RateLimitBook
 from pytest_wec.controller.stats import ChainStats, EndpointStats, NameSecondStats, SecondStats
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class Aggregator:
         self.cpu_hot = HotTime()
         self.starts_late = 0  # chains started after ``until`` (outside the time under load)
         self.phases = PhaseBook()  # ACME phases per chain, RFC deviations by kind
+        self.rate_limits = RateLimitBook()  # refusals over rate limits, and the waits
         self.workers: dict[str, dict[str, Any]] = {}  # "worker/session" -> latest status
         self.max_cpu_pct = 0.0
         self.max_loop_lag_ms = 0.0
@@ -151,6 +154,8 @@ class Aggregator:
                 self._chain_error(name, c["error"])
         if c["requests"]:
             self._add_requests(name, c["requests"])
+        if not c["ok"] or "retry_waits" in c:
+            self.rate_limits.add_chain(name, c)
         phases, deviations = c.get("phases"), c.get("deviations")
         if phases or deviations:
             self.phases.add(name, phases, deviations)
@@ -223,6 +228,9 @@ class Aggregator:
             example += f" {r['problem']}"
         if r["error"]:
             example += f" ({r['error']})"
+        if r.get("limit"):
+            example += f" [{r.get('limit')}]"
+        self.rate_limits.add_request(r)
         self._error(chain, r["endpoint"], kind, example)
 
     def _error(self, chain: str, endpoint: str | None, kind: str, example: str) -> None:
@@ -323,6 +331,7 @@ class Aggregator:
         self.cpu_hot.merge(other.cpu_hot)
         self.starts_late += other.starts_late
         self.phases.merge(other.phases)
+        self.rate_limits.merge(other.rate_limits)
         for status in other.workers.values():
             self.add_status(status)
         self.max_cpu_pct = max(self.max_cpu_pct, other.max_cpu_pct)
@@ -353,6 +362,7 @@ class Aggregator:
             "cpu_hot": self.cpu_hot.to_plain(),
             "starts_late": self.starts_late,
             "phases": self.phases.to_plain(),
+            "rate_limits": self.rate_limits.to_plain(),
             "workers": list(self.workers.values()),
             "max_cpu_pct": self.max_cpu_pct,
             "max_loop_lag_ms": self.max_loop_lag_ms,
@@ -397,6 +407,7 @@ class Aggregator:
         agg.lost_chains = int(d["lost_chains"])
         agg.schedule_lag = Histogram.from_plain(d["schedule_lag"])
         agg.phases = PhaseBook.from_plain(d.get("phases"))  # absent: written before phases
+        agg.rate_limits = RateLimitBook.from_plain(d.get("rate_limits"))  # likewise
         if d.get("own_lag") is not None:  # absent: written before the generator's health
             agg.own_lag = Histogram.from_plain(d["own_lag"])
         agg.starts_late = int(d.get("starts_late") or 0)

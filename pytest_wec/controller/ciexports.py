@@ -2,7 +2,8 @@
 
 ``write_hgrm``            HdrHistogram percentile distributions (``.hgrm``, milliseconds), one
                           per chain and per endpoint, in ``hgrm/`` of the run directory: what
-                          HdrHistogram's plotter and ``wrk2``-style tools read
+                          HdrHistogram's plotter and ``wrk2``-style tools read (the text:
+                          :mod:`pytest_wec.controller.hgrm`)
 ``step_summary``          the run in GitHub-flavoured markdown: totals, chains, endpoints, CA
                           events, the gate's verdicts; appended to ``$GITHUB_STEP_SUMMARY``
                           by ``append_step_summary`` when GitHub Actions sets it
@@ -15,7 +16,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_wec.controller.aggregator import Aggregator
-from pytest_wec.controller.histogram import Histogram
+from pytest_wec.controller.hgrm import hgrm_text
 from pytest_wec.controller.thresholds import format_value
 
-__all__ = ["GateCase", "add_junit_cases", "append_step_summary", "gate_cases",
+__all__ = ["GateCase", "add_junit_cases", "append_step_summary", "gate_cases", "hgrm_text",
            "step_summary", "write_hgrm"]
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,6 @@ JUNIT_SUITE = "wec.gate"
 
 
 # -- .hgrm -----------------------------------------------------------------------------------
-
-
-def hgrm_text(hist: Histogram) -> bytes:
-    """HdrHistogram's percentile distribution of ``hist`` (recorded in microseconds) in
-    milliseconds. The library leaves the standard deviation in recorded units; it is given
-    in milliseconds here, like every other value of the file."""
-    hdr = hist.to_hdr()
-    buf = io.BytesIO()
-    hdr.output_percentile_distribution(buf, 1000.0)
-    stddev = hdr.get_stddev() / 1000.0
-    fixed = re.sub(rb"(StdDeviation\s+=\s+)[0-9.]+",
-                   lambda m: m.group(1) + b"%12.3f" % stddev, buf.getvalue(), count=1)
-    return fixed
 
 
 def _safe(name: str) -> str:

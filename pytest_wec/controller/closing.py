@@ -10,7 +10,19 @@ from typing import Any
 
 import pytest
 
-__all__ = ["ci_exports", "last_lines", "terminal_summary"]
+__all__ = ["ci_exports", "exit_status", "last_lines", "terminal_summary"]
+
+
+def exit_status(status: int, incomplete: list[str]) -> int:
+    """The run's exit status: 8 (EXIT_INCOMPLETE) in place of 0, 1 or the gates' 7 when the
+    load run lost results or parts of its stack (*incomplete*, its reasons), whatever its
+    thresholds say; *status* otherwise."""
+    from pytest_wec.controller.gating import EXIT_GATE_FAILED
+    from pytest_wec.controller.ledger import EXIT_INCOMPLETE
+
+    if incomplete and status in (0, 1, EXIT_GATE_FAILED):
+        return EXIT_INCOMPLETE
+    return status
 
 
 def ci_exports(config: pytest.Config, summary: dict[str, Any], gate_line: str | None,

@@ -7,10 +7,12 @@
                    (no chain ended on an answer from it for a while) and workers that went
                    silent
 
-:meth:`LoadSession.finish` drains what the workers still send, then writes summary.json,
-benchmark.json and report.html in the run directory. :meth:`LoadSession.snapshot` is the live
-view of the dashboard (from any thread), :meth:`~LoadSession.set_target` and
-:meth:`~LoadSession.request_stop` its control (through :mod:`pytest_wec.wire.control`).
+:meth:`LoadSession.finish` drains what the workers still send while it keeps coming, within
+a bound, counts what it could not take in (:mod:`~pytest_wec.controller.intake`), then
+writes summary.json, benchmark.json and report.html in the run directory.
+:meth:`LoadSession.snapshot` is the live view of the dashboard (from any thread),
+:meth:`~LoadSession.set_target` and :meth:`~LoadSession.request_stop` its control (through
+:mod:`pytest_wec.wire.control`).
 :func:`rebuild` makes the three files again from a results log alone::
 
     wec report RESULTS_LOG [--out DIR]
@@ -22,16 +24,16 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_wec.controller.aggregator import Aggregator
 from pytest_wec.controller.ciexports import write_hgrm
 from pytest_wec.controller.csvstats import CsvFiles
-from pytest_wec.controller.delivery import account, take_spills
 from pytest_wec.controller.doctor import PebbleDoctor
 from pytest_wec.controller.health import assess
+from pytest_wec.controller.intake import ResultIntake, loss_reasons
 from pytest_wec.controller.ledger import FailureLedger, shard_of
 from pytest_wec.controller.livecontrol import LiveControl
 from pytest_wec.controller.outputs import (
@@ -53,7 +55,6 @@ from pytest_wec.controller.watch import Watch
 from pytest_wec.settings import Settings
 from pytest_wec.wire.control import ControlWriter
 from pytest_wec.wire.source import ResultSource
-from pytest_wec.wire.stream import Batch, Record, WorkerStatus
 
 __all__ = ["BENCHMARK_NAME", "REPORT_NAME", "SUMMARY_NAME", "LoadSession", "log_name",
            "rebuild", "report_main"]
@@ -65,7 +66,7 @@ def log_name(fmt: str) -> str:
     return "results.msgpack" if fmt == "msgpack" else "results.jsonl"
 
 
-class LoadSession(StackWatch, LiveControl):
+class LoadSession(StackWatch, LiveControl, ResultIntake):
     """The controller's side of one load run; ``start`` once, ``finish`` at the end."""
 
     def __init__(self, settings: Settings, run_dir: Path, run_id: str, redis_url: str,
@@ -108,6 +109,7 @@ class LoadSession(StackWatch, LiveControl):
         self.load_started: float | None = None  # epoch: the common start (the barrier)
         self.load_ended: float | None = None  # epoch: no chain starts after it
         self.missing: list[str] = []
+        self.startup_parts: dict[str, float | None] = {}  # summary.json run.startup
         self._closed = False
         self._summary: dict[str, Any] | None = None
         self._control: ControlWriter | None = None
@@ -123,9 +125,13 @@ class LoadSession(StackWatch, LiveControl):
         self.keeper: Any = None  # StackKeeper: the run's processes watched, restarted
         self.handed_spills: list[bytes] = []  # spills xdist's channel brought
         self.delivery: dict[str, Any] = {}  # pytest_wec.controller.delivery.account
+        self._taken: dict[tuple[str, str], int] = {}  # chains taken in per (worker, session)
+        self._records = 0  # records taken in (the reader's progress)
         self.incomplete: list[str] = []  # why the run lost results or parts of its stack
         self.csv = CsvFiles(self.run_dir)  # Locust's stats.csv and stats_history.csv
         self.plugins = PluginCalls(self._note)  # plugins' hooks (pytest_wec.newhooks)
+        #: where the challenge server answered (pytest_wec.controller.anyca), for summary.json
+        self.challenge_server: dict[str, str] = {}
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
         view = super().snapshot(since)
@@ -160,48 +166,6 @@ class LoadSession(StackWatch, LiveControl):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    def _consume(self) -> None:
-        source = self._source
-        assert source is not None
-        while not self._stop.is_set():
-            try:
-                records = source.read(block=0.5)
-            except Exception:  # the consumer must outlive any surprise
-                log.exception("reading results failed; retrying")
-                self._stop.wait(0.5)
-                continue
-            self._handle(records)
-
-    def _handle(self, records: Iterable[Record]) -> None:
-        for rec in records:
-            if self._closed:
-                return
-            try:
-                if isinstance(rec, Batch):
-                    self._batch(rec)
-                else:
-                    self._status(rec)
-            except Exception:
-                log.exception("cannot take a result record; skipped")
-
-    def _batch(self, batch: Batch) -> None:
-        if self._writer is not None:
-            self._writer.write_many(batch.chains)
-        now = time.monotonic()
-        with self._lock:
-            for c in batch.chains:
-                self._agg.add(c)
-            self.watch.batch(batch.worker, batch.session, batch.chains, now)
-        self.ledger.observe(batch.chains)
-        if self.plugins.active:
-            self.plugins.results(batch.chains)
-
-    def _status(self, st: WorkerStatus) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._agg.add_status(st)
-            self.watch.status(st, now)
 
     def _note(self, msg: str) -> None:
         self._notices.append(msg)
@@ -295,7 +259,11 @@ class LoadSession(StackWatch, LiveControl):
     # -- the end ---------------------------------------------------------------------------
 
     def finish(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Drains, stops, writes summary.json and benchmark.json; returns the summary."""
+        """Drains, stops, writes summary.json and benchmark.json; returns the summary.
+
+        The final drain goes on while results come in, within *timeout* (the run passes
+        its grace plus 30 s); what it could not take in by then is counted lost
+        (:mod:`~pytest_wec.controller.intake`)."""
         with self._finish_lock:
             if self._summary is not None:
                 return self._summary
@@ -305,33 +273,16 @@ class LoadSession(StackWatch, LiveControl):
                 doctor.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
             if self.keeper is not None:  # a restart under way ends first
                 self.keeper.stop(max(min(deadline - time.monotonic(), 30.0), 0.1))
-            self._stop.set()
-            for thread in self._threads:
-                thread.join(max(min(deadline - time.monotonic(), 5.0), 0.1))
-            stuck = any(t.is_alive() and t.name == "wec-results" for t in self._threads)
+            stopped = self._final_drain(deadline)  # sets self.delivery
             source = self._source
-            if source is not None and not stuck:
-                records, files, recovered = take_spills(source, self.run_dir,
-                                                        self.handed_spills)
-                self._handle(records)
-                if files:
-                    self._note(f"wec: {recovered} chain results recovered from {files} "
-                               "spill(s) of workers that could not deliver them")
-                self._drain(source, deadline)
-            elif source is not None:
-                log.warning("the results reader did not stop; summary without a final drain")
-            self._closed = True
             self._ended = ended
             if self._control is not None:
                 self._control.close()
-            self.delivery = account(source, self.run_dir) if source is not None and \
-                not stuck else {"results_lost": source.lost_total if source else 0}
             lost = int(self.delivery["results_lost"])
             if self.keeper is not None:
                 self.incomplete += self.keeper.unrecovered()
-            if lost:
-                self.incomplete.append(f"{lost} chain results lost (results_lost)")
-            if source is not None and not stuck:
+            self.incomplete += loss_reasons(self.delivery)
+            if source is not None and stopped:
                 source.close()
             if self._writer is None:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +292,8 @@ class LoadSession(StackWatch, LiveControl):
                 # the sinks' own drops are counted by the aggregator already
                 self._agg.add_lost(max(lost - sum(int(w.get("dropped", 0))
                                                   for w in self._agg.workers.values()), 0))
-                self.watch.end(time.monotonic(), self.workers, bool(self._threads))
+                self.watch.end(time.monotonic(), self.workers, bool(self._threads),
+                               self.behind())
                 summary = self._build(ended)
                 benchmark = build_benchmark_json(self._agg, summary["run"])
             if self.gate is not None:
@@ -378,19 +330,6 @@ class LoadSession(StackWatch, LiveControl):
             except OSError as exc:
                 log.error("cannot write the .hgrm files: %s", exc)
 
-    def _drain(self, source: ResultSource, deadline: float) -> None:
-        with self._lock:
-            names = set(self.watch.workers) or None
-        dead = self.keeper.dead_workers if self.keeper is not None else set()
-        if names is not None and dead:  # known dead: nothing more comes from them
-            names = names - dead
-        try:
-            for rec in source.drain(names, timeout=max(deadline - time.monotonic(), 0.1),
-                                    stale_after=self.silent_after):
-                self._handle([rec])
-        except Exception:
-            log.exception("draining results failed; summary from what arrived")
-
     def _build(self, ended: float) -> dict[str, Any]:
         s = self.settings
         run_info = run_info_of(self, ended)
@@ -413,6 +352,8 @@ class LoadSession(StackWatch, LiveControl):
                        warnings=list(self.warnings), controls=list(self.controls))
         summary.update(stack_events=self.ledger.stack_snapshot(), delivery=dict(self.delivery),
                        incomplete=list(self.incomplete))
+        # where the CA validated (pytest_wec.controller.anyca), the profile every order asked
+        summary.update(challenge_server=dict(self.challenge_server), profile=s.profile)
         return summary
 
     def tables(self) -> str:

@@ -14,17 +14,26 @@ __all__ = ["header_lines"]
 def header_lines(settings: Settings, config: pytest.Config, run_id: str) -> list[str]:
     """The run, the CA, the challenge and keys, where each given setting came from, and the
     listen warnings."""
+    from pytest_wec.worker.names import names_description
+
     s = settings
     ca = s.directory or "embedded Pebble"
     lines = [
-        f"wec: run {run_id}; CA {ca}; challenge {s.challenge}; domain {s.domain}; "
+        f"wec: run {run_id}; CA {ca}; challenge {','.join(s.challenge)}; "
+        f"{names_description(s.domain, s.suffix)}; "
         f"account key {s.account_key.value}; cert key {s.cert_key}; "
         f"transport {s.transport}; stack {s.stack.value}",
     ]
     given = ", ".join(f"{k} from {v}" for k, v in sorted(s.sources.items()))
     if given:
         lines.append(f"wec: settings given: {given}")
-    return lines + listen_warnings(s, config)
+    if s.preset:  # what each preset set, and what explicit options kept from it
+        from pytest_wec.settings.presets import preset_header
+
+        lines += preset_header(s.preset, s.sources, s.raw)
+    from pytest_wec.controller.anyca import challenge_header
+
+    return lines + challenge_header(s) + listen_warnings(s, config)
 
 
 def listen_warnings(s: Settings, config: pytest.Config) -> list[str]:

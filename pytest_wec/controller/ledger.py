@@ -42,7 +42,8 @@ _KEEP_N = 50_000
 
 def failure_cause(c: ChainResult) -> tuple[str, str]:
     """``(group, label)`` of a chain that did not succeed: group ``ca_answer``,
-    ``no_answer``, ``cancelled`` or ``ours``; label e.g. ``timeout``, ``badNonce``."""
+    ``no_answer``, ``cancelled`` or ``ours``; label e.g. ``timeout``, ``badNonce``,
+    ``rateLimited (CertificatesPerDomain)``."""
     if c["outcome"] == "cancelled":
         return "cancelled", "cancelled"
     reqs = c["requests"]
@@ -50,7 +51,9 @@ def failure_cause(c: ChainResult) -> tuple[str, str]:
     if last is not None and not last["ok"]:
         if last["status"]:
             problem = last["problem"] or ""
-            return "ca_answer", problem.removeprefix(ACME) or f"HTTP {last['status']}"
+            label = problem.removeprefix(ACME) or f"HTTP {last['status']}"
+            limit = last.get("limit")  # a rateLimited problem's limit, when its detail names it
+            return "ca_answer", f"{label} ({limit})" if limit else label
         if last["error"] in ("timeout", "connect"):
             return "no_answer", str(last["error"])
     err = c["error"] or ""

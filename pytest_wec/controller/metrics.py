@@ -23,10 +23,12 @@ custom collector; the optional extra ``metrics``), every one labelled with the r
 ``wec_generator_max_cpu_percent``            highest CPU share seen
 ``wec_schedule_lag_seconds{quantile}``       started minus scheduled, p50 and p99
 
-Histogram buckets are counted from the HDR histograms (3 significant digits): a value is in
-the bucket its HDR sub-bucket's low end falls in, within 0.1% of its bound. Bound to a
-loopback address the server answers only requests addressed to a loopback name; elsewhere it
-needs ``Authorization: Bearer TOKEN`` (the token printed at start), as the dashboard does.
+The figures are :mod:`~pytest_wec.controller.samples`' snapshot, which the OTLP export
+(:mod:`~pytest_wec.controller.otlp`) reads too; its histogram buckets are counted from the
+HDR histograms (3 significant digits): a value is in the bucket its HDR sub-bucket's low end
+falls in, within 0.1% of its bound. Bound to a loopback address the server answers only
+requests addressed to a loopback name; elsewhere it needs ``Authorization: Bearer TOKEN``
+(the token printed at start), as the dashboard does.
 """
 
 from __future__ import annotations
@@ -34,20 +36,18 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pytest_wec.controller import samples
 from pytest_wec.controller.dashboard import is_loopback
-from pytest_wec.controller.histogram import Histogram, index_range
+from pytest_wec.controller.histogram import Histogram
+from pytest_wec.controller.samples import BUCKETS_S
 
 __all__ = ["BUCKETS_S", "MetricsServer", "available", "families"]
 
 log = logging.getLogger(__name__)
-
-#: histogram bucket bounds, seconds
-BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-             30.0, 60.0)
 
 
 def available() -> bool:
@@ -59,91 +59,41 @@ def available() -> bool:
     return True
 
 
-def _buckets(hist: Histogram) -> list[tuple[str, float]]:
-    """Cumulative counts at :data:`BUCKETS_S`, then ``+Inf``."""
-    bounds_us = [b * 1e6 for b in BUCKETS_S]
-    counts = [0] * (len(bounds_us) + 1)
-    for index, n in hist.counts.items():
-        low = index_range(index)[0]
-        k = next((i for i, b in enumerate(bounds_us) if low <= b), len(bounds_us))
-        counts[k] += n
+def _cumulative(point: samples.Point) -> list[tuple[str, float]]:
+    """A histogram point's buckets as Prometheus has them: cumulative, then ``+Inf``."""
     out, total = [], 0
-    for bound, n in zip((*(f"{b:g}" for b in BUCKETS_S), "+Inf"), counts, strict=True):
+    for bound, n in zip((*(f"{b:g}" for b in BUCKETS_S), "+Inf"), point.buckets, strict=True):
         total += n
         out.append((bound, float(total)))
     return out
 
 
+def _buckets(hist: Histogram) -> list[tuple[str, float]]:
+    """Cumulative counts of *hist* at :data:`BUCKETS_S`, then ``+Inf``."""
+    return _cumulative(samples.histogram_point((), hist))
+
+
 def families(session: Any, run_id: str) -> list[Any]:
     """The metric families of ``session`` (a :class:`~pytest_wec.controller.collector.
-    LoadSession`), read under its lock."""
+    LoadSession`) for ``prometheus_client``, every one labelled with ``run``."""
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
     )
 
-    def read(agg: Any, watch: Any) -> list[Any]:
-        chains = CounterMetricFamily("wec_chains", "chains ended, by outcome",
-                                     labels=["run", "chain", "outcome"])
-        lat = HistogramMetricFamily("wec_chain_latency_seconds",
-                                    "a chain from its start to its end", labels=["run", "chain"])
-        for name, cs in sorted(agg.chains.items()):
-            for outcome in ("ok", "failed", "cancelled", "skipped"):
-                chains.add_metric([run_id, name, outcome], getattr(cs, outcome))
-            lat.add_metric([run_id, name], _buckets(cs.latency), cs.latency.sum / 1e6)
-        reqs = CounterMetricFamily("wec_requests", "HTTP exchanges with the CA",
-                                   labels=["run", "endpoint"])
-        failed = CounterMetricFamily("wec_requests_failed", "HTTP exchanges that failed",
-                                     labels=["run", "endpoint"])
-        rlat = HistogramMetricFamily("wec_request_latency_seconds",
-                                     "a request from its send to its answer",
-                                     labels=["run", "endpoint"])
-        for ep, es in sorted(agg.endpoints.items()):
-            reqs.add_metric([run_id, ep], es.count)
-            failed.add_metric([run_id, ep], es.failed)
-            rlat.add_metric([run_id, ep], _buckets(es.latency), es.latency.sum / 1e6)
-        errors = CounterMetricFamily("wec_errors", "failures by problem type or error class",
-                                     labels=["run", "chain", "endpoint", "type"])
-        for (chain, endpoint, kind), (count, _example) in sorted(
-                agg.errors.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
-            errors.add_metric([run_id, chain, endpoint or "", kind.rsplit(":", 1)[-1]], count)
-        gen = agg.generator_stats()
-        lag = agg.schedule_lag.summary_ms((50, 99))
-        lag_f = GaugeMetricFamily("wec_schedule_lag_seconds", "started minus scheduled",
-                                  labels=["run", "quantile"])
-        lag_f.add_metric([run_id, "0.5"], lag["p50"] / 1e3)
-        lag_f.add_metric([run_id, "0.99"], lag["p99"] / 1e3)
-
-        def one(kind: Callable[..., Any], name: str, doc: str, value: float) -> Any:
-            fam = kind(name, doc, labels=["run"])
-            fam.add_metric([run_id], value)
-            return fam
-
-        return [chains, lat, reqs, failed, rlat, errors, lag_f,
-                one(GaugeMetricFamily, "wec_in_flight", "chains in flight", watch.in_flight()),
-                one(CounterMetricFamily, "wec_dropped_starts", "starts the open model "
-                    "could not make in time", agg.dropped_starts),
-                one(CounterMetricFamily, "wec_certificates_issued", "certificates issued",
-                    agg.certificates),
-                one(CounterMetricFamily, "wec_results_lost", "chain results lost between "
-                    "workers and the controller", agg.dropped_results),
-                one(CounterMetricFamily, "wec_generator_cpu_seconds", "the workers' CPU",
-                    gen["cpu_s"]),
-                one(GaugeMetricFamily, "wec_generator_max_cpu_percent", "the workers' "
-                    "highest CPU share", gen["max_cpu_pct"])]
-
-    out = session.read(read)
-    target = GaugeMetricFamily("wec_target", "the target: chains in flight, or starts per "
-                               "second in the open model", labels=["run"])
-    target.add_metric([run_id], float(session.target_now()))
-    events = CounterMetricFamily("wec_ca_events", "CA events", labels=["run", "kind"])
-    by: dict[str, int] = {}
-    for ev in session.ledger.snapshot():
-        by[str(ev.get("kind"))] = by.get(str(ev.get("kind")), 0) + 1
-    for kind, n in sorted(by.items()):
-        events.add_metric([run_id, kind], n)
-    return [*out, target, events]
+    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+             "histogram": HistogramMetricFamily}
+    out = []
+    for fam in samples.read(session):
+        prom = kinds[fam.kind](fam.name, fam.doc, labels=["run", *fam.labels])
+        for p in fam.points:
+            if fam.kind == "histogram":
+                prom.add_metric([run_id, *p.labels], _cumulative(p), p.sum)
+            else:
+                prom.add_metric([run_id, *p.labels], p.value)
+        out.append(prom)
+    return out
 
 
 class _Collector:

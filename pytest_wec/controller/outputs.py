@@ -7,7 +7,8 @@
 ``timeline_by``           per chain and per endpoint, the seconds each had: counts and
                           p50/p95/p99, as columns (``t``, ``count``, ``failed``, ``p50``...)
 ``build_benchmark_json``  benchmark.json in pytest-benchmark's saved-run format, so that
-                          ``pytest-benchmark compare`` reads runs side by side
+                          ``pytest-benchmark compare`` reads runs side by side (built in
+                          :mod:`~pytest_wec.controller.benchjson`, re-exported here)
 ``format_tables``         the terminal tables printed in ``pytest_terminal_summary``
 ``format_progress``       the live line
 ``write_json_atomic``     temp file + rename, so a reader never sees half a file
@@ -22,9 +23,7 @@ unit). Every percentile is read from a merged HDR histogram.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import platform
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,19 +31,11 @@ from typing import Any
 
 import orjson
 
-from pytest_wec.controller.aggregator import (
-    Aggregator,
-    Histogram,
-    index_range,
-    short_error_type,
-)
-from pytest_wec.controller.noise import add_benchmark_intervals, add_intervals
-from pytest_wec.controller.phases import (
-    format_phase_lines,
-    phase_benchmarks,
-    phase_entry,
-    standard_ps,
-)
+from pytest_wec.controller.aggregator import Aggregator, Histogram, short_error_type
+from pytest_wec.controller.benchjson import build_benchmark_json, per_second, run_duration
+from pytest_wec.controller.noise import add_intervals
+from pytest_wec.controller.phases import format_phase_lines, phase_entry, standard_ps
+from pytest_wec.controller.ratelimits import add_rate_limits, format_rate_limit_lines
 from pytest_wec.controller.stats import ChainStats, EndpointStats, SecondStats
 
 __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "format_progress",
@@ -52,31 +43,16 @@ __all__ = ["SCHEMA", "build_benchmark_json", "build_summary", "build_tables", "f
 
 SCHEMA = 1
 _RUN_KEYS = ("id", "started", "ended", "duration_s", "directory", "workers", "model", "load",
-             "rate", "stages", "load_started", "load_ended", "startup_s", "tail_s",
+             "rate", "stages", "load_started", "load_ended", "startup_s", "startup", "tail_s",
              "missing_at_start", "pebbles")
 _STATE_KEYS = ("accounts", "authorizations", "certificates", "revoked")
-
-
-def _duration(agg: Aggregator, run_info: Mapping[str, Any]) -> float:
-    if isinstance(run_info.get("duration_s"), int | float):
-        return float(run_info["duration_s"])
-    started, ended = run_info.get("started"), run_info.get("ended")
-    if isinstance(started, int | float) and isinstance(ended, int | float):
-        return max(float(ended) - float(started), 0.0)
-    if agg.last_end is not None:
-        return max(agg.last_end - agg.started, 0.0)
-    return 0.0
-
-
-def _rate(n: int, duration: float) -> float:
-    return round(n / duration, 3) if duration > 0 else 0.0
 
 
 def _entry(count: int, ok: int, failed: int, hist: Histogram, duration: float,
            late: int = 0, ps: Sequence[float] = ()) -> dict[str, Any]:
     """A table row; ``per_s`` counts what ended under load (``count - late``) over the time
     under load; ``ps``: the percentiles of ``latency_ms`` (default: p50 .. p99.9)."""
-    return {"count": count, "ok": ok, "failed": failed, "per_s": _rate(count - late, duration),
+    return {"count": count, "ok": ok, "failed": failed, "per_s": per_second(count - late, duration),
             "latency_ms": hist.summary_ms(ps or standard_ps())}
 
 
@@ -87,7 +63,7 @@ def build_summary(agg: Aggregator, run_info: Mapping[str, Any],
     """summary.json. ``run_info`` supplies the ``run`` keys (``started``/``ended`` in epoch
     seconds give ``duration_s``); ``generator`` values win over the aggregator's own;
     ``percentiles``: more than p50 .. p99.9 in every latency (those thresholds name)."""
-    duration = _duration(agg, run_info)
+    duration = run_duration(agg, run_info)
     run = {k: run_info.get(k) for k in _RUN_KEYS}
     run["duration_s"] = round(duration, 3)
     if run["ended"] is None and agg.last_end is not None:
@@ -132,8 +108,8 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
         "chains_failed": sum(c.failed for c in agg.chains.values()),
         "requests": n_requests,
         "requests_failed": sum(e.failed for e in agg.endpoints.values()),
-        "chains_per_s": _rate(n_chains - sum(c.late for c in agg.chains.values()), duration),
-        "requests_per_s": _rate(n_requests - sum(e.late for e in agg.endpoints.values()),
+        "chains_per_s": per_second(n_chains - sum(c.late for c in agg.chains.values()), duration),
+        "requests_per_s": per_second(n_requests - sum(e.late for e in agg.endpoints.values()),
                                 duration),
         "certificates_issued": agg.certificates,
         "dropped_starts": agg.dropped_starts,
@@ -153,10 +129,12 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
         for cs in agg.chains.values():
             scheduled.add(cs.from_scheduled)
         overall["chains"]["latency_from_scheduled_ms"] = scheduled.summary_ms(ps)
-    return {"totals": totals, "chains": chains, "endpoints": endpoints, "overall": overall,
-            "phases": {n: phase_entry(n, agg.phases.merged(n), ps)
-                       for n in agg.phases.names()},
-            "deviations": agg.phases.deviation_table(), "errors": errors}
+    tables = {"totals": totals, "chains": chains, "endpoints": endpoints, "overall": overall,
+              "phases": {n: phase_entry(n, agg.phases.merged(n), ps)
+                         for n in agg.phases.names()},
+              "deviations": agg.phases.deviation_table(), "errors": errors}
+    add_rate_limits(tables, agg.rate_limits)  # rate_limits, totals/endpoints' rate_limited
+    return tables
 
 
 def _overall(stats: Iterable[ChainStats | EndpointStats], duration: float,
@@ -215,109 +193,6 @@ def timeline_by(agg: Aggregator, since: int = 0,
 def _p3(h: Histogram) -> dict[str, float]:
     ms = h.summary_ms((50, 95, 99))
     return {"p50": ms["p50"], "p95": ms["p95"], "p99": ms["p99"]}
-
-
-# -- benchmark.json --------------------------------------------------------------------------
-
-
-def _bench_stats(h: Histogram) -> dict[str, Any]:
-    """pytest-benchmark's ``stats`` (seconds) from a histogram, at HDR precision."""
-    q1, median, q3 = (v / 1e6 for v in h.percentiles((25, 50, 75)))
-    q1, median, q3 = (min(max(v, h.min / 1e6), h.max / 1e6) for v in (q1, median, q3))
-    mean = h.mean() / 1e6
-    var = 0.0
-    for i, n in h.counts.items():
-        low, high = index_range(i)
-        var += ((low + high) / 2e6 - mean) ** 2 * n
-    stddev = (var / (h.total - 1)) ** 0.5 if h.total > 1 else 0.0
-    iqr = q3 - q1
-    lo_fence, hi_fence = (q1 - 1.5 * iqr) * 1e6, (q3 + 1.5 * iqr) * 1e6
-    iqr_out = _count_outside(h, lo_fence, hi_fence)
-    sd_out = _count_outside(h, (mean - stddev) * 1e6, (mean + stddev) * 1e6)
-    ld, hd = _bounds_within(h, lo_fence, hi_fence)
-    total = h.sum / 1e6
-    return {"min": h.min / 1e6, "max": h.max / 1e6, "mean": mean, "stddev": stddev,
-            "rounds": h.total, "median": median, "iqr": iqr, "q1": q1, "q3": q3,
-            "iqr_outliers": iqr_out, "stddev_outliers": sd_out,
-            "outliers": f"{sd_out};{iqr_out}", "ld15iqr": ld / 1e6, "hd15iqr": hd / 1e6,
-            "ops": h.total / total if total else 0.0, "total": total, "iterations": 1}
-
-
-def _count_outside(h: Histogram, low: float, high: float) -> int:
-    out = 0
-    for i, n in h.counts.items():
-        lo, hi = index_range(i)
-        if hi < low or lo > high:
-            out += n
-    return out
-
-
-def _bounds_within(h: Histogram, low: float, high: float) -> tuple[int, int]:
-    ranges = [index_range(i) for i in h.counts]
-    lows = [lo for lo, hi in ranges if hi >= low]
-    highs = [hi for lo, hi in ranges if lo <= high]
-    return (max(min(lows), h.min) if lows else h.min, min(max(highs), h.max) if highs else h.max)
-
-
-def _bench(group: str, name: str, count: int, ok: int, failed: int, h: Histogram,
-           duration: float, options: dict[str, Any]) -> dict[str, Any]:
-    p90, p95, p99, p999 = (min(v, h.max) / 1e6 for v in h.percentiles((90, 95, 99, 99.9)))
-    return {
-        "group": group, "name": name, "fullname": f"wec::{group}::{name}",
-        "params": None, "param": None,
-        "extra_info": {"count": count, "ok": ok, "failed": failed,
-                       "per_s": _rate(count, duration), "p90": p90, "p95": p95, "p99": p99,
-                       "p999": p999},
-        "options": options, "stats": _bench_stats(h),
-    }
-
-
-def _machine_info() -> dict[str, Any]:
-    return {"node": platform.node(), "processor": platform.processor(),
-            "machine": platform.machine(), "python_compiler": platform.python_compiler(),
-            "python_implementation": platform.python_implementation(),
-            "python_implementation_version": platform.python_version(),
-            "python_version": platform.python_version(), "python_build": platform.python_build(),
-            "release": platform.release(), "system": platform.system(),
-            "cpu": {"count": os.cpu_count()}}
-
-
-def _commit_info() -> dict[str, Any]:
-    try:
-        from pytest_benchmark.utils import get_commit_info
-    except ImportError:
-        return {"id": "unknown", "time": None, "author_time": None, "dirty": False,
-                "project": "pytest-wec", "branch": "(unknown)"}
-    return dict(get_commit_info("pytest-wec"))  # type: ignore[no-untyped-call]
-
-
-def build_benchmark_json(agg: Aggregator, run_info: Mapping[str, Any],
-                         machine_info: Mapping[str, Any] | None = None, *,
-                         commit_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One benchmark per chain (group ``chain``) and per endpoint (group ``endpoint``);
-    latency in seconds as ``stats``, count, throughput and p90..p99.9 in ``extra_info``."""
-    try:
-        from pytest_benchmark import __version__ as version
-    except ImportError:
-        version = "5.0.0"
-    duration = _duration(agg, run_info)
-    model = run_info.get("model")
-    options = {"model": str(getattr(model, "value", model) or "closed"),
-               "load": run_info.get("load"), "rate": run_info.get("rate"),
-               "run": run_info.get("id"), "timer": "wall"}
-    benchmarks = [_bench("chain", name, cs.count, cs.ok, cs.failed, cs.latency, duration, options)
-                  for name, cs in sorted(agg.chains.items()) if cs.count]
-    benchmarks += [_bench("endpoint", ep, es.count, es.ok, es.failed, es.latency, duration,
-                          options)
-                   for ep, es in sorted(agg.endpoints.items()) if es.count]
-    benchmarks += phase_benchmarks(agg.phases, _bench_stats, options)
-    add_benchmark_intervals(benchmarks, agg)  # saved with a baseline (controller/noise.py)
-    started = run_info.get("started")
-    when = dt.datetime.fromtimestamp(started if isinstance(started, int | float)
-                                     else agg.started, dt.UTC)
-    return {"machine_info": dict(machine_info) if machine_info is not None else _machine_info(),
-            "commit_info": dict(commit_info) if commit_info is not None else _commit_info(),
-            "benchmarks": benchmarks, "datetime": when.isoformat(), "version": version}
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
@@ -386,6 +261,7 @@ def format_tables(summary: Mapping[str, Any]) -> str:
         rows = [(e["count"], short_error_type(e["type"]), e["chain"], e["endpoint"] or "(chain)",
                  _clip(e["example"], 70)) for e in summary["errors"]]
         lines += ["", *_table(("errors", "type", "chain", "endpoint", "example"), rows)]
+    lines += format_rate_limit_lines(summary)
     return "\n".join(lines) + "\n"
 
 

@@ -111,6 +111,12 @@ class Rendezvous:
         first = min(self._ready.values(), default=None)
         return first is not None and now - first >= self.barrier_timeout
 
+    def ready_epochs(self) -> dict[str, float]:
+        """When each worker said ready (epoch seconds), those ready so far."""
+        with self._cond:
+            offset = time.time() - time.monotonic()
+            return {w: m + offset for w, m in self._ready.items()}
+
     def _open(self, now: float) -> None:
         self.load_started = time.time() + self.start_in
         if len(self._ready) < self.workers:

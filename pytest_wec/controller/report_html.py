@@ -54,6 +54,8 @@ VIEWS_HTML = """
 <section><h2>Errors by type</h2><div id="table-errors"></div></section>
 <section id="deviations-section" hidden><h2>RFC deviations</h2>
   <div id="table-deviations"></div></section>
+<section id="rate-limits-section" hidden><h2>Rate limits</h2>
+  <div class="cards" id="rate-limit-waits"></div><div id="table-rate-limits"></div></section>
 """
 
 _REPORT_BODY = """

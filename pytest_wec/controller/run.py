@@ -30,16 +30,12 @@ from typing import Any
 import pytest
 
 from pytest_wec.controller.gates import Gates
-from pytest_wec.controller.xdist import worker_count
+from pytest_wec.controller.runstack import RunStack
 from pytest_wec.controller.xdist import xdist_active as _xdist_active
-from pytest_wec.errors import StackError
+from pytest_wec.errors import ConfigError, StackError
 from pytest_wec.settings import Settings, StackMode
 
 log = logging.getLogger(__name__)
-
-#: seconds a worker's request for the stack waits for it to start (each part has its own
-#: readiness timeout inside this)
-STACK_START_TIMEOUT = 240.0
 
 
 def new_run_id() -> str:
@@ -58,8 +54,8 @@ def process_started() -> float:
         return time.time()
 
 
-class WecController:
-    """The run's state on the controller process."""
+class WecController(RunStack):
+    """The run's state on the controller process (its directory and stack: :class:`RunStack`)."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
@@ -69,6 +65,7 @@ class WecController:
         self._run_dir: Path | None = None
         self.stack: Any = None  # pytest_wec.stack.Stack, imported lazily
         self.stack_error: str | None = None
+        self.stack_usage = False  # stack_error is a usage error (the CA lacks what is asked)
         self._stack_lock = threading.Lock()
         self.rendezvous: Any = None  # pytest_wec.controller.rendezvous.Rendezvous
         self._stack_thread: Any = None  # concurrent.futures.ThreadPoolExecutor
@@ -80,74 +77,12 @@ class WecController:
         self.load: Any = None  # pytest_wec.controller.collector.LoadSession in a load run
         self.dashboard: Any = None  # pytest_wec.controller.dashboard.Dashboard
         self.metrics: Any = None  # pytest_wec.controller.metrics.MetricsServer
+        self.otlp: Any = None  # pytest_wec.controller.otlp.OtlpExporter
         self.summary: dict[str, Any] | None = None
         self.gates = Gates(settings, Path(config.invocation_params.dir), self._write_line)
         self._store: Any = None
         self.chains_ready = False  # a load run's chains were collected and the options hold
         self._worker_procs: dict[str, Any] = {}  # xdist worker -> its local process (Popen)
-
-    # -- run directory and stack -------------------------------------------------------
-    @property
-    def run_dir(self) -> Path:
-        if self._run_dir is None:
-            if self.settings.out:
-                # absolute: workers on other hosts run in another directory
-                d = Path(self.config.invocation_params.dir) / self.settings.out
-            else:
-                d = Path(self.config.invocation_params.dir) / "wec-results" / self.run_id
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-                probe = d / ".wec-write-probe"
-                probe.write_bytes(b"")
-                probe.unlink()
-                from pytest_wec.wire.spill import clear
-
-                clear(d)  # an earlier run's start counters would count as this run's
-            except OSError as exc:
-                raise pytest.UsageError(
-                    f"--wec-out: cannot write to {d}: {exc.strerror or exc}") from None
-            self._run_dir = d
-        return self._run_dir
-
-    def ensure_stack(self) -> dict[str, Any]:
-        """Start the stack once (from any thread); return its plain-data info."""
-        with self._stack_lock:
-            if self.stack is None:
-                if self.stack_error is not None:
-                    raise StackError(self.stack_error)
-                from pytest_wec.stack import Stack
-
-                try:
-                    self.stack = Stack.start(self.settings, self.run_dir, self.run_id,
-                                             pebbles=self.pebbles())
-                except StackError as exc:
-                    self.stack_error = str(exc)
-                    raise
-            info: dict[str, Any] = dict(self.stack.info)
-            return info
-
-    def pebbles(self) -> int:
-        """How many embedded Pebbles the run spreads over (:func:`pebble_count`)."""
-        from pytest_wec.stack import pebble_count
-
-        return pebble_count(self.settings, self._workers())
-
-    def _stack_for_worker(self) -> tuple[dict[str, Any], str | None]:
-        """The rendezvous' ``stack`` answer: the info and the CA bundle's text.
-
-        The stack starts on one thread that lives as long as the run: its processes die
-        with the thread that started them (``PR_SET_PDEATHSIG``), and the thread of a
-        rendezvous connection ends with its request."""
-        assert self._stack_thread is not None
-        info = self._stack_thread.submit(self.ensure_stack).result(timeout=STACK_START_TIMEOUT)
-        return info, _read_text(info.get("ca_bundle"))
-
-    def _info_for(self, worker: str) -> dict[str, Any]:
-        return dict(self.stack.info_for(worker)) if self.stack is not None else {}
-
-    def stop_stack(self) -> None:
-        if self.stack is not None:
-            self.stack.stop()
 
     # -- hooks -----------------------------------------------------------------------------
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -162,6 +97,13 @@ class WecController:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # before xdist's own sessionstart configures the workers: they get the rendezvous
         s = self.settings
+        if s.challenge_ports is not None and s.stack is not StackMode.OFF:
+            from pytest_wec.controller.anyca import check_ports_free
+
+            try:  # a fixed challenge server port in use: a usage error now
+                check_ports_free(s)
+            except ConfigError as exc:
+                raise pytest.UsageError(str(exc)) from None
         if self._load_run():
             self.gates.prepare()  # a baseline that cannot be found: a usage error now
             _ = self.run_dir  # and so is an unwritable --wec-out (which makes the directory)
@@ -169,6 +111,10 @@ class WecController:
                 from pytest_wec.controller.servers import start_metrics
 
                 self.metrics = start_metrics(*s.metrics, self._write_line)
+            if s.otlp is not None:  # and a missing extra
+                from pytest_wec.controller.servers import start_otlp
+
+                self.otlp = start_otlp(s.otlp, s.otlp_interval, self._write_line)
         if self._load_run() or _xdist_active(self.config):
             from concurrent.futures import ThreadPoolExecutor
 
@@ -187,6 +133,9 @@ class WecController:
         if s.metrics is not None and not self._load_run():
             self._write_line("wec: --wec-metrics serves load runs (--wec-load, --wec-rate or "
                              "--wec-stages, with a stack); no metrics for this run")
+        if s.otlp is not None and not self._load_run():
+            self._write_line("wec: --wec-otlp exports load runs (--wec-load, --wec-rate or "
+                             "--wec-stages, with a stack); no export for this run")
         if s.dashboard is not None and not self._load_run():
             self._write_line("wec: --wec-dashboard shows load runs (--wec-load, --wec-rate or "
                              "--wec-stages, with a stack); no dashboard for this run")
@@ -216,15 +165,14 @@ class WecController:
             info = self.ensure_stack()
         except StackError as exc:
             raise pytest.UsageError(f"wec stack: {exc}") from None
+        except ConfigError as exc:  # the CA lacks what an option asks (--wec-profile)
+            raise pytest.UsageError(str(exc)) from None
         self._start_load(info)
 
     def _write_line(self, line: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             tr.write_line(line)
-
-    def _workers(self) -> int:
-        return worker_count(self.config)
 
     def _start_load(self, info: dict[str, Any]) -> None:
         from pytest_wec.controller.collector import LoadSession
@@ -249,6 +197,8 @@ class WecController:
                                                     self.load.plugins.note)
         if self.metrics is not None:
             self.metrics.attach(self.load, self.run_id)
+        if self.otlp is not None:
+            self.otlp.attach(self.load, self.run_id, self.load._note)
         self.load.start()
         s = self.settings
         what = (f"rate {s.rate:g}/s" + (f" (cap {s.load} in flight)" if s.load else "")
@@ -258,6 +208,11 @@ class WecController:
         self._write_line(
             f"wec: load run {self.run_id}: {what} for {s.run_length:g}s on "
             f"{self._workers()} worker(s) against {against(info)}; results in {self.run_dir}")
+        from pytest_wec.controller.anyca import addresses_line, challenge_server_of
+
+        self.load.challenge_server = challenge_server_of(info)
+        if (line := addresses_line(info)) is not None:
+            self._write_line(line)
         if s.dashboard is not None:
             from pytest_wec.controller.servers import start_dashboard
 
@@ -308,6 +263,14 @@ class WecController:
     def _load_opened(self, load_started: float) -> None:
         """The barrier opened: the load starts everywhere at ``load_started``."""
         if self.load is not None:
+            ready = sorted(self.rendezvous.ready_epochs().values())
+            t0 = self.process_started
+            self.load.startup_parts = {
+                "stack_ready_s": (round(self.stack_ready_at - t0, 3)
+                                  if self.stack_ready_at is not None else None),
+                "first_worker_ready_s": round(ready[0] - t0, 3) if ready else None,
+                "last_worker_ready_s": round(ready[-1] - t0, 3) if ready else None,
+                "start_in_s": round(self.rendezvous.start_in, 3)}
             self.load.load_opened(load_started, missing=self.rendezvous.missing)
 
     def _abort_check(self, live: dict[str, Any], elapsed: float) -> None:
@@ -348,13 +311,13 @@ class WecController:
         yield
         if self.load is not None:
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
+            if self.otlp is not None:  # the final figures, once, within its timeout
+                self.otlp.stop()
             if self.gates.result is not None:
                 session.exitstatus = self.gates.result.exit_status(int(session.exitstatus))
-            from pytest_wec.controller.gating import EXIT_GATE_FAILED
-            from pytest_wec.controller.ledger import EXIT_INCOMPLETE
+            from pytest_wec.controller.closing import exit_status
 
-            if self.load.incomplete and int(session.exitstatus) in (0, 1, EXIT_GATE_FAILED):
-                session.exitstatus = EXIT_INCOMPLETE  # whatever the thresholds say
+            session.exitstatus = exit_status(int(session.exitstatus), self.load.incomplete)
             if self.settings.save:
                 self.gates.save(self.load.benchmark_path)
             if self.summary is not None:
@@ -368,7 +331,8 @@ class WecController:
             # the stack a worker asked for could not start: one line, as a usage error
             import sys
 
-            print(f"ERROR: wec stack: {self.stack_error}", file=sys.stderr)
+            what = "" if self.stack_usage else "wec stack: "
+            print(f"ERROR: {what}{self.stack_error}", file=sys.stderr)
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -381,6 +345,8 @@ class WecController:
             self.dashboard.stop()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.otlp is not None:
+            self.otlp.stop()
         if self.rendezvous is not None:
             self.rendezvous.close()
         if self._store is not None:
@@ -399,18 +365,12 @@ class WecController:
 
             terminal_summary(tr, self.load, self.gates)
         elif self.stack is not None:
+            from pytest_wec.controller.anyca import addresses_line
+
             tr.write_line(f"wec: run {self.run_id}; logs in {self.run_dir}")
+            if (line := addresses_line(self.stack.info)) is not None:
+                tr.write_line(line)
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _read_text(path: str | None) -> str | None:
-    """A small PEM file's text, for workers on hosts that do not have the file."""
-    if not path:
-        return None
-    try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError):
-        return None

@@ -30,6 +30,8 @@ def run_info_of(session: Any, ended: float) -> dict[str, Any]:
                 "startup_s": (round(session.load_started - session.process_started, 3)
                               if session.load_started is not None and session.process_started
                               else None),
+                # where start-up went: seconds from pytest's start (None: not known)
+                "startup": dict(session.startup_parts),
                 "tail_s": round(max(ended - load_ended, 0.0), 3),
                 "missing_at_start": list(session.missing),
                 "pebbles": [str(d.stack.info["directory"]) for d in session.doctors]}

@@ -28,7 +28,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -316,10 +316,13 @@ class Watch:
         self.workers_lost.append(w.lost)
         self.note(msg)
 
-    def end(self, now: float, expected_workers: int, started: bool) -> None:
-        """At the end: workers with no end record are lost; open watches close."""
+    def end(self, now: float, expected_workers: int, started: bool,
+            behind: Collection[str] = ()) -> None:
+        """At the end: workers with no end record are lost; open watches close. *behind*:
+        workers whose results were still unread when the run ended (the controller fell
+        behind them, they did not go silent)."""
         for name, w in self.workers.items():
-            if w.lost is None and w.in_flight:  # no end record
+            if w.lost is None and w.in_flight and name not in behind:  # no end record
                 self._lose(name, w)
         if self._stall is not None:
             self._stall["duration_s"] = round(now - self.last_answer, 1)
@@ -327,6 +330,7 @@ class Watch:
         if self._wait is not None:
             self._wait["duration_s"] = round(now - self.last_end, 1)
             self._wait = None
-        if started and len(self.workers) < expected_workers:
-            self.note(f"wec: {expected_workers - len(self.workers)} of {expected_workers} "
+        heard = len(set(self.workers) | set(behind))
+        if started and heard < expected_workers:
+            self.note(f"wec: {expected_workers - heard} of {expected_workers} "
                       "workers never reported")

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["KeyAlg", "StackMode", "Stage", "parse_duration", "parse_stages"]
 
@@ -234,7 +234,49 @@ def _dashboard(text: str) -> tuple[str, int]:
     return parse_dashboard_addr(text)
 
 
+_OTLP_EXPECTED = "expected an OTLP/HTTP URL such as http://127.0.0.1:4318/v1/metrics"
+
+
+def _otlp_url(text: str) -> str:
+    """An OTLP/HTTP (protobuf) metrics endpoint, ``http(s)://HOST[:PORT][/PATH]``; without
+    a path, the collectors' ``/v1/metrics``. gRPC is not offered: ``grpc://`` says so."""
+    parts = urlsplit(text)
+    if parts.scheme in ("grpc", "grpcs"):
+        raise ValueError(f"{_OTLP_EXPECTED} (OTLP over gRPC is not supported)")
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
+            or parts.fragment or any(c.isspace() for c in text):
+        raise ValueError(_OTLP_EXPECTED)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/v1/metrics"))
+    return text
+
+
 def _limits(text: str) -> dict[str, int]:
     from pytest_wec.worker.picker import parse_limits
 
     return parse_limits(text)
+
+
+# -- External Account Binding (RFC 8555 §7.3.4; pytest_wec.settings.eab) ----------------------
+def _eab_kid(text: str) -> str:
+    from pytest_wec.settings.eab import parse_kid
+
+    return parse_kid(text)
+
+
+def _eab_hmac(text: str) -> bytes:
+    from pytest_wec.settings.eab import parse_hmac
+
+    return parse_hmac(text)
+
+
+def _eab_file(text: str) -> str:
+    """The path only: the file is read where the settings are resolved (the controller,
+    :func:`pytest_wec.settings.eab.check_eab`), never on a worker of another host."""
+    if not text.strip():
+        raise ValueError("expected the path of a file of 'KID HMAC' lines")
+    return text

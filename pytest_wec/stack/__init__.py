@@ -34,16 +34,21 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from challenge_srv.store import redact_url
 from pytest_wec.errors import StackError
 from pytest_wec.settings import Settings
-from pytest_wec.stack._challsrv import start_challenge_server
+from pytest_wec.stack._challsrv import challtestsrv_ports, start_challenge_server
 from pytest_wec.stack._dump import dump_text
+from pytest_wec.stack._eab import redacted, stack_eab
 from pytest_wec.stack._pebble import start_pebble
 from pytest_wec.stack._procs import ManagedProcess, find_binary, is_loopback
 from pytest_wec.stack._redis import start_redis
+
+if TYPE_CHECKING:  # the checkout's folder; installed as pytest_wec_challenge_srv (_shipped.py)
+    from challenge_srv.store import redact_url
+else:
+    from pytest_wec_challenge_srv.store import redact_url
 
 __all__ = ["PebbleShard", "Stack", "StackInfo", "against", "pebble_count"]
 
@@ -65,8 +70,13 @@ class StackInfo(TypedDict):
     dns: str | None  # the challenge server's DNS address, host:port
     challenge_management: str | None  # the embedded challenge server's management API
     challenge_ip: str | None  # where the embedded challenge server answers (IP identifiers)
+    #: host:port of each listener of the embedded challenge server (``http-01``,
+    #: ``tls-alpn-01``, ``dns``, ``management``); empty with a challtestsrv
+    challenge_addresses: dict[str, str]
     embedded: bool  # the CA is the embedded Pebble
     shards: list[dict[str, str]]  # each embedded Pebble: directory, pebble_management
+    #: External Account Binding keys for new accounts (``EabKeys.to_plain``), or None
+    eab: dict[str, Any] | None
 
 
 def pebble_count(settings: Settings, workers: int) -> int:
@@ -107,6 +117,8 @@ class Stack:
     @classmethod
     def start(cls, settings: Settings, run_dir: Path, run_id: str, pebbles: int = 1) -> Stack:
         procs: list[ManagedProcess] = []
+        # absolute: the processes run in it, and their configs name files in it
+        run_dir = run_dir.absolute()
         try:
             return cls._start(settings, run_dir, run_id, procs, max(pebbles, 1))
         except BaseException:
@@ -130,29 +142,34 @@ class Stack:
             proc, redis_url = start_redis(run_dir, host=settings.listen)
             procs.append(proc)
         challtestsrv = settings.challtestsrv
-        http_port, tls_port, dns = 5002, 5001, "127.0.0.1:8053"
+        fixed = settings.challenge_ports.ports if settings.challenge_ports else None
         challenge_mgmt: str | None = None
-        if challtestsrv is None:
+        challenge_addresses: dict[str, str] = {}
+        if challtestsrv is not None:
+            http_port, tls_port, dns = challtestsrv_ports(challtestsrv, fixed)
+        else:
             if not is_loopback(settings.listen) and not settings.token:
                 log.warning("the challenge server's management API listens on %s without "
                             "--wec-token: whoever reaches it can change its answers",
                             settings.listen)
             proc, srv = start_challenge_server(
                 run_dir, redis_url=redis_url, namespace=run_id, listen=settings.listen,
-                token=settings.token,
+                token=settings.token, ports=fixed,
             )
             procs.append(proc)
             http_port, tls_port, dns = srv.port("http01"), srv.port("tlsalpn01"), srv.address(
                 "dns01")
             challenge_mgmt = srv.management_url
+            challenge_addresses = srv.addresses()
         directory = settings.directory
         ca_bundle = settings.ca_bundle
         pebble_mgmt: str | None = None
         shards: list[dict[str, str]] = []
+        eab, pebble_eab = stack_eab(settings, run_dir)  # the workers' keys, Pebble's
         if directory is None:
             proc, pebble = start_pebble(
                 run_dir, http_port=http_port, tls_port=tls_port, dns_server=dns,
-                host=settings.listen, binary=settings.pebble_bin,
+                host=settings.listen, binary=settings.pebble_bin, eab=pebble_eab,
             )
             procs.append(proc)
             directory, ca_bundle, pebble_mgmt = (
@@ -162,6 +179,7 @@ class Stack:
                 proc, more = start_pebble(
                     run_dir, http_port=http_port, tls_port=tls_port, dns_server=dns,
                     host=settings.listen, binary=settings.pebble_bin, shard=i, tls=pebble.tls,
+                    eab=pebble_eab,
                 )
                 procs.append(proc)
                 shards.append({"directory": more.directory,
@@ -179,10 +197,13 @@ class Stack:
             dns=dns if challtestsrv is None else None,
             challenge_management=challenge_mgmt,
             challenge_ip=settings.listen if challtestsrv is None else None,
+            challenge_addresses=challenge_addresses,
             embedded=settings.directory is None,
             shards=shards,
+            eab=eab.to_plain() if eab is not None else None,
         )
-        log.info("stack up: %s", {**info, "redis_url": redact_url(redis_url)})
+        log.info("stack up: %s", {**info, "redis_url": redact_url(redis_url),
+                                  "eab": redacted(info["eab"])})
         return cls(info, procs)
 
     def alive(self) -> dict[str, bool]:

@@ -134,10 +134,17 @@ def start_pebble(
     strict: bool = False,
     shard: int = 0,
     tls: tuple[Path, Path, Path] | None = None,
+    eab: Mapping[str, str] | None = None,
 ) -> tuple[ManagedProcess, PebbleInfo]:
     """Start Pebble on *host* with its http-01/tls-alpn-01 ports and DNS pointing at our
     server. *shard* > 0 names a further Pebble of the run (``pebble-1.log``, ...), which
-    serves with the first one's TLS material (*tls*: ca, cert, key)."""
+    serves with the first one's TLS material (*tls*: ca, cert, key).
+
+    *eab* (kid -> unpadded base64url HMAC key) makes it require External Account Binding
+    (RFC 8555 §7.3.4): Pebble 2.4's ``externalAccountBindingRequired`` and
+    ``externalAccountMACKeys``. It then refuses a newAccount without a binding
+    (``externalAccountRequired``) and one whose kid or MAC it does not know
+    (``unauthorized``); it takes a key any number of times."""
     exe = find_binary("pebble", binary)
     ca, cert, key = tls or write_tls_material(run_dir, ("localhost", "127.0.0.1", "::1", host))
     suffix = f"-{shard}" if shard else ""
@@ -152,11 +159,15 @@ def start_pebble(
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": eab is not None,
         }
     }
+    if eab is not None:
+        config["pebble"]["externalAccountMACKeys"] = dict(eab)
     cfg_path = run_dir / f"pebble-config{suffix}.json"
-    cfg_path.write_text(json.dumps(config, indent=2))
+    fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # MAC keys in it
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(config, indent=2))
     env = dict(os.environ if environ is None else environ)
     for name, value in PEBBLE_DEFAULT_ENV.items():
         env.setdefault(name, value)

@@ -283,6 +283,29 @@
       ["example", "example", 0, "example"]],
       Object.keys(devs).map(function (k) { return Object.assign({ kind: k }, devs[k]); }),
       { empty: "none" });
+    rateLimitTables(data.rate_limits);
+  }
+
+  // summary.json "rate_limits": requests refused by endpoint and limit, and the waits
+  function rateLimitTables(rl) {
+    var section = byId("rate-limits-section");
+    if (!section) return;
+    rl = rl || {};
+    var retry = rl.retry_waits || {}, users = rl.user_waits || {};
+    section.hidden = !(rl.refused || retry.count || users.count);
+    if (section.hidden) return;
+    var chains = rl.chains_refused || {};
+    cards(byId("rate-limit-waits"), [["requests refused", rl.refused, rl.refused > 0],
+      ["chains refused", Object.keys(chains).reduce(function (n, c) { return n + chains[c]; }, 0)],
+      ["retry sleeps", retry.count], ["retry sleep s", retry.seconds],
+      ["user waits", users.count], ["user wait s", users.seconds]]);
+    var rows = [];
+    Object.keys(rl.by_endpoint || {}).forEach(function (ep) {
+      var by = rl.by_endpoint[ep].by_limit || {};
+      Object.keys(by).forEach(function (lim) { rows.push({ endpoint: ep, limit: lim, count: by[lim] }); });
+    });
+    table(byId("table-rate-limits"), [["count", "count", 1], ["endpoint", "endpoint"], ["limit", "limit"]],
+      rows, { empty: "no request refused" });
   }
 
   Views.prototype.choose = function (what) {

@@ -32,13 +32,14 @@ import asyncio
 import contextlib
 import itertools
 import secrets
-import signal
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from pytest_wec.testing import serve_until_signalled
 
 __all__ = ["MODES", "NONCE_MODES", "POST_MODES", "main", "make_app"]
 
@@ -235,14 +236,7 @@ async def serve(host: str, port: int) -> None:
     addr = runner.addresses[0]
     shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
     print(f"hostile CA http://{shown}:{addr[1]}/dir", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(runner)
 
 
 def main(argv: list[str] | None = None) -> int:

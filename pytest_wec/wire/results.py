@@ -15,6 +15,13 @@ for the time phases, whole numbers for the counts (``validation_requests``, ``po
 each phase measures is :data:`pytest_wec.controller.phases.PHASES`.
 ``ChainResult["deviations"]`` (optional): ``[kind, detail]`` pairs, the RFC deviations the
 chain's checks saw (``chains._checks.warn_deviation``).
+
+Rate limits (optional, docs/load-mode.md "Rate limits"): ``RequestResult["limit"]`` the limit
+a ``rateLimited`` problem's detail names; ``ChainResult["retry_waits"]`` the client's
+Retry-After sleeps between attempts, ``[endpoint, status, seconds, limit]`` (no request's
+``took`` holds them); ``ChainResult["retry_after"]`` the Retry-After (seconds) of the
+rate-limit refusal that ended the chain; ``ChainResult["rate_limit_wait"]`` the seconds its
+virtual user waits after it before the next chain (closed model).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class RequestResult(TypedDict):
     ok: bool
     error: str | None  # error class, e.g. "timeout", "connect", "problem", "badBody"
     problem: str | None  # ACME problem type, e.g. "urn:ietf:params:acme:error:badNonce"
+    limit: NotRequired[str]  # rateLimited: the limit its detail names, e.g. NewOrdersPerAccount
 
 
 class Phases(TypedDict, total=False):
@@ -89,6 +97,10 @@ class ChainResult(TypedDict):
     #: open model: the part of ``started - scheduled`` (seconds) the generator's own work
     #: explains (``pytest_wec.worker.runner.own_lag``); absent in the closed model
     lag_own: NotRequired[float]
+    #: rate limits (module doc): Retry-After sleeps in the client, [endpoint, status, s, limit]
+    retry_waits: NotRequired[list[list[object]]]
+    retry_after: NotRequired[float]  # the refusal that ended the chain said so (seconds)
+    rate_limit_wait: NotRequired[float]  # its virtual user waits this long before the next
 
 
 class RequestObserver(Protocol):

@@ -5,11 +5,16 @@ Blocking calls, for a controller thread. It keeps every batch it has not seen, i
 arrive twice, and counts what never arrived at the end (:attr:`ResultSource.lost`); spill
 files go through the same door (:meth:`ResultSource.take_spill`). The wire format is
 :mod:`pytest_wec.wire.stream`'s.
+
+How long a worker has been silent is measured in seconds of reading (spent in
+:meth:`ResultSource.read`), not of the wall clock: a consumer that takes longer over what it
+read than the workers take to send it (a backlog) does not make them look silent.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
@@ -43,11 +48,14 @@ class ResultSource:
     ``read`` returns what arrived (batches, status and end records) or ``[]`` after the block
     timeout; while Redis is away it logs, waits with backoff and returns ``[]``, then goes on
     after the last entry it read. ``drain`` reads until every worker sent its end record,
-    went silent for ``stale_after`` seconds, or ``timeout`` passed.
+    went silent for ``stale_after`` seconds of reading, or ``timeout`` passed.
+
+    One thread reads; :meth:`sessions` and :meth:`statuses` may be called from another.
     """
 
     def __init__(self, redis_url: str, run_ns: str, *, count: int = 100) -> None:
         self.key, self.workers_key = results_key(run_ns), workers_key(run_ns)
+        self._url = redis_url
         self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
                                             socket_timeout=30.0, retry=Retry(NoBackoff(), 1))
         self._count = count
@@ -61,9 +69,25 @@ class ResultSource:
         self._seqs: dict[tuple[str, str], set[int]] = {}
         self._open: dict[str, set[str]] = {}  # worker -> sessions without an end record
         self._ended: dict[str, set[str]] = {}  # worker -> sessions that sent their end record
-        self._heard: dict[str, float] = {}  # worker -> monotonic time of its last entry
+        self._heard: dict[str, float] = {}  # worker -> reading clock at its last entry
+        self._read_s = 0.0  # seconds spent in read() before the current call
+        self._read_t0 = 0.0  # monotonic start of the current read(); 0: none under way
+        self._mutex = threading.Lock()  # the counts above, against another thread's copy
+
+    def reading_clock(self) -> float:
+        """Seconds spent reading (in :meth:`read`) so far: what staleness is measured on."""
+        t0 = self._read_t0
+        return self._read_s + (time.monotonic() - t0 if t0 else 0.0)
 
     def read(self, block: float = 1.0) -> list[Record]:
+        self._read_t0 = time.monotonic()
+        try:
+            return self._read(block)
+        finally:
+            self._read_s += time.monotonic() - self._read_t0
+            self._read_t0 = 0.0
+
+    def _read(self, block: float) -> list[Record]:
         try:
             resp: list[Any] = self._client.xread(  # type: ignore[assignment]
                 {self.key: self._last_id}, count=self._count,
@@ -80,12 +104,13 @@ class ResultSource:
             self._failures = 0
         self.failing = False
         out: list[Record] = []
-        for _key, entries in resp or []:
-            for entry_id, fields in entries:
-                self._last_id = entry_id
-                rec = self._decode(fields)
-                if rec is not None:
-                    out.append(rec)
+        with self._mutex:
+            for _key, entries in resp or []:
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    rec = self._decode(fields)
+                    if rec is not None:
+                        out.append(rec)
         return out
 
     def _decode(self, fields: dict[bytes, bytes]) -> Record | None:
@@ -104,7 +129,7 @@ class ResultSource:
 
     def _batch(self, batch: Batch) -> Batch | None:
         key = (batch.worker, batch.session)
-        self._heard[batch.worker] = time.monotonic()
+        self._heard[batch.worker] = self.reading_clock()
         seqs = self._seqs.setdefault(key, set())
         if batch.seq in seqs:
             self.duplicates += 1
@@ -120,7 +145,7 @@ class ResultSource:
     def _status(self, st: WorkerStatus, final: bool) -> WorkerStatus:
         w, key = st["worker"], (st["worker"], st["session"])
         self.workers[f"{w}/{st['session']}"] = st
-        self._heard[w] = time.monotonic()
+        self._heard[w] = self.reading_clock()
         sessions = self._open.setdefault(w, set())
         if final:
             sessions.discard(st["session"])
@@ -136,13 +161,14 @@ class ResultSource:
         end record), as :meth:`read` returns them; ValueError when *data* is no spill."""
         spill = decode_spill(data)
         out: list[Record] = []
-        for batch in spill.batches:
-            rec = self._decode({b"k": b"b", b"d": batch})
+        with self._mutex:
+            for batch in spill.batches:
+                rec = self._decode({b"k": b"b", b"d": batch})
+                if rec is not None:
+                    out.append(rec)
+            rec = self._decode({b"k": b"e", b"d": spill.end})
             if rec is not None:
                 out.append(rec)
-        rec = self._decode({b"k": b"e", b"d": spill.end})
-        if rec is not None:
-            out.append(rec)
         return out
 
     @property
@@ -158,7 +184,13 @@ class ResultSource:
 
     def sessions(self) -> dict[tuple[str, str], tuple[int, int]]:
         """``(worker, session) -> (chains received, chains the sink said it sent)``."""
-        return {key: (n, self._expected.get(key, 0)) for key, n in self._received.items()}
+        with self._mutex:
+            return {key: (n, self._expected.get(key, 0)) for key, n in self._received.items()}
+
+    def statuses(self) -> dict[str, WorkerStatus]:
+        """A copy of :attr:`workers`: each session's latest status read from the stream."""
+        with self._mutex:
+            return dict(self.workers)
 
     @property
     def ended(self) -> set[str]:
@@ -180,15 +212,18 @@ class ResultSource:
 
     def drain(self, workers: Collection[str] | None = None, timeout: float = 10.0,
               stale_after: float = 5.0) -> Iterator[Record]:
-        """Yields the remaining records; returns once every worker is done or gone.
+        """Yields the remaining records; returns once every worker is done or gone (no
+        entry of it in ``stale_after`` seconds of reading), or after ``timeout`` seconds,
+        checked between reads.
 
         ``workers``: the ids to wait for; None waits for every worker heard of so far, and
         with none heard of reads until the first empty read.
         """
         start = time.monotonic()
         deadline = start + timeout
+        since = self.reading_clock()  # a worker never heard of is silent from here
         while True:
-            now = time.monotonic()
+            now, clock = time.monotonic(), self.reading_clock()
             if workers is None and not self._heard:
                 records = self.read(min(0.5, max(deadline - now, 0.01)))
                 yield from records
@@ -197,11 +232,12 @@ class ResultSource:
                 continue
             names = set(self._heard) if workers is None else set(workers)
             ended = self.ended
-            waiting = {w for w in names - ended if now - self._heard.get(w, start) < stale_after}
+            waiting = {w for w in names - ended
+                       if clock - self._heard.get(w, since) < stale_after}
             if not waiting:
                 gone = names - ended
                 if gone:
-                    log.warning("no end record from workers %s (silent for %.1fs)",
+                    log.warning("no end record from workers %s (silent for %.1fs of reading)",
                                 ", ".join(sorted(gone)), stale_after)
                 return
             if now >= deadline:
@@ -214,10 +250,26 @@ class ResultSource:
     def lost_total(self) -> int:
         return sum(self.lost.values())
 
-    def worker_statuses(self) -> dict[str, WorkerStatus]:
-        """Each sink's latest status by "worker/session", from the hash (no stream reading)."""
-        raw: dict[bytes, bytes] = self._client.hgetall(self.workers_key)  # type: ignore[assignment]
-        return {k.decode(): decode_status(v) for k, v in raw.items()}
+    def worker_statuses(self, timeout: float | None = None) -> dict[str, WorkerStatus]:
+        """Each sink's latest status by "worker/session", from the hash (no stream reading):
+        what each sink said last, end records included, however far behind the stream's
+        reading is. *timeout*: seconds for this call alone, on a connection of its own (Redis
+        may be hung); redis.RedisError or OSError when it cannot be read."""
+        client = self._client if timeout is None else redis.Redis.from_url(
+            self._url, socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0))
+        try:
+            raw: dict[bytes, bytes] = client.hgetall(self.workers_key)  # type: ignore[assignment]
+        finally:
+            if client is not self._client:
+                client.close()
+        out: dict[str, WorkerStatus] = {}
+        for k, v in raw.items():
+            try:
+                out[k.decode()] = decode_status(v)
+            except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException):
+                log.debug("undecodable status of %r in %s", k, self.workers_key)
+        return out
 
     def delete(self) -> None:
         """Removes this run's keys."""

@@ -22,8 +22,9 @@ Entry kinds::
 
     chain row   = [chain_id, chain, worker, scheduled, started, took, ok, outcome, error,
                    certificates, [request row, ...]], then, when the chain has any, a map
-                  {"phases": ..., "deviations": ..., "lag_own": ...} (a reader takes rows
-                  with or without it)
+                  {"phases": ..., "deviations": ..., "lag_own": ..., and the rate limits'
+                  "retry_waits", "retry_after", "rate_limit_wait", "limits": [[request
+                  index, limit], ...]} (a reader takes rows with or without it)
     request row = [endpoint, method, status, started, took, ok, error, problem], preceded by
                   chain_id and chain (10 items) when these differ from the chain's own
 
@@ -178,9 +179,14 @@ def encode_batch(worker: str, session: str, seq: int, chains_before: int,
             reqs.append(row)
         row = [cid, name, c["worker"], c["scheduled"], c["started"], c["took"], c["ok"],
                c["outcome"], c["error"], c["certificates"], reqs]
-        extra: dict[str, Any] = {k: c.get(k) for k in ("phases", "deviations") if c.get(k)}
-        if "lag_own" in c:
-            extra["lag_own"] = c["lag_own"]
+        extra: dict[str, Any] = {k: c.get(k) for k in ("phases", "deviations", "retry_waits")
+                                 if c.get(k)}
+        for key in ("lag_own", "retry_after", "rate_limit_wait"):
+            if key in c:
+                extra[key] = c[key]
+        limits = [[i, r["limit"]] for i, r in enumerate(c["requests"]) if r.get("limit")]
+        if limits:  # the limit a rateLimited request's problem named
+            extra["limits"] = limits
         if extra:
             row.append(extra)
         rows.append(row)
@@ -218,8 +224,24 @@ def decode_batch(data: bytes) -> Batch:
                                    if isinstance(d, list | tuple)]
             if isinstance(extra.get("lag_own"), int | float):
                 c["lag_own"] = float(extra["lag_own"])
+            _rate_limit_extras(c, extra)
         chains.append(c)
     return Batch(str(worker), str(session), int(seq), int(chains_before), chains)
+
+
+def _rate_limit_extras(c: ChainResult, extra: dict[Any, Any]) -> None:
+    """The rate limits' part of a chain row's map, back onto *c* and its requests."""
+    if isinstance(extra.get("retry_waits"), list | tuple):
+        c["retry_waits"] = [list(w) for w in extra["retry_waits"] if isinstance(w, list | tuple)]
+    if isinstance(extra.get("retry_after"), int | float):
+        c["retry_after"] = float(extra["retry_after"])
+    if isinstance(extra.get("rate_limit_wait"), int | float):
+        c["rate_limit_wait"] = float(extra["rate_limit_wait"])
+    requests = c["requests"]
+    for pair in extra.get("limits") or ():
+        if isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], int) \
+                and 0 <= pair[0] < len(requests):
+            requests[pair[0]]["limit"] = str(pair[1])
 
 
 def encode_spill(spill: Spill) -> bytes:

@@ -36,14 +36,17 @@ class ChallengeServer:
     publisher: Any  # puts and removes challenge answers (``ChallengePublisher``)
     management: str | None  # the embedded challenge server's management API URL
     dns: str | None  # its DNS server, host:port (dns-01)
-    ip: str | None  # the address it answers on (IP identifiers)
+    ip: str | None  # the address it answers http-01 on (IP identifiers; --wec-ip)
     challtestsrv: str | None  # a challtestsrv-compatible server used instead
 
 
 def challenge_server_of(runtime: Any) -> ChallengeServer:
+    from pytest_wec.worker.challenges import ip_identifier
+
     info = runtime.info
     return ChallengeServer(publisher=runtime.publisher, management=info.get(
-        "challenge_management"), dns=info.get("dns"), ip=info.get("challenge_ip"),
+        "challenge_management"), dns=info.get("dns"),
+        ip=ip_identifier(runtime.settings, info, "http-01"),
         challtestsrv=info.get("challtestsrv"))
 
 

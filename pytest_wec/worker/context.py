@@ -12,11 +12,12 @@ still lose a race).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pytest_wec.wire.results import RequestResult
 from pytest_wec.worker.flows import Flows, Issued, Produced
@@ -24,13 +25,22 @@ from pytest_wec.worker.flows import Flows, Issued, Produced
 if TYPE_CHECKING:
     from pytest_wec.worker.runtime import WorkerRuntime
 
-__all__ = ["ChainContext", "Issued", "NoContext"]
+__all__ = ["ChainContext", "Issued", "NoContext", "NotOffered"]
 
 CLAIM_TTL = 300.0
+#: seconds a load chain waits before it gives up for want of an External Account Binding
+#: key (none given, or single-use ones used up): the load does not spin on instant ends
+EAB_PAUSE = 0.5
 
 
 class NoContext(Exception):
     """The state DB holds nothing this chain needs (load mode)."""
+
+
+class NotOffered(NoContext):
+    """The CA offers nothing this chain can use (for an identifier, none of the challenge
+    types ``--wec-challenge`` lists): under load the run counts as skipped, with the reason
+    (:meth:`ChainContext.skip`)."""
 
 
 def _key_alg(settings: Any) -> tuple[str, int | None]:
@@ -59,7 +69,9 @@ class ChainContext(Flows):
         self.requests: list[RequestResult] = []
         self.certificates = 0
         self._expected: frozenset[str] = frozenset()
+        self._retry_waits: list[list[object]] = []  # the client's Retry-After sleeps
         self.client = runtime.network.client(name, self.chain_id, self._observe)
+        self._hear_waits(self.client)
         self.settings = runtime.settings
         self.directory = runtime.directory
         self.store = runtime.store
@@ -78,6 +90,24 @@ class ChainContext(Flows):
         self.requests.append(result)
         if result["status"]:
             self.runtime.last_answer = result["started"] + result["took"]
+
+    def _hear_waits(self, client: Any) -> None:
+        """Have *client* tell this chain of its Retry-After sleeps (a rate-limit wait when
+        the answer was 429: counted apart, in no request's latency)."""
+        obs = getattr(client, "_obs", None)
+        if obs is not None and hasattr(obs, "on_wait"):
+            obs.on_wait = self._waited
+
+    def _waited(self, endpoint: str, status: int, seconds: float, limit: str | None) -> None:
+        self._retry_waits.append([endpoint, status, round(seconds, 6), limit or ""])
+
+    def wire_extras(self, ok: bool) -> dict[str, Any]:
+        """What the ChainResult carries beyond its requests: phases and deviations
+        (:class:`~pytest_wec.worker.phases.PhaseRecorder`), and the retry sleeps."""
+        out = super().wire_extras(ok)
+        if self._retry_waits:
+            out["retry_waits"] = [list(w) for w in self._retry_waits]
+        return out
 
     def waiting_on(self) -> str:
         """What this chain waits on now, in a word or two (the stall watch's report)."""
@@ -101,6 +131,15 @@ class ChainContext(Flows):
         finally:
             self._expected = before
 
+    def skip(self, reason: str) -> NoReturn:
+        """End this chain run as skipped, not failed: ``pytest.skip`` when run once,
+        :class:`NotOffered` under load (counted as skipped, *reason* as its error)."""
+        if self.mode == "load":
+            raise NotOffered(reason)
+        import pytest
+
+        pytest.skip(reason)
+
     # -- small helpers -----------------------------------------------------------------
     @property
     def info(self) -> dict[str, Any]:
@@ -120,18 +159,27 @@ class ChainContext(Flows):
         return self.runtime.pebble
 
     def random_names(self, n: int | None = None, *, wildcard: bool = False) -> list[str]:
-        """*n* (default ``--wec-names``) random names under ``--wec-domain``."""
+        """*n* (default ``--wec-names``) random names for one order: under a registered
+        domain of their own (a fresh one per call, under ``--wec-suffix``), or under
+        ``--wec-domain`` when given (:mod:`pytest_wec.worker.names`)."""
+        from pytest_wec.worker.names import NameMaker
+
         count = self.settings.names if n is None else n
-        names = [f"{secrets.token_hex(6)}.{self.settings.domain}" for _ in range(count)]
-        if wildcard:
-            names[0] = "*." + names[0]
-        return names
+        maker = NameMaker(self.settings.domain, self.settings.suffix)
+        return maker.names(count, wildcard=wildcard)
 
     def new_key(self) -> Any:
         from pytest_wec.acme import AccountKey
 
         alg, bits = _key_alg(self.settings)
         return AccountKey.generate(alg, bits=bits) if bits else AccountKey.generate(alg)
+
+    def _stored(self, resource: str) -> None:
+        """This chain stored a row of *resource*: the worker's next picks know it exists
+        before the next read of the state DB's counts (:mod:`pytest_wec.worker.counts`)."""
+        live = getattr(self.runtime, "counts", None)
+        if live is not None:
+            live.stored(resource)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self._in_db += 1
@@ -155,19 +203,66 @@ class ChainContext(Flows):
             max_nonce_retries=net.max_nonce_retries, max_retry_after=net.max_retry_after,
             max_retries=net.max_retries, poll_interval=net.poll_interval,
             nonce_method=net.nonce_method, signer=signer,
+            client_ip_header=net.client_ip_header, client_addresses=net.client_addresses,
         )
-        return forged.client(self.name, self.chain_id, self.requests.append)
+        client = forged.client(self.name, self.chain_id, self.requests.append)
+        self._hear_waits(client)
+        return client
 
     # -- accounts ----------------------------------------------------------------------
+    async def take_eab(self) -> Any:
+        """The External Account Binding key (:class:`~pytest_wec.settings.eab.EabKey`) the
+        next new account sends (RFC 8555 §7.3.4), taken from this worker's keys
+        (:mod:`pytest_wec.worker.eab`); None when the run has none and the CA requires none.
+
+        :class:`~pytest_wec.worker.eab.EabRequired` when the CA's directory says
+        ``externalAccountRequired`` and no key was given; :class:`~pytest_wec.worker.eab.
+        EabKeysUsedUp` (a :class:`NoContext`) when single-use keys ran out. Under load
+        either comes after :data:`EAB_PAUSE` seconds.
+        """
+        __tracebackhide__ = True  # a run's failure shows the chain's line and the reason
+        error: Exception
+        pool = getattr(self.runtime, "eab", None)
+        if pool is not None:
+            try:
+                return pool.take()
+            except NoContext as exc:
+                error = exc
+        else:
+            directory = await self.client.directory()
+            if not directory.external_account_required:
+                return None
+            from pytest_wec.worker.eab import EabRequired, required_message
+
+            error = EabRequired(required_message(self.directory))
+        if self.mode == "load":
+            await asyncio.sleep(EAB_PAUSE)
+        raise error
+
     async def new_account(self, *, key: Any = None, contact: tuple[str, ...] = (),
                           store: bool = True) -> Any:
         """newAccount with a fresh key (RFC 8555 §7.3); stored in the state DB.
 
-        ``store=False`` keeps the account private to this chain until :meth:`remember` (no
-        other chain can take it meanwhile).
+        It carries an External Account Binding (§7.3.4) when the run has keys
+        (:meth:`take_eab`); the CA's refusal then says so in a note. ``store=False`` keeps
+        the account private to this chain until :meth:`remember` (no other chain can take
+        it meanwhile).
         """
+        from pytest_wec.acme import AcmeProblem
+
         key = key or self.new_key()
-        account = await self.client.new_account(key, contact=contact, tos_agreed=True)
+        eab = await self.take_eab()
+        try:
+            account = await self.client.new_account(
+                key, contact=contact, tos_agreed=True,
+                eab=None if eab is None else (eab.kid, eab.hmac))
+        except AcmeProblem as exc:
+            if eab is not None:
+                from pytest_wec.worker.eab import refused_note
+
+                exc.add_note(refused_note(eab, self.runtime.eab.keys.source, exc.status,
+                                          exc.code))
+            raise
         if store:
             await self.remember(account, contact=contact)
         return account
@@ -179,6 +274,7 @@ class ChainContext(Flows):
             account.key.alg, contact=",".join(contact),
         )
         self._account_ids[account.url] = row_id
+        self._stored("account")
         return row_id
 
     def account_id(self, account: Any) -> int | None:
@@ -209,7 +305,8 @@ class ChainContext(Flows):
             return await self.new_account()
         return self._account_from_row(row)
 
-    async def take_authorization(self, *, challenge_type: str | None = None) -> Any:
+    async def take_authorization(self, *, challenge_type: str | None = None,
+                                 fresh: bool = False) -> Any:
         """Claim a valid, unexpired authorization of this CA (RFC 8555 §7.1.4) from the DB.
 
         The claim keeps other chains from taking it until :meth:`finish`, but not the CA from
@@ -217,16 +314,22 @@ class ChainContext(Flows):
         flight may hold: under load a chain taking one must not change it (the chain that
         deactivates one makes its own). Its account comes from :meth:`account_of`.
 
-        Once: when none is free, validates one for a random name and claims that. Load:
-        :class:`NoContext` when none is free.
+        Once: when none is free, validates one for a random name and claims that; with
+        *fresh*, always, by a new account that holds no other: an authorization whose
+        identifier has no certificate yet (a stored one may be for an IP address every run
+        orders, or for names renewed already, which a CA limiting certificates per set of
+        names refuses to order again). Load: :class:`NoContext` when none is free.
         """
         claim = self.store.claim_authorization
-        row = await self.db(claim, self.directory, self.runtime.holder, CLAIM_TTL,
-                            challenge_type=challenge_type)
+        own = fresh and self.mode == "once"
+        row = None
+        if not own:
+            row = await self.db(claim, self.directory, self.runtime.holder, CLAIM_TTL,
+                                challenge_type=challenge_type)
         if row is None:
             if self.mode == "load":
                 raise NoContext("no free valid authorization in the state DB")
-            account = await self.take_account()
+            account = await (self.new_account() if own else self.take_account())
             order = await self.order(account, self.random_names(1))
             await self.authorize(account, order, challenge_type)
             await self._store_produced()
@@ -238,10 +341,16 @@ class ChainContext(Flows):
         self._claims.append(("authorization", row.id))
         return row
 
-    async def take_certificate(self, *, not_renewed: bool = False) -> Any:
-        """Claim an unrevoked certificate of this CA; once mode issues one when none exist."""
-        row = await self.db(self.store.claim_certificate, self.directory, self.runtime.holder,
-                            CLAIM_TTL, not_renewed=not_renewed)
+    async def take_certificate(self, *, not_renewed: bool = False, fresh: bool = False) -> Any:
+        """Claim an unrevoked certificate of this CA; once mode issues one when none exist,
+        and always with *fresh*: a certificate whose names have no other, for a chain that
+        must not meet a CA's limit on certificates per set of names (Boulder's dev config
+        takes 2 per set in 3 hours: a stored one may be a renewal already, or for an IP
+        address the run orders again and again)."""
+        row = None
+        if not (fresh and self.mode == "once"):
+            row = await self.db(self.store.claim_certificate, self.directory,
+                                self.runtime.holder, CLAIM_TTL, not_renewed=not_renewed)
         if row is None:
             if self.mode == "load":
                 raise NoContext("no unrevoked certificate in the state DB")
@@ -267,6 +376,8 @@ class ChainContext(Flows):
         for p in produced:
             await self.db(self.store.add_authorization, self.directory, p.account_id, p.url,
                           p.id_type, p.id_value, p.challenge, p.status, expires=p.expires)
+            if p.status == "valid":
+                self._stored("authorization")
 
     async def finish(self) -> None:
         """Store what this chain produced for others and release every claim it holds."""

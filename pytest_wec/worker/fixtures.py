@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from pytest_wec.errors import StackError, UnreachableError
+from pytest_wec.errors import ConfigError, StackError, UnreachableError
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,8 @@ def wec_stack_info(request: pytest.FixtureRequest) -> dict[str, Any]:
         pytest.fail(str(exc), pytrace=False)
     except StackError as exc:
         pytest.fail(f"wec stack: {exc}", pytrace=False)
+    except ConfigError as exc:  # the CA lacks what an option asks (--wec-profile): stop here
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

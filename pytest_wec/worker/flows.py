@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -104,6 +104,8 @@ class Flows(PhaseRecorder):
     account_id: Callable[[Any], int | None]
     take_account: Callable[..., Awaitable[Any]]
     random_names: Callable[..., list[str]]
+    skip: Callable[[str], NoReturn]
+    _stored: Callable[[str], None]
 
     # -- orders and authorizations -------------------------------------------------------
     @staticmethod
@@ -117,12 +119,14 @@ class Flows(PhaseRecorder):
                 out.append(("dns", n))
         return out
 
-    async def authorize(self, account: Any, order: Any, challenge: str | None = None) -> list[
-        Any
-    ]:
-        """Answer every pending authorization of *order* with *challenge* and wait.
+    async def authorize(self, account: Any, order: Any,
+                        challenge: str | Sequence[str] | None = None) -> list[Any]:
+        """Answer every pending authorization of *order* and wait.
 
-        Returns the final authorizations (RFC 8555 §7.5). Challenge data is published before
+        Each is answered with the first type of *challenge* (one type, or several in order
+        of preference; default ``--wec-challenge``) that the CA offers for it; one offering
+        none of them skips the chain (:mod:`pytest_wec.worker.challenges`). Returns the
+        final authorizations (RFC 8555 §7.5). Challenge data is published before
         the challenge is answered and removed afterwards. An authorization the CA reports
         final but not valid (invalid, deactivated, expired, revoked: RFC 8555 §7.1.6) is not
         answered: :class:`~pytest_wec.acme.AcmeAuthorizationEnded` says what the CA reported
@@ -133,9 +137,10 @@ class Flows(PhaseRecorder):
             check_authorization_status,
             key_authorization,
         )
-        from pytest_wec.worker.publish import publish_answer
+        from pytest_wec.worker.answers import publish_answer
+        from pytest_wec.worker.challenges import not_offered, pick, preference, route_for
 
-        kind = challenge or self.settings.challenge
+        prefs = preference(challenge, self.settings)
         done = []
         for url in order.authorizations:
             authz = await self.client.get_authorization(account, url)
@@ -149,15 +154,15 @@ class Flows(PhaseRecorder):
                     f"authorization {url} ({ident.type}:{ident.value}) of order {order.url} "
                     f"is {status!r} at the CA, a final status of RFC 8555 §7.1.6: its "
                     f"challenge is not answered", url, status, authz)
-            chall = authz.challenge(kind)
+            chall = pick(authz.challenges, prefs)
             ident = authz.identifier
             if chall is None:
-                offered = ", ".join(c.type for c in authz.challenges)
-                raise AssertionError(f"the CA offers no {kind} challenge for "
-                                     f"{ident.value} (offered: {offered})")
+                self.skip(not_offered(authz, prefs))
+            kind = chall.type
             key_authz = key_authorization(chall.token, account.key)
             unpublish = await publish_answer(self.publisher, kind, ident.value, chall.token,
-                                             key_authz)
+                                             key_authz,
+                                             route_to=route_for(self.settings, kind, ident.type))
             watch = await self._watch_validation(kind, ident.value, chall.token)
             sent: float | None = None
             authz_valid: float | None = None
@@ -262,14 +267,22 @@ class Flows(PhaseRecorder):
         §8.4, RFC 8737); returns the coroutine function that removes it again.
 
         :meth:`authorize` does this for the right value; chains call it directly to publish
-        a wrong one.
+        a wrong one. A DNS name is routed to the type's own ``--wec-ip`` address while
+        published, as :meth:`authorize` does.
         """
-        from pytest_wec.worker.publish import publish_answer
+        from pytest_wec.worker.answers import publish_answer
+        from pytest_wec.worker.challenges import route_for
 
-        return await publish_answer(self.publisher, kind, ident, token, key_authz)
+        [(id_type, _)] = self.identifiers([ident])
+        return await publish_answer(self.publisher, kind, ident, token, key_authz,
+                                    route_to=route_for(self.settings, kind, id_type))
 
     async def order(self, account: Any, names: list[str], **kwargs: Any) -> Any:
-        """newOrder for *names* (RFC 8555 §7.4), recorded in the state DB."""
+        """newOrder for *names* (RFC 8555 §7.4), recorded in the state DB. It asks for
+        ``--wec-profile`` (draft-aaron-acme-profiles) unless *kwargs* name a ``profile``
+        (None: none asked)."""
+        if "profile" not in kwargs and self.settings.profile:
+            kwargs["profile"] = self.settings.profile
         mark = len(self.requests)
         order = await self.client.new_order(account, self.identifiers(names), **kwargs)
         sent = self._sent(mark, "newOrder")
@@ -279,6 +292,7 @@ class Flows(PhaseRecorder):
             self._order_sent[order.url] = sent
         await self.db(self.store.add_order, self.directory, self.account_id(account), order.url,
                       order.status, names)
+        self._stored("order")
         return order
 
     # -- certificates ------------------------------------------------------------------
@@ -287,14 +301,18 @@ class Flows(PhaseRecorder):
         account: Any | None = None,
         names: list[str] | None = None,
         *,
-        challenge: str | None = None,
+        challenge: str | Sequence[str] | None = None,
         cert_key: str | None = None,
         replaces: str | None = None,
+        profile: str | None = None,
     ) -> Issued:
-        """Order, authorize, finalize, poll and download (RFC 8555 §7.4); store the result."""
+        """Order, authorize, finalize, poll and download (RFC 8555 §7.4); store the result.
+        *profile* (default ``--wec-profile``) is the order's certificate profile."""
         account = account or await self.take_account()
         names = names or self.random_names()
         kw: dict[str, Any] = {"replaces": replaces} if replaces else {}
+        if profile is not None:
+            kw["profile"] = profile
         order = await self.order(account, names, **kw)
         await self.authorize(account, order, challenge)
         order = await self.client.poll_order(account, order, timeout=POLL_TIMEOUT, until="ready",
@@ -344,5 +362,6 @@ class Flows(PhaseRecorder):
             cert.pem, key_pem, format(parsed.serial_number, "x"), names,
             parsed.not_valid_after_utc,
         )
+        self._stored("certificate")
         return Issued(cert_id, account, order, tuple(names), cert.pem, key_pem, parsed,
                       tuple(cert.alternates))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_wec._chain import ChainInfo, chain_info
+from pytest_wec._shipped import CHAINS
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ __all__ = ["WecLoadItem", "collect_load_items"]
 
 ChainFn = Callable[[Any], Awaitable[None]]
 COUNTS_EVERY = 1.0  # seconds between reads of the state DB's counts
+COUNTS_TIMEOUT = 5.0  # seconds a read of them may take (the first one: before the load)
 STATUS_EVERY = 0.5
 
 
@@ -69,6 +71,7 @@ class WecLoadItem(pytest.Item):
     def runtest(self) -> None:
         from pytest_wec.worker.fixtures import stack_info
 
+        _prewarm(self.config)  # while the controller still starts the stack
         info = stack_info(self.config)
         if hasattr(self.config, "workerinput"):
             self._runtest(info)
@@ -102,7 +105,6 @@ class WecLoadItem(pytest.Item):
 
     async def _run(self, info: dict[str, Any]) -> None:
         from pytest_wec.plugin import SETTINGS_KEY
-        from pytest_wec.state import Counts
         from pytest_wec.wire.control import ControlReader
         from pytest_wec.wire.sink import ResultSink
         from pytest_wec.worker.picker import ChainSpec, mix_weights, pick
@@ -129,10 +131,14 @@ class WecLoadItem(pytest.Item):
         weights = mix_weights(self.chains, settings.mix)
         limits = dict(settings.limit or {})
         rng = random.Random()
-        counts: list[Counts] = [await runtime.db(runtime.store.counts, runtime.directory)]
+        # what exists before the load starts (a state DB shared with other runs, a worker
+        # late to the start); from then on, the reads every COUNTS_EVERY plus what this
+        # worker's own chains stored meanwhile (pytest_wec.worker.counts)
+        live = runtime.counts
+        await read_counts(runtime)
 
         def choose() -> str | None:
-            spec = pick(specs, counts[0], weights, limits, rng)
+            spec = pick(specs, live.counts, weights, limits, rng)
             return spec.name if spec is not None else None
 
         plan = LoadPlan.from_settings(settings, self.index, self.workers)
@@ -169,10 +175,7 @@ class WecLoadItem(pytest.Item):
                                 waiting=runtime.waiting())
                 if time.monotonic() >= next_counts:
                     next_counts = time.monotonic() + COUNTS_EVERY
-                    try:
-                        counts[0] = await runtime.db(runtime.store.counts, runtime.directory)
-                    except Exception:
-                        log.warning("reading the state DB's counts failed", exc_info=True)
+                    await read_counts(runtime)
 
         bg = asyncio.get_running_loop().create_task(background())
         try:
@@ -207,6 +210,26 @@ class WecLoadItem(pytest.Item):
 _RUNNERS: list[Any] = []
 
 
+async def read_counts(runtime: Any, timeout: float = COUNTS_TIMEOUT) -> bool:
+    """Read the state DB's counts into ``runtime.counts`` (the picker's view), waiting at
+    most *timeout* seconds; False (and a log line) when the read failed or took longer:
+    the view keeps the last read's counts plus what this worker stored since."""
+    live = runtime.counts
+    token = live.reading()
+    try:
+        counts = await asyncio.wait_for(runtime.db(runtime.store.counts, runtime.directory),
+                                        timeout)
+    except TimeoutError:
+        log.warning("reading the state DB's counts took over %gs; the picker goes on with "
+                    "the last ones and what this worker stored since", timeout)
+        return False
+    except Exception:
+        log.warning("reading the state DB's counts failed", exc_info=True)
+        return False
+    live.read(counts, token)
+    return True
+
+
 class _StopOnSignal:
     """SIGINT/SIGTERM end the load gracefully: no new chain starts, outputs complete."""
 
@@ -239,12 +262,14 @@ class _StopOnSignal:
                 signal.signal(sig, old)  # e.g. the controller's own SIGTERM handler
 
 
-#: The shipped catalogue, run when a load run collected no chain.
-CATALOGUE = "chains"
+#: The shipped catalogue, run when a load run collected no chain: the repository's chains/
+#: by its installed name (the same in an editable install and a wheel).
+CATALOGUE = CHAINS
 
 
 def catalogue_chains() -> dict[str, tuple[ChainInfo, ChainFn]]:
-    """The shipped chains (the ``chains`` package), imported as plain modules."""
+    """The shipped chains (``chains/``, installed as ``pytest_wec_chains``), imported as
+    plain modules."""
     import importlib
     import pkgutil
 
@@ -292,20 +317,42 @@ def collect_load_items(session: pytest.Session, config: pytest.Config,
         config.hook.pytest_deselected(items=deselected)
 
 
+def _prewarm(config: pytest.Config) -> None:
+    """Imports what this worker's load needs (its transport, the state DB's engine, the
+    result stream, the chains' flows) before it asks for the stack: that answer waits for
+    the controller to start the stack, and these imports (most of a worker's start-up CPU)
+    are then done instead of queued behind it, every worker at once, when it answers.
+    A failed import is left for the run itself to report."""
+    import importlib
+
+    from pytest_wec.plugin import SETTINGS_KEY
+
+    settings = config.stash[SETTINGS_KEY]
+    transport = {"aiohttp": "pytest_wec.acme._aiohttp", "httpx": "pytest_wec.acme._httpx",
+                 "httptools": "pytest_wec.acme._httptools"}.get(str(settings.transport))
+    names = ["pytest_wec.worker.runtime", "pytest_wec.worker.runner", "pytest_wec.worker.picker",
+             "pytest_wec.worker.context", "pytest_wec.worker.publish", "pytest_wec.wire.sink",
+             "pytest_wec.wire.control", "pytest_wec.acme", "pytest_wec.state._sql",
+             *([transport] if transport else [])]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the run reports it where the module is used
+            log.debug("prewarming %s failed", name, exc_info=True)
+
+
 def check_mix(settings: Any, chains: dict[str, tuple[ChainInfo, ChainFn]]) -> None:
-    """``--wec-mix`` and ``--wec-limit`` name known chains, and what the chains that may run
-    need is produced by one of them; a UsageError naming the problem otherwise."""
+    """``--wec-mix`` names known chains, and what the chains that may run need is produced by
+    one of them; a UsageError naming the problem otherwise. (``--wec-limit`` names resources,
+    ``accounts=1000``, checked when it is parsed.)"""
     from pytest_wec.worker.picker import mix_weights
 
-    for option, given in (("mix", settings.mix), ("limit", settings.limit)):
-        names = set(given or {}) - {"*"}
-        unknown = sorted(names - set(chains))
-        if unknown:
-            where = settings.sources.get(option, f"--wec-{option}")
-            raise pytest.UsageError(
-                f"{where}: unknown chain {', '.join(map(repr, unknown))}; "
-                f"chains: {', '.join(sorted(chains))}")
     where = settings.sources.get("mix", "--wec-mix")
+    unknown = sorted(set(settings.mix or {}) - {"*"} - set(chains))
+    if unknown:
+        raise pytest.UsageError(
+            f"{where}: unknown chain {', '.join(map(repr, unknown))}; "
+            f"chains: {', '.join(sorted(chains))}")
     weights = mix_weights(sorted(chains), settings.mix)
     running = [info for name, (info, _) in sorted(chains.items()) if weights[name] > 0]
     if not running:

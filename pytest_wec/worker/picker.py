@@ -19,7 +19,9 @@ produces nothing limited stays eligible. Among eligible chains the choice is wei
 it out).
 
 Counts come from :meth:`pytest_wec.state.StateStore.counts`; callers refresh them now and
-then (they are a query), not per pick.
+then (they are a query), not per pick. A load run's worker picks from
+:class:`pytest_wec.worker.counts.LiveCounts`: the last read plus what its own chains stored
+since.
 """
 
 from __future__ import annotations

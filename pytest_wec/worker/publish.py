@@ -22,20 +22,32 @@ literals as in the ACME identifier; ``set_txt``/``clear_txt`` take the full
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from challenge_srv.store import (
-    CHALLENGE_TTL,
-    ChallengeStore,
-    Keys,
-    connect,
-    redact_url,
-    tlsalpn_host,
-)
 from pytest_wec.errors import WecError
+
+if TYPE_CHECKING:  # the checkout's folder; installed as pytest_wec_challenge_srv (_shipped.py)
+    from challenge_srv.store import (
+        CHALLENGE_TTL,
+        ChallengeStore,
+        Keys,
+        connect,
+        redact_url,
+        tlsalpn_host,
+    )
+else:
+    from pytest_wec_challenge_srv.store import (
+        CHALLENGE_TTL,
+        ChallengeStore,
+        Keys,
+        connect,
+        redact_url,
+        tlsalpn_host,
+    )
 
 if TYPE_CHECKING:
     import aiohttp
@@ -45,7 +57,6 @@ __all__ = [
     "ChallengePublishError",
     "ChallengePublisher",
     "RedisPublisher",
-    "publish_answer",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +84,10 @@ class ChallengePublisher(Protocol):
     async def set_txt(self, host: str, value: str) -> None: ...
 
     async def clear_txt(self, host: str) -> None: ...
+
+    async def add_address(self, host: str, address: str) -> None: ...
+
+    async def clear_address(self, host: str, address: str) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -122,7 +137,7 @@ class RedisPublisher:
         data); the number written. Errors are logged: the chains then fail, counted."""
         items = list(self._live.items())
         adds = {"http01": self._store.add_http01, "tlsalpn01": self._store.add_tlsalpn01,
-                "txt": self._store.add_txt}
+                "txt": self._store.add_txt, "address": self._route}
         done = 0
         for (kind, name), values in items:
             for value in values:
@@ -173,6 +188,19 @@ class RedisPublisher:
         self._hold("txt", host, None)
         await self._call(f"clear TXT {host}", self._store.clear_txt(host))
 
+    def _route(self, host: str, address: str) -> Awaitable[None]:
+        return self._store.add_addresses(_version(address), host, [address])
+
+    async def add_address(self, host: str, address: str) -> None:
+        """Route *host* to *address*: an A (or AAAA) record in the challenge server's DNS."""
+        await self._call(f"add address {host}", self._route(host, address))
+        self._hold("address", host, address)
+
+    async def clear_address(self, host: str, address: str) -> None:
+        self._hold("address", host, None)
+        await self._call(f"clear address {host}",
+                         self._store.clear_addresses(_version(address), host))
+
     async def aclose(self) -> None:
         try:
             await self._redis.aclose()
@@ -191,10 +219,14 @@ class ChallTestSrvPublisher:
     def __init__(
         self, management_url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
+        from pytest_wec.worker.janitor import HistoryJanitor
+
         self.management_url = management_url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        #: clears the request history each removed challenge left (pytest_wec.worker.janitor)
+        self.janitor = HistoryJanitor(self._post)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -271,39 +303,35 @@ class ChallTestSrvPublisher:
     async def clear_txt(self, host: str) -> None:
         await self._post("/clear-txt", {"host": _fqdn(host)})
 
+    async def add_address(self, host: str, address: str) -> None:
+        """Route *host* to *address*: an A (``/add-a``) or AAAA (``/add-aaaa``) record in the
+        challtestsrv's DNS, as Boulder's integration tests route a name to its tls-alpn-01
+        responder, which listens on another address than the http-01 one."""
+        path = "/add-a" if _version(address) == 4 else "/add-aaaa"
+        await self._post(path, {"host": _bare(host), "addresses": [address]})
+
+    async def clear_address(self, host: str, address: str) -> None:
+        path = "/clear-a" if _version(address) == 4 else "/clear-aaaa"
+        await self._post(path, {"host": _bare(host)})
+
+    def forget(self, kind: str, ident: str) -> None:
+        """The challenge *kind* of *ident* was removed: clear, in the background, the
+        request history its validation left (:mod:`pytest_wec.worker.janitor`)."""
+        self.janitor.forget(kind, ident)
+
     async def aclose(self) -> None:
+        await self.janitor.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
 
-async def publish_answer(
-    pub: ChallengePublisher, kind: str, ident: str, token: str, key_authz: str
-) -> Callable[[], Awaitable[None]]:
-    """Publish *key_authz* where the CA looks for challenge *kind* of identifier *ident*
-    (RFC 8555 §8.3 http-01, §8.4 dns-01, RFC 8737 tls-alpn-01); returns the coroutine
-    function that removes it again."""
-    from pytest_wec.acme import dns01_txt_value
+def _version(address: str) -> int:
+    return ipaddress.ip_address(address).version
 
-    if kind == "http-01":
-        await pub.add_http01(token, key_authz)
 
-        async def undo() -> None:
-            await pub.del_http01(token)
-    elif kind == "dns-01":
-        host = "_acme-challenge." + ident.removeprefix("*.")
-        await pub.set_txt(host, dns01_txt_value(key_authz))
-
-        async def undo() -> None:
-            await pub.clear_txt(host)
-    elif kind == "tls-alpn-01":
-        await pub.add_tlsalpn01(ident, key_authz)
-
-        async def undo() -> None:
-            await pub.del_tlsalpn01(ident)
-    else:
-        raise ValueError(f"unknown challenge type {kind!r}")
-    return undo
+def _bare(host: str) -> str:
+    return host.strip().rstrip(".").lower()
 
 
 def _fqdn(host: str) -> str:

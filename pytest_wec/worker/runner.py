@@ -7,6 +7,8 @@
 
 Every loop is bounded by the run's deadline and the grace period: at the end no chain
 starts, chains in flight may finish within the grace, then they are cancelled and counted.
+A closed-model virtual user whose chain a rate limit refused waits before its next one
+(:mod:`pytest_wec.worker.pacing`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pytest_wec._chain import ChainInfo
 from pytest_wec.settings import Settings, Stage
 from pytest_wec.wire.results import ChainResult
 from pytest_wec.worker.context import ChainContext, NoContext
+from pytest_wec.worker.gcpolicy import fewer_young_collections
+from pytest_wec.worker.pacing import RefusalPacer, retry_after_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,8 @@ ChainFn = Callable[[ChainContext], Awaitable[None]]
 DEFAULT_OPEN_CAP = 10_000
 #: closed model: the first wait after a chain failed to reach the CA
 CONNECT_BACKOFF = 0.05
+#: closed model: seconds past the deadline a user that waits out the run wakes
+END_MARGIN = 0.01
 #: open model: the longest step (seconds) over which the target rate counts as constant
 OPEN_TICK = 0.05
 
@@ -68,10 +74,12 @@ class LoadPlan:
     stages: tuple[Stage, ...] | None
     duration: float
     grace: float
+    rate_limit_wait: float = 60.0  # closed model: longest wait after a rate-limit refusal
 
     @classmethod
     def from_settings(cls, s: Settings, index: int, workers: int) -> LoadPlan:
-        return cls(s.model, index, workers, s.load, s.rate, s.stages, s.run_length, s.grace)
+        return cls(s.model, index, workers, s.load, s.rate, s.stages, s.run_length, s.grace,
+                   s.rate_limit_wait)
 
     def total_target(self, elapsed: float) -> float:
         """The run's target (load or rate) at *elapsed* seconds, ramps linear per stage."""
@@ -133,15 +141,15 @@ async def run_chain(
         contexts.add(ctx)
     started = time.time()
     t0 = time.perf_counter()
-    outcome, error = "ok", None
+    outcome, error, retry_after = "ok", None, None
     try:
         await fn(ctx)
     except NoContext as exc:
-        outcome, error = "skipped", f"NoContext: {exc}"
+        outcome, error = "skipped", f"{type(exc).__name__}: {exc}"  # NoContext, NotOffered
     except asyncio.CancelledError:
         outcome, error = "cancelled", "cancelled at the end of the grace period"
     except Exception as exc:
-        outcome, error = "failed", _error_text(exc)
+        outcome, error, retry_after = "failed", _error_text(exc), retry_after_of(exc)
         if getattr(exc, "code", None) == "accountDoesNotExist":
             # the CA lost the account (e.g. it restarted): no chain may take it again
             try:
@@ -171,6 +179,8 @@ async def run_chain(
     result.update(ctx.wire_extras(outcome == "ok"))  # type: ignore[typeddict-item]
     if lag_own is not None:
         result["lag_own"] = lag_own
+    if retry_after is not None:
+        result["retry_after"] = retry_after
     return result
 
 
@@ -232,23 +242,29 @@ class LoadRunner:
         return self.plan.target(elapsed)
 
     async def _one(self, name: str, scheduled: float | None, *, counted: bool = False,
-                   lag_own: float | None = None) -> bool:
-        """Run one chain; True when it failed because the CA could not be reached."""
+                   lag_own: float | None = None, pacer: RefusalPacer | None = None,
+                   deadline: float = 0.0) -> tuple[bool, float]:
+        """Run one chain: (it failed because the CA could not be reached, the seconds its
+        virtual user waits now that a rate limit refused it, by *pacer*, before *deadline*:
+        carried in its result)."""
         if not counted:
             self.in_flight += 1
         try:
             info_fn = self.chains[name]
             result = await run_chain(self.runtime, name, info_fn[1], worker=self.worker,
                                      scheduled=scheduled, lag_own=lag_own)
+            wait = 0.0 if pacer is None else pacer.after(result, deadline - time.monotonic())
+            if wait > 0:
+                result["rate_limit_wait"] = round(wait, 6)
             self.emit(result)
             return not result["ok"] and bool(result["requests"]) and \
-                result["requests"][-1]["error"] == "connect"
+                result["requests"][-1]["error"] == "connect", wait
         finally:
             self.in_flight -= 1
             self.finished += 1
 
     def _spawn(self, name: str, scheduled: float | None,
-               lag_own: float | None = None) -> asyncio.Task[bool]:
+               lag_own: float | None = None) -> asyncio.Task[tuple[bool, float]]:
         # counted in flight now, not when the task first runs: a burst of starts caught up
         # in one go must see each other against the cap
         self.in_flight += 1
@@ -268,7 +284,7 @@ class LoadRunner:
             await self._wait(start_at - now)
         self.t_start = start_at if start_at is not None else now
         deadline = self.t_start + self.plan.duration
-        gc_threshold = _fewer_young_collections()
+        gc_threshold = fewer_young_collections()
         try:
             if self.plan.model == "open":
                 await self._open(deadline)
@@ -298,6 +314,7 @@ class LoadRunner:
 
         async def user() -> None:
             backoff = 0.0
+            pacer = RefusalPacer(self.plan.rate_limit_wait)
             while not self._stop.is_set() and time.monotonic() < deadline:
                 if self.in_flight >= self.current_target():
                     return
@@ -308,11 +325,17 @@ class LoadRunner:
                         return
                     continue
                 self.started += 1
-                unreachable = await self._one(name, None)
+                unreachable, paced = await self._one(name, None, pacer=pacer, deadline=deadline)
                 # A CA that refuses connections fails chains in microseconds: back off
-                # (0.05 s doubling up to 1 s) instead of spinning on the refusals.
+                # (0.05 s doubling up to 1 s) instead of spinning on the refusals; one that
+                # refuses over a rate limit is waited for (pytest_wec.worker.pacing).
                 backoff = min(max(backoff * 2, CONNECT_BACKOFF), 1.0) if unreachable else 0.0
-                if backoff and await self._wait(backoff):
+                pause = backoff + paced
+                if paced and time.monotonic() + pause >= deadline:
+                    # waits out the run: until past its end (a timer may fire a fraction
+                    # early), so that no new user replaces it and starts a chain at the end
+                    pause += END_MARGIN
+                if pause and await self._wait(pause):
                     return
 
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -380,22 +403,6 @@ class LoadRunner:
                 t.cancel()
             if still:
                 await asyncio.wait(still, timeout=10)
-
-
-#: The cyclic GC's young-generation threshold while a load runs (CPython's default: 700).
-#: Measured (bench/bench_cost_growth.py): with 1,000 chains in flight the default spends
-#: 23% of the generator's CPU in collections, this 8-11%; at 10 in flight, ~0% either way.
-GC_GEN0_THRESHOLD = 10_000
-
-
-def _fewer_young_collections() -> tuple[int, int, int] | None:
-    """Raise the young-generation GC threshold for the run; the old thresholds, or None when
-    nothing changed (the GC is off, or already as lax)."""
-    old = gc.get_threshold()
-    if not gc.isenabled() or old[0] == 0 or old[0] >= GC_GEN0_THRESHOLD:
-        return None
-    gc.set_threshold(GC_GEN0_THRESHOLD, *old[1:])
-    return (old[0], old[1], old[2])
 
 
 def weighted_choice(rng: random.Random, names: list[str], weights: list[float]) -> str:

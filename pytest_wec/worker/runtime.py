@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from pytest_wec.errors import UnreachableError
 from pytest_wec.settings import Settings
+from pytest_wec.worker.counts import LiveCounts
 
 if TYPE_CHECKING:
     from pytest_wec.state import StoreQueue
@@ -241,6 +242,11 @@ class WorkerRuntime:
         self.last_answer = 0.0  # epoch: the latest HTTP answer from the CA, any chain
         self.contexts: set[Any] = set()  # the ChainContexts of the chains in flight (load)
         self.validations: Any = None  # the feed of validation requests seen, made on first use
+        #: the External Account Binding keys new accounts take (pytest_wec.worker.eab)
+        self.eab: Any = None
+        #: the picker's view: the state DB's counts as last read, plus what this process
+        #: stored since (pytest_wec.worker.counts)
+        self.counts = LiveCounts()
 
     def waiting(self) -> dict[str, int]:
         """The chains in flight by what they wait on (request X, after X, state DB)."""
@@ -262,8 +268,12 @@ class WorkerRuntime:
                                    insecure=bool(info.get("insecure")))
         # GET newNonce: the transports drop the connection after a HEAD (Pebble sends no
         # Content-Length), so each one would cost a new TLS handshake.
+        from pytest_wec.acme._ratelimits import ClientAddresses
+
+        addresses = ClientAddresses(s.client_ips) if s.client_ip_header else None
         self.network = AcmeNetwork(self.directory, transport, timeout=s.timeout,
-                                   nonce_method="GET")
+                                   nonce_method="GET", client_ip_header=s.client_ip_header,
+                                   client_addresses=addresses)
         if info.get("pebble_management"):
             from pytest_wec.worker.pebble import PebbleManagement
 
@@ -274,6 +284,10 @@ class WorkerRuntime:
             self.publisher = RedisPublisher(info["redis_url"], info["namespace"])
         self.store = await asyncio.to_thread(make_store, db_url_for(s, info["run_dir"]))
         self.queue = StoreQueue(self.store)
+        if info.get("eab"):
+            from pytest_wec.worker.eab import pool_from_info
+
+            self.eab = pool_from_info(info, self.worker_id)
         return self
 
     # -- validation requests seen (RFC 8555 §7.5.1; pytest_wec.worker.validations) -----------
