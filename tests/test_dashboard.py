@@ -385,7 +385,12 @@ def test_dashboard_drives_a_real_run(browser: Any, tmp_path: Path) -> None:
         page.click("#stop")
         assert page.locator("#stop").inner_text() == "Confirm stop"
         page.click("#stop")
-        page.wait_for_function("() => WEC.data.stopping || WEC.data.ended", timeout=5_000)
+        try:  # the next snapshot says so (on a loaded machine, seconds later)
+            page.wait_for_function("() => WEC.data.stopping || WEC.data.ended", timeout=15_000)
+        except Exception as exc:
+            msg = page.evaluate("document.getElementById('control-msg').textContent")
+            raise AssertionError(f"the stop was not seen ({exc}); control: {msg!r}; run:\n"
+                                 + "".join(lines[-40:])) from None
         assert proc.wait(timeout=60) == 0, "".join(lines)
         assert time.monotonic() - t_start < DURATION  # ended early
     finally:

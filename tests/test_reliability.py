@@ -114,7 +114,9 @@ class Popened:
 
     def record_children(self) -> dict[int, str]:
         now = descendants(self.proc.pid)
-        self.kids.update(now)
+        # a process that exited and is not reaped yet reads as an empty command line: keep
+        # what it was seen as
+        self.kids.update({pid: cmd for pid, cmd in now.items() if cmd or pid not in self.kids})
         return now
 
     def watch(self, every: float = 0.2) -> None:
