@@ -240,6 +240,13 @@ def make_ssl_context(ca_bundle: str | None = None, insecure: bool = False) -> ss
     return ssl.create_default_context(cafile=ca_bundle)
 
 
+def transport_module(name: str) -> str | None:
+    """The module that implements the transport called *name* (None: no such transport),
+    so that a worker can import it ahead of :func:`make_transport`."""
+    module = {"httptools": "_httptools", "aiohttp": "_aiohttp", "httpx": "_httpx"}.get(name)
+    return f"{__package__}.{module}" if module else None
+
+
 def make_transport(name: str = "httptools", *, ca_bundle: str | None = None,
                    insecure: bool = False, max_body: int = DEFAULT_MAX_BODY) -> Transport:
     """The transport called ``name`` (one of :data:`TRANSPORT_NAMES`), verifying

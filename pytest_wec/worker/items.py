@@ -328,8 +328,9 @@ def _prewarm(config: pytest.Config) -> None:
     from pytest_wec.plugin import SETTINGS_KEY
 
     settings = config.stash[SETTINGS_KEY]
-    transport = {"aiohttp": "pytest_wec.acme._aiohttp", "httpx": "pytest_wec.acme._httpx",
-                 "httptools": "pytest_wec.acme._httptools"}.get(str(settings.transport))
+    from pytest_wec.acme._transport import transport_module
+
+    transport = transport_module(str(settings.transport))
     names = ["pytest_wec.worker.runtime", "pytest_wec.worker.runner", "pytest_wec.worker.picker",
              "pytest_wec.worker.context", "pytest_wec.worker.publish", "pytest_wec.wire.sink",
              "pytest_wec.wire.control", "pytest_wec.acme", "pytest_wec.state._sql",
