@@ -323,15 +323,16 @@ def _needs_stack(test: Callable[..., None]) -> Callable[..., None]:
     return test
 
 
-def load_run(cwd: Any, url: str, duration: str) -> tuple[int, str, dict[str, Any]]:
+def load_run(cwd: Any, url: str, duration: str,
+             interval: str = "1s") -> tuple[int, str, dict[str, Any]]:
     """A load run of new_account and new_order chains (2 in flight for *duration*) that
-    pushes to *url* every second: its exit status, output and summary.json."""
+    pushes to *url* every *interval*: its exit status, output and summary.json."""
     out = cwd / "out"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
            "--pyargs", "pytest_wec_chains", "--wec-out", str(out), "--wec-load", "2",
            "--wec-duration", duration,
            "--wec-mix", only("new_account", "new_order"), "--wec-otlp", url,
-           "--wec-otlp-interval", "1s"]
+           "--wec-otlp-interval", interval]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=120)
@@ -400,3 +401,17 @@ def test_a_collector_that_is_down_costs_one_warning(pytester: pytest.Pytester) -
     assert "Traceback" not in text, text
     assert any(w.startswith(warning) for w in summary["warnings"]), summary["warnings"]
     assert summary["totals"]["chains"] > 0
+
+
+@pytest.mark.timeout(150)
+@_needs_stack
+def test_a_collector_down_first_seen_by_the_last_export_is_in_the_summary(
+        pytester: pytest.Pytester) -> None:
+    """The first export is the last one (its interval outlasts the run): its failure comes
+    after the summary was built, and is written into summary.json all the same."""
+    url = f"http://127.0.0.1:{closed_port()}/v1/metrics"
+    status, text, summary = load_run(pytester.path, url, "2s", interval="60s")
+    assert status == 0, text
+    warning = f"wec: OTLP export to {url} failed: Connection refused"
+    assert text.count(warning) == 1, text
+    assert [w for w in summary["warnings"] if w.startswith(warning)], summary["warnings"]

@@ -299,12 +299,13 @@ class OtlpExporter:
             self.export_now()
         self.export_now()  # the run's final figures
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> str | None:
         """The last export, then the exporter closed: waits ``timeout`` seconds (default:
         the export timeout) for it, and one more for a request under way to give up after
-        the close. Once; never raises."""
+        the close. Once; never raises. Returns the warning first said by the last export
+        (after the run's notices were taken for its summary), for the caller to record."""
         if self._stopped:
-            return
+            return None
         self._stopped = True
         wait = self.timeout if timeout is None else timeout
         self._stop.set()
@@ -321,9 +322,10 @@ class OtlpExporter:
                 self._warned = True
                 self._warn(f"wec: OTLP export to {shown(self.url)}: the last export did not "
                            f"end within {wait:g}s; the run's final figures may be missing")
-        if self._pending is not None and self._write_line is not None:
+        late = self._pending
+        if late is not None and self._write_line is not None:
             try:
-                self._write_line(self._pending)
+                self._write_line(late)
             except Exception:
                 log.debug("write_line failed", exc_info=True)
         self._pending = None
@@ -332,3 +334,4 @@ class OtlpExporter:
                 logger.removeHandler(self._quiet)
                 logger.propagate = propagate
             self._loggers.clear()
+        return late

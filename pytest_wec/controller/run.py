@@ -312,7 +312,12 @@ class WecController(RunStack):
         if self.load is not None:
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
             if self.otlp is not None:  # the final figures, once, within its timeout
-                self.otlp.stop()
+                late = self.otlp.stop()
+                if late is not None and self.summary is not None:  # said after the summary
+                    from pytest_wec.controller.outputs import write_json_atomic
+
+                    self.summary.setdefault("warnings", []).append(late)
+                    write_json_atomic(self.load.summary_path, self.summary)
             if self.gates.result is not None:
                 session.exitstatus = self.gates.result.exit_status(int(session.exitstatus))
             from pytest_wec.controller.closing import exit_status
