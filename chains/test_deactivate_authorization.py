@@ -47,7 +47,7 @@ async def test_deactivated_is_not_reused(wec: ChainContext) -> None:
     before = await wec.client.get_authorization(account, row.url)
     assert before.status == "valid", before.body
     authz = await wec.client.deactivate_authorization(account, row.url)
-    await wec.db(wec.store.mark_authorization_status, row.id, authz.status)
+    await wec.db_later(wec.store.mark_authorization_status, row.id, authz.status)
     assert authz.status == "deactivated", authz.body
     again = await wec.client.get_authorization(account, row.url)
     assert again.status == "deactivated", again.body

@@ -29,7 +29,7 @@ async def _roll(wec: ChainContext) -> tuple[Account, Account]:
     rolled = await wec.client.key_change(account, new_key)
     account_id = wec.account_id(account)
     assert account_id is not None
-    await wec.db(wec.store.update_account_key, account_id, new_key.to_pem(), new_key.alg)
+    await wec.db_later(wec.store.update_account_key, account_id, new_key.to_pem(), new_key.alg)
     assert rolled.url == account.url and rolled.key == new_key
     return account, rolled
 

@@ -27,7 +27,7 @@ async def _held(wec: ChainContext) -> tuple[Account, Authorization]:
     account = await wec.account_of(row)
     authz = await wec.client.get_authorization(account, row.url)
     if authz.status != "valid":
-        await wec.db(wec.store.mark_authorization_status, row.id, authz.status)
+        await wec.db_later(wec.store.mark_authorization_status, row.id, authz.status)
         raise AssertionError(f"the state DB's valid authorization {row.url} is {authz.status} "
                              f"at the CA before its expiry")
     return account, authz

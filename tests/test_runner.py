@@ -234,6 +234,60 @@ def test_run_chain_outcomes() -> None:
     assert all(r["took"] >= 0 for r in (ok, skipped, failed, empty))
 
 
+def test_a_chains_time_ends_with_its_body_and_its_queued_writes_still_count() -> None:
+    """What the chain queued with db_later is stored after its clock stopped (a slow state
+    DB is not in its time), and a write that fails fails the chain."""
+    runtime = stub_runtime()
+    stored: list[str] = []
+
+    def slow_write(what: str) -> None:
+        time.sleep(0.3)
+        stored.append(what)
+
+    def failing_write() -> None:
+        raise ValueError("no such account")
+
+    async def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    runtime.db = db
+
+    async def writes_later(ctx: ChainContext) -> None:
+        await ctx.db_later(slow_write, "order")
+        ctx.client.record("newOrder", 201)
+
+    async def fails_later(ctx: ChainContext) -> None:
+        await ctx.db_later(failing_write)
+
+    async def main() -> list[ChainResult]:
+        return await gather(run_chain(runtime, "later", writes_later, worker="gw0"),
+                            run_chain(runtime, "bad", fails_later, worker="gw0"))
+
+    t0 = time.perf_counter()
+    later, bad = run(main())
+    assert time.perf_counter() - t0 >= 0.3 and stored == ["order"]  # waited for, not lost
+    assert later["outcome"] == "ok" and later["took"] < 0.2, later["took"]
+    assert (bad["outcome"], bad["ok"]) == ("failed", False)
+    assert bad["error"] == "state DB write failed: ValueError: no such account"
+
+
+def test_an_issued_certificates_row_id_under_load_is_awaited() -> None:
+    from pytest_wec.worker.flows import Issued, StoredRow
+
+    async def main() -> None:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        issued = Issued(None, None, ("a.test",), "", b"", None, (),  # type: ignore[arg-type]
+                        StoredRow(future=fut))
+        with pytest.raises(RuntimeError, match=r"await issued.stored\(\)"):
+            _ = issued.cert_id
+        fut.set_result(7)
+        assert await issued.stored() == 7 and issued.cert_id == 7
+        once = Issued(None, None, (), "", b"", None, (), StoredRow(3))  # type: ignore[arg-type]
+        assert once.cert_id == 3 and await once.stored() == 3
+
+    run(main())
+
+
 # -- the closed model ----------------------------------------------------------------------------
 
 

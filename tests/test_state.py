@@ -643,6 +643,43 @@ async def test_store_queue_groups_concurrent_calls(store: SqlStateStore) -> None
 
 
 @pytest.mark.asyncio
+async def test_store_queue_writes_nobody_waits_for_share_a_transaction(
+        store: SqlStateStore) -> None:
+    from pytest_wec.state import StoreQueue
+
+    acc = _account(store)
+    queue = StoreQueue(store, max_batch=64, window=0.2)
+    t0 = time.perf_counter()
+    later = [queue.submit(store.add_order, DIR_A, acc, f"https://ca-a.test/o/{i}", "pending",
+                          [f"n{i}.test"], wait=False) for i in range(10)]
+    await asyncio.sleep(0.05)
+    assert not any(f.done() for f in later)  # waiting within the window for company
+    # a call someone waits for starts the group at once, the writes queued before it along
+    found = await queue.call(store.get_order, 1)
+    assert time.perf_counter() - t0 < 0.2
+    assert all(f.done() for f in later) and found is not None
+    assert queue.groups == 1 and queue.calls == 11
+    # alone, they go when the window ends; a failing one fails alone
+    bad = queue.submit(store.add_order, DIR_A, 10**9, "https://ca-a.test/o/x", "pending", [],
+                       wait=False)
+    good = queue.submit(store.add_order, DIR_A, acc, "https://ca-a.test/o/y", "pending", [],
+                        wait=False)
+    await asyncio.wait_for(asyncio.wait([bad, good]), 5)
+    assert isinstance(bad.exception(), StateError) and good.result() > 0
+    assert queue.groups == 2
+    # reads do not queue behind the writes, and see what was committed
+    row = await queue.read(store.get_order, good.result())
+    assert row is not None and row.url.endswith("/o/y")
+    # closing runs what is still queued without waiting out the window
+    last = queue.submit(store.add_order, DIR_A, acc, "https://ca-a.test/o/z", "pending", [],
+                        wait=False)
+    t1 = time.perf_counter()
+    await queue.aclose()
+    assert last.done() and time.perf_counter() - t1 < 0.15
+    assert store.counts(DIR_A).orders == 12
+
+
+@pytest.mark.asyncio
 async def test_store_queue_without_run_batch_calls_one_by_one() -> None:
     from pytest_wec.state import StoreQueue
 

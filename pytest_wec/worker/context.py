@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["ChainContext", "Issued", "NoContext", "NotOffered"]
 
 CLAIM_TTL = 300.0
+#: seconds a load chain's queued state-DB writes (:meth:`ChainContext.db_later`) may take
+#: once the chain ended before its result says they failed
+SETTLE_TIMEOUT = 60.0
 #: seconds a load chain waits before it gives up for want of an External Account Binding
 #: key (none given, or single-use ones used up): the load does not spin on instant ends
 EAB_PAUSE = 0.5
@@ -80,6 +83,7 @@ class ChainContext(Flows):
         self._claims: list[tuple[str, int]] = []
         self._produced_authz: list[Produced] = []
         self._in_db = 0
+        self._later: list[asyncio.Future[Any]] = []
 
     # -- results ---------------------------------------------------------------------------
     def _observe(self, result: RequestResult) -> None:
@@ -187,6 +191,61 @@ class ChainContext(Flows):
             return await self.runtime.db(fn, *args, **kwargs)
         finally:
             self._in_db -= 1
+
+    async def db_read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`db` for a store call that only reads (``pick_account``, ``get_account``,
+        ``get_certificate``...): it does not wait behind the writes queued before it, so it
+        may not see those of this chain's :meth:`db_later` writes still queued. Once: as
+        :meth:`db`."""
+        if self.mode != "load":
+            return await self.db(fn, *args, **kwargs)
+        self._in_db += 1
+        try:
+            read = getattr(self.runtime, "db_read", None) or self.runtime.db
+            return await read(fn, *args, **kwargs)
+        finally:
+            self._in_db -= 1
+
+    async def db_later(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A state-store write whose result the chain does not use (an order, an
+        authorization or a status recorded for other chains, a claim released).
+
+        Once: it runs now, as :meth:`db`. Load: it is queued now, behind the chain's earlier
+        calls and ahead of its later ones, and the chain goes on; the runner waits for it
+        after the chain's clock stopped (:meth:`settle`), so a chain's time holds no wait
+        for pytest-wec's own bookkeeping, and a write that fails still fails the chain.
+        """
+        if self.mode != "load":
+            await self.db(fn, *args, **kwargs)
+            return
+        self._submit_later(fn, *args, **kwargs)
+
+    def _submit_later(self, fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Queue a store call now (load mode); :meth:`settle` waits for it."""
+        submit = getattr(self.runtime, "db_submit", None)
+        fut = (submit(fn, *args, **kwargs) if submit is not None
+               else asyncio.ensure_future(self.runtime.db(fn, *args, **kwargs)))
+        self._later.append(fut)
+        return fut
+
+    async def settle(self, timeout: float = SETTLE_TIMEOUT) -> str | None:
+        """Wait (at most *timeout* s) for the writes :meth:`db_later` queued: None when all
+        were stored, else what went wrong (the first failure)."""
+        later, self._later = self._later, []
+        if not later:
+            return None
+        self._in_db += 1
+        try:
+            done, pending = await asyncio.wait(later, timeout=timeout)
+        finally:
+            self._in_db -= 1
+        for fut in later:
+            if fut in done and not fut.cancelled() and fut.exception() is not None:
+                exc = fut.exception()
+                return f"state DB write failed: {type(exc).__name__}: {exc}"
+        if pending:
+            return f"state DB: {len(pending)} queued writes not done {timeout:g}s after the chain"
+        return None
 
     def client_with_signer(self, signer: Any) -> Any:
         """An ACME client whose every JWS comes from *signer* (a ``JwsSigner``).
@@ -298,7 +357,7 @@ class ChainContext(Flows):
             if row is not None:
                 self._claims.append(("account", row.id))
         else:
-            row = await self.db(self.store.pick_account, self.directory)
+            row = await self.db_read(self.store.pick_account, self.directory)
         if row is None:
             if self.mode == "load":
                 raise NoContext("no account in the state DB")
@@ -355,14 +414,14 @@ class ChainContext(Flows):
             if self.mode == "load":
                 raise NoContext("no unrevoked certificate in the state DB")
             issued = await self.issue()
-            row = await self.db(self.store.get_certificate, issued.cert_id)
+            row = await self.db(self.store.get_certificate, await issued.stored())
             await self.db(self.store.claim_certificate_id, row.id, self.runtime.holder,
                           CLAIM_TTL)
         self._claims.append(("certificate", row.id))
         return row
 
     async def account_of(self, row: Any) -> Any:
-        acc = await self.db(self.store.get_account, row.account_id)
+        acc = await self.db_read(self.store.get_account, row.account_id)
         return self._account_from_row(acc)
 
     async def mark_accounts_dead(self) -> None:
@@ -374,8 +433,9 @@ class ChainContext(Flows):
     async def _store_produced(self) -> None:
         produced, self._produced_authz = self._produced_authz, []
         for p in produced:
-            await self.db(self.store.add_authorization, self.directory, p.account_id, p.url,
-                          p.id_type, p.id_value, p.challenge, p.status, expires=p.expires)
+            await self.db_later(self.store.add_authorization, self.directory, p.account_id,
+                                p.url, p.id_type, p.id_value, p.challenge, p.status,
+                                expires=p.expires)
             if p.status == "valid":
                 self._stored("authorization")
 
@@ -383,7 +443,7 @@ class ChainContext(Flows):
         """Store what this chain produced for others and release every claim it holds."""
         await self._store_produced()
         for kind, row_id in self._claims:
-            await self.db(self.store.release, kind, row_id, self.runtime.holder)
+            await self.db_later(self.store.release, kind, row_id, self.runtime.holder)
         self._claims.clear()
 
 

@@ -21,10 +21,11 @@ checks saw, to its ChainResult.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography import x509
@@ -44,11 +45,36 @@ POLL_TIMEOUT = 60.0
 ORDER_STEP = 0.005
 
 
+class StoredRow:
+    """The state DB's id of a row a chain stored: known at once when run once; under load
+    the write is queued (:meth:`~pytest_wec.worker.context.ChainContext.db_later`) and the
+    id is known once :meth:`wait` returned."""
+
+    __slots__ = ("_future", "_value", "_waited")
+
+    def __init__(self, value: int | None = None,
+                 future: asyncio.Future[int] | None = None) -> None:
+        self._value, self._future, self._waited = value, future, future is None
+
+    def now(self, what: str) -> int | None:
+        if not self._waited:
+            raise RuntimeError(
+                f"{what} is stored after the chain goes on under load: "
+                f"'await issued.stored()' gives it (and waits for the state DB)")
+        return self._value
+
+    async def wait(self) -> int | None:
+        if not self._waited:
+            assert self._future is not None
+            self._value = await asyncio.shield(self._future)
+            self._waited = True
+        return self._value
+
+
 @dataclass(frozen=True)
 class Issued:
     """A certificate issued by a chain (and stored in the state DB)."""
 
-    cert_id: int | None
     account: Any
     order: Any
     names: tuple[str, ...]
@@ -56,6 +82,17 @@ class Issued:
     key_pem: bytes
     cert: x509.Certificate
     alternates: tuple[str, ...]
+    row: StoredRow = field(default_factory=StoredRow, repr=False, compare=False)
+
+    @property
+    def cert_id(self) -> int | None:
+        """The certificate's id in the state DB. Under load its row is written after the
+        chain went on: ``await issued.stored()`` first (a RuntimeError says so)."""
+        return self.row.now("Issued.cert_id")
+
+    async def stored(self) -> int | None:
+        """The certificate's id in the state DB, once its row is written."""
+        return await self.row.wait()
 
 
 @dataclass
@@ -101,6 +138,9 @@ class Flows(PhaseRecorder):
     certificates: int
     _produced_authz: list[Produced]
     db: Callable[..., Awaitable[Any]]
+    db_later: Callable[..., Awaitable[None]]
+    _submit_later: Callable[..., asyncio.Future[Any]]
+    mode: str
     account_id: Callable[[Any], int | None]
     take_account: Callable[..., Awaitable[Any]]
     random_names: Callable[..., list[str]]
@@ -290,8 +330,8 @@ class Flows(PhaseRecorder):
             if self._order_sent is None:
                 self._order_sent = {}
             self._order_sent[order.url] = sent
-        await self.db(self.store.add_order, self.directory, self.account_id(account), order.url,
-                      order.status, names)
+        await self.db_later(self.store.add_order, self.directory, self.account_id(account),
+                            order.url, order.status, names)
         self._stored("order")
         return order
 
@@ -357,11 +397,13 @@ class Flows(PhaseRecorder):
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        cert_id = await self.db(
-            self.store.add_certificate, self.directory, self.account_id(account), order.url,
-            cert.pem, key_pem, format(parsed.serial_number, "x"), names,
-            parsed.not_valid_after_utc,
-        )
+        store = (self.store.add_certificate, self.directory, self.account_id(account),
+                 order.url, cert.pem, key_pem, format(parsed.serial_number, "x"), names,
+                 parsed.not_valid_after_utc)
+        if self.mode == "load":  # written while the chain goes on (db_later)
+            row = StoredRow(future=self._submit_later(*store))
+        else:
+            row = StoredRow(await self.db(*store))
         self._stored("certificate")
-        return Issued(cert_id, account, order, tuple(names), cert.pem, key_pem, parsed,
-                      tuple(cert.alternates))
+        return Issued(account, order, tuple(names), cert.pem, key_pem, parsed,
+                      tuple(cert.alternates), row)

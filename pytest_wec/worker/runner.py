@@ -157,19 +157,28 @@ async def run_chain(
             except Exception:
                 log.debug("marking accounts of %s dead failed", ctx.chain_id, exc_info=True)
     finally:
+        # the chain's time ends with its body: what follows is pytest-wec's bookkeeping
+        took = time.perf_counter() - t0
         try:
             await asyncio.shield(ctx.finish())
         except BaseException:
             log.debug("releasing claims of %s failed", ctx.chain_id, exc_info=True)
+        try:
+            unstored = await asyncio.shield(ctx.settle())
+        except BaseException:
+            log.debug("state writes of %s failed", ctx.chain_id, exc_info=True)
+            unstored = "state DB writes were not waited for"
         if contexts is not None:
             contexts.discard(ctx)
+    if unstored is not None and outcome == "ok":
+        outcome, error = "failed", unstored
     result = ChainResult(
         chain_id=ctx.chain_id,
         chain=name,
         worker=worker,
         scheduled=started if scheduled is None else scheduled,
         started=started,
-        took=time.perf_counter() - t0,
+        took=took,
         ok=outcome == "ok",
         outcome=outcome,
         error=error,

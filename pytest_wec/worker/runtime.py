@@ -310,6 +310,19 @@ class WorkerRuntime:
             return await asyncio.to_thread(fn, *args, **kwargs)
         return await self.queue.call(fn, *args, **kwargs)
 
+    def db_submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """:meth:`db` without waiting: the call is queued now (behind every call queued
+        before it) and its future returned."""
+        if self.queue is None:
+            return asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        return self.queue.submit(fn, *args, wait=False, **kwargs)
+
+    async def db_read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`db` for a call that only reads: not queued behind the groups of writes."""
+        if self.queue is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self.queue.read(fn, *args, **kwargs)
+
     async def aclose(self) -> None:
         for closer in (
             getattr(self.validations, "aclose", None),
