@@ -37,7 +37,7 @@ async def _renew(wec: ChainContext, old: Certificate, *, ari: bool) -> Issued:
         replaces = info.cert_id
     new = await wec.issue(account, names, challenge=challenge_for(names, wec.settings.challenge),
                           replaces=replaces)
-    await wec.db_later(wec.store.mark_certificate_renewed, old.id, await new.stored())
+    await wec.db_later(wec.store.mark_certificate_renewed, old.id, new.row)
     assert_names(new.cert, names)
     serial = format(new.cert.serial_number, "x")
     assert serial != old.serial, "a renewal is a new certificate"

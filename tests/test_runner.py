@@ -271,19 +271,49 @@ def test_a_chains_time_ends_with_its_body_and_its_queued_writes_still_count() ->
     assert bad["error"] == "state DB write failed: ValueError: no such account"
 
 
+def test_a_queued_write_may_name_the_row_an_earlier_queued_write_makes() -> None:
+    from pytest_wec.worker.flows import StoredRow
+
+    runtime = stub_runtime()
+    got: list[tuple[int, int | None]] = []
+
+    async def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    runtime.db = db
+
+    async def chain(ctx: ChainContext) -> None:
+        row = StoredRow().queue(ctx._submit_later, lambda: 41)
+        await ctx.db_later(lambda old, new: got.append((old, new)), 1, new=row)
+
+    result = run(run_chain(runtime, "renew", chain, worker="gw0"))
+    assert result["outcome"] == "ok", result["error"]
+    assert got == [(1, 41)]
+
+
 def test_an_issued_certificates_row_id_under_load_is_awaited() -> None:
     from pytest_wec.worker.flows import Issued, StoredRow
 
     async def main() -> None:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        issued = Issued(None, None, ("a.test",), "", b"", None, (),  # type: ignore[arg-type]
-                        StoredRow(future=fut))
+        queued: list[Callable[[], int]] = []
+
+        def submit(write: Callable[[], int]) -> asyncio.Future[int]:
+            queued.append(write)
+            return fut
+
+        row = StoredRow().queue(submit, lambda a, b: a + b, 3, 4)
+        issued = Issued(None, None, ("a.test",), "", b"", None, (), row)  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match=r"await issued.stored\(\)"):
             _ = issued.cert_id
+        with pytest.raises(RuntimeError, match="was not written"):
+            row.written()
+        assert queued[0]() == 7  # the queue's thread runs the write...
+        assert row.written() == 7  # ...and a later write of the same group reads the id
         fut.set_result(7)
         assert await issued.stored() == 7 and issued.cert_id == 7
         once = Issued(None, None, (), "", b"", None, (), StoredRow(3))  # type: ignore[arg-type]
-        assert once.cert_id == 3 and await once.stored() == 3
+        assert once.cert_id == 3 and once.row.written() == 3 and await once.stored() == 3
 
     run(main())
 

@@ -56,6 +56,7 @@ class StoreQueue:
         self._kick: asyncio.Event | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
+        self._last: asyncio.Future[Any] | None = None  # unbatched: the call queued last
         self.groups = 0
         self.calls = 0
 
@@ -79,8 +80,16 @@ class StoreQueue:
         if self._closed:
             raise RuntimeError("StoreQueue is closed")
         loop = asyncio.get_running_loop()
-        if not self._batched:
-            return asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        if not self._batched:  # one by one, in order
+            before = self._last
+
+            async def after() -> T:
+                if before is not None and not before.done():
+                    await asyncio.wait([before])
+                return await asyncio.to_thread(fn, *args, **kwargs)
+
+            self._last = asyncio.ensure_future(after())
+            return self._last
         fut: asyncio.Future[T] = loop.create_future()
         self._pending.append((functools.partial(fn, *args, **kwargs), fut, wait))
         if wait:

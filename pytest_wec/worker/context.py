@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pytest_wec.wire.results import RequestResult
-from pytest_wec.worker.flows import Flows, Issued, Produced
+from pytest_wec.worker.flows import Flows, Issued, Produced, StoredRow
 
 if TYPE_CHECKING:
     from pytest_wec.worker.runtime import WorkerRuntime
@@ -84,6 +84,7 @@ class ChainContext(Flows):
         self._produced_authz: list[Produced] = []
         self._in_db = 0
         self._later: list[asyncio.Future[Any]] = []
+        self._undos: list[asyncio.Future[Any]] = []
 
     # -- results ---------------------------------------------------------------------------
     def _observe(self, result: RequestResult) -> None:
@@ -214,7 +215,12 @@ class ChainContext(Flows):
         calls and ahead of its later ones, and the chain goes on; the runner waits for it
         after the chain's clock stopped (:meth:`settle`), so a chain's time holds no wait
         for pytest-wec's own bookkeeping, and a write that fails still fails the chain.
+        An argument that is an :class:`Issued`'s ``row`` stands for its id (the write that
+        makes it is queued first).
         """
+        if any(isinstance(a, StoredRow) for a in (*args, *kwargs.values())):
+            fn = _with_rows(fn, args, kwargs)
+            args, kwargs = (), {}
         if self.mode != "load":
             await self.db(fn, *args, **kwargs)
             return
@@ -223,28 +229,52 @@ class ChainContext(Flows):
     def _submit_later(self, fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Queue a store call now (load mode); :meth:`settle` waits for it."""
         submit = getattr(self.runtime, "db_submit", None)
-        fut = (submit(fn, *args, **kwargs) if submit is not None
-               else asyncio.ensure_future(self.runtime.db(fn, *args, **kwargs)))
+        fut: asyncio.Future[Any]
+        if submit is not None:
+            fut = submit(fn, *args, **kwargs)
+        else:  # a runtime without a queue: one after the other all the same
+            before = self._later[-1] if self._later else None
+
+            async def after() -> Any:
+                if before is not None:
+                    await asyncio.wait([before])
+                return await self.runtime.db(fn, *args, **kwargs)
+
+            fut = asyncio.ensure_future(after())
         self._later.append(fut)
         return fut
 
+    def _beside(self, undo: Callable[[], Awaitable[Any]]) -> bool:
+        """Under load, run *undo* (a challenge's answer withdrawn once its authorization is
+        final) beside the chain, waited for by :meth:`settle`; False run once (the caller
+        awaits it itself)."""
+        if self.mode != "load":
+            return False
+        self._undos.append(asyncio.ensure_future(undo()))
+        return True
+
     async def settle(self, timeout: float = SETTLE_TIMEOUT) -> str | None:
-        """Wait (at most *timeout* s) for the writes :meth:`db_later` queued: None when all
-        were stored, else what went wrong (the first failure)."""
+        """Wait (at most *timeout* s) for the writes :meth:`db_later` queued and the
+        answers withdrawn beside the chain: None when all were done, else what went wrong
+        (the first failure)."""
         later, self._later = self._later, []
-        if not later:
+        undos, self._undos = self._undos, []
+        if not later and not undos:
             return None
         self._in_db += 1
         try:
-            done, pending = await asyncio.wait(later, timeout=timeout)
+            done, pending = await asyncio.wait([*undos, *later], timeout=timeout)
         finally:
             self._in_db -= 1
-        for fut in later:
-            if fut in done and not fut.cancelled() and fut.exception() is not None:
-                exc = fut.exception()
-                return f"state DB write failed: {type(exc).__name__}: {exc}"
+        for what, futs in (("withdrawing a challenge's answer", undos),
+                           ("state DB write", later)):
+            for fut in futs:
+                if fut in done and not fut.cancelled() and fut.exception() is not None:
+                    exc = fut.exception()
+                    return f"{what} failed: {type(exc).__name__}: {exc}"
         if pending:
-            return f"state DB: {len(pending)} queued writes not done {timeout:g}s after the chain"
+            return (f"{len(pending)} state DB writes or withdrawn answers not done "
+                    f"{timeout:g}s after the chain")
         return None
 
     def client_with_signer(self, signer: Any) -> Any:
@@ -445,6 +475,16 @@ class ChainContext(Flows):
         for kind, row_id in self._claims:
             await self.db_later(self.store.release, kind, row_id, self.runtime.holder)
         self._claims.clear()
+
+
+def _with_rows(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """*fn* with every :class:`StoredRow` among *args* and *kwargs* read when it runs."""
+    def call() -> Any:
+        return fn(*(a.written() if isinstance(a, StoredRow) else a for a in args),
+                  **{k: v.written() if isinstance(v, StoredRow) else v
+                     for k, v in kwargs.items()})
+
+    return call
 
 
 def now() -> float:

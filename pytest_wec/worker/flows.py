@@ -48,19 +48,38 @@ ORDER_STEP = 0.005
 class StoredRow:
     """The state DB's id of a row a chain stored: known at once when run once; under load
     the write is queued (:meth:`~pytest_wec.worker.context.ChainContext.db_later`) and the
-    id is known once :meth:`wait` returned."""
+    id is known once :meth:`wait` returned. Given as an argument to ``db_later``, it stands
+    for the id, read when that write runs (after this one: the queue keeps their order)."""
 
-    __slots__ = ("_future", "_value", "_waited")
+    __slots__ = ("_future", "_value", "_waited", "_written")
 
-    def __init__(self, value: int | None = None,
-                 future: asyncio.Future[int] | None = None) -> None:
-        self._value, self._future, self._waited = value, future, future is None
+    def __init__(self, value: int | None = None) -> None:
+        self._future: asyncio.Future[Any] | None = None
+        self._value, self._waited = value, True
+        self._written = value is not None
+
+    def queue(self, submit: Callable[..., asyncio.Future[Any]], fn: Callable[..., int],
+              *args: Any) -> StoredRow:
+        """Queue ``fn(*args)`` through *submit*; its result becomes this row's id."""
+        def write() -> int:
+            value = fn(*args)
+            self._value, self._written = value, True
+            return value
+
+        self._future, self._waited = submit(write), False
+        return self
 
     def now(self, what: str) -> int | None:
         if not self._waited:
             raise RuntimeError(
                 f"{what} is stored after the chain goes on under load: "
                 f"'await issued.stored()' gives it (and waits for the state DB)")
+        return self._value
+
+    def written(self) -> int | None:
+        """The id, on the state DB's thread once the write ran (for a later write)."""
+        if not self._written:
+            raise RuntimeError("the row a later state DB write refers to was not written")
         return self._value
 
     async def wait(self) -> int | None:
@@ -140,6 +159,7 @@ class Flows(PhaseRecorder):
     db: Callable[..., Awaitable[Any]]
     db_later: Callable[..., Awaitable[None]]
     _submit_later: Callable[..., asyncio.Future[Any]]
+    _beside: Callable[[Callable[[], Awaitable[Any]]], bool]
     mode: str
     account_id: Callable[[Any], int | None]
     take_account: Callable[..., Awaitable[Any]]
@@ -200,10 +220,22 @@ class Flows(PhaseRecorder):
                 self.skip(not_offered(authz, prefs))
             kind = chall.type
             key_authz = key_authorization(chall.token, account.key)
-            unpublish = await publish_answer(self.publisher, kind, ident.value, chall.token,
-                                             key_authz,
-                                             route_to=route_for(self.settings, kind, ident.type))
-            watch = await self._watch_validation(kind, ident.value, chall.token)
+            # the answer published and the watch registered (both before the challenge is
+            # answered), at once
+            published: Any
+            watch: Any
+            published, watch = await asyncio.gather(
+                publish_answer(self.publisher, kind, ident.value, chall.token, key_authz,
+                               route_to=route_for(self.settings, kind, ident.type)),
+                self._watch_validation(kind, ident.value, chall.token),
+                return_exceptions=True)
+            if isinstance(watch, BaseException):
+                raise watch  # cancelled (a failed watch is None)
+            if isinstance(published, BaseException):
+                if watch is not None:
+                    watch.close()
+                raise published
+            unpublish = published
             sent: float | None = None
             authz_valid: float | None = None
             try:
@@ -221,7 +253,8 @@ class Flows(PhaseRecorder):
                     authz_valid = self._arrived(mark, "authz")
             finally:
                 try:
-                    await unpublish()
+                    if not self._beside(unpublish):  # under load: withdrawn beside the chain
+                        await unpublish()
                 finally:
                     if watch is not None:
                         self._saw(url, kind, watch)
@@ -401,7 +434,7 @@ class Flows(PhaseRecorder):
                  order.url, cert.pem, key_pem, format(parsed.serial_number, "x"), names,
                  parsed.not_valid_after_utc)
         if self.mode == "load":  # written while the chain goes on (db_later)
-            row = StoredRow(future=self._submit_later(*store))
+            row = StoredRow().queue(self._submit_later, *store)
         else:
             row = StoredRow(await self.db(*store))
         self._stored("certificate")
