@@ -7,6 +7,10 @@
     wec convert SRC DST           results log: JSONL <-> msgpack
     wec report RESULTS_LOG        rebuild summary.json, benchmark.json and report.html from a
                                   results log
+    wec compile [--check]         write the bytecode caches (pytest-wec's pycs, pytest's
+                                  rewritten plugins and chains) once, for environments with
+                                  PYTHONDONTWRITEBYTECODE=1; again after upgrading pytest or
+                                  pytest-wec. --check: exit 1 naming what is missing
 """
 
 from __future__ import annotations
@@ -135,6 +139,12 @@ def _convert(argv: list[str]) -> int:
     return convert_main(argv)
 
 
+def _compile(argv: list[str]) -> int:
+    from pytest_wec.bytecode import compile_main
+
+    return compile_main(argv)
+
+
 def _report(argv: list[str]) -> int:
     from pytest_wec.controller.collector import report_main
 
@@ -147,6 +157,7 @@ COMMANDS = {
     "challenge-server": _challenge_server,
     "convert": _convert,
     "report": _report,
+    "compile": _compile,
 }
 
 

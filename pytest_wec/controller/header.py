@@ -33,7 +33,13 @@ def header_lines(settings: Settings, config: pytest.Config, run_id: str) -> list
         lines += preset_header(s.preset, s.sources, s.raw)
     from pytest_wec.controller.anyca import challenge_header
 
-    return lines + challenge_header(s) + listen_warnings(s, config)
+    lines += challenge_header(s) + listen_warnings(s, config)
+    workers = getattr(config.option, "numprocesses", None)
+    if s.load_mode and isinstance(workers, int):  # xdist's -n N, each worker a process here
+        from pytest_wec.bytecode import rewrite_hint
+
+        lines += [hint] if (hint := rewrite_hint(workers)) else []
+    return lines
 
 
 def listen_warnings(s: Settings, config: pytest.Config) -> list[str]:
