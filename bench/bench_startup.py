@@ -26,6 +26,7 @@ and never fails on a timing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -64,11 +65,29 @@ def pytest_sessionfinish(session):
 '''
 
 
+#: the test extra's Hypothesis plugin costs each pytest process over a second and is not in
+#: a user's installation: both kinds of run leave it out
+NO_HYPOTHESIS = "-p no:hypothesispytest"
+
+
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEC_")}
     env.pop("PYTEST_ADDOPTS", None)
+    if importlib.util.find_spec("hypothesis") is not None:
+        env["PYTEST_ADDOPTS"] = NO_HYPOTHESIS
     env.update(extra)
     return env
+
+
+def bytecode_state() -> str:
+    """Whether processes write bytecode here and whether ``wec compile``'s caches are there."""
+    writes = "off (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") \
+        else "on"
+    done = subprocess.run([str(Path(PYTHON).parent / "wec"), "compile", "--check"],
+                          capture_output=True, text=True, timeout=120)
+    caches = "present" if done.returncode == 0 else "missing (" + (
+        done.stdout.strip().splitlines() or ["?"])[0][:120] + ")"
+    return f"bytecode writing {writes}; wec compile caches {caches}"
 
 
 def bare(work: Path, workers: int) -> dict[str, float]:
@@ -166,7 +185,8 @@ def main() -> None:
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
     work = Path(tempfile.mkdtemp(prefix="wec-bench-startup-"))
-    log(f"work dir {work}; {os.cpu_count()} cores")
+    state = bytecode_state()
+    log(f"work dir {work}; {os.cpu_count()} cores; {state}")
     rows: list[list[str]] = []
     parts: list[list[str]] = []
     worker_modules = None
@@ -191,6 +211,7 @@ def main() -> None:
                          f"{o['tail_s']:.1f}", f"<= {GRACE_S + 5:g}",
                          f"{o['wall_s']:.1f}"])
     print()
+    print(f"{state}; PYTEST_ADDOPTS={_env({}).get('PYTEST_ADDOPTS', '')!r} in both kinds of run")
     print(table(["workers", "bare: 1st test s", "bare: every worker s", "ours: start-up s",
                  "ours - bare", "target", "met", "tail s", "tail target", "wall s"], rows))
     print()
