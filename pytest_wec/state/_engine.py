@@ -210,6 +210,15 @@ def _in_savepoint(batch: Connection, fn: Callable[[Connection], T]) -> T:
     return result
 
 
+def _unguarded(batch: Connection, fn: Callable[[Connection], T]) -> T:
+    """*fn* in a group's transaction without a savepoint: any error of the database aborts
+    the group (:class:`_GroupAborted`), whose calls then run one by one."""
+    try:
+        return fn(batch)
+    except (DBAPIError, SQLAlchemyError) as exc:
+        raise _GroupAborted(_reason(exc)) from None
+
+
 def _rollback(savepoint: Any) -> None:
     try:
         savepoint.rollback()
@@ -315,6 +324,8 @@ class Database:
             attempt += 1
             try:
                 if batch is not None:
+                    if not getattr(self._batch, "savepoints", True):
+                        return _unguarded(batch, fn)
                     return _in_savepoint(batch, fn)
                 with self.engine.connect() as conn:
                     if self.target.is_sqlite:
@@ -337,20 +348,25 @@ class Database:
                 raise StateError(f"state DB {self.target.shown}: {_reason(exc)}") from None
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-        """Run each of *calls* (functions that make store calls) in one write transaction,
-        each store call in a savepoint of its own: one commit for the lot (group commit).
+        """Run each of *calls* (functions that make store calls) in one write transaction:
+        one commit for the lot (group commit).
 
         Returns ``(True, result)`` or ``(False, exception)`` per call, in order; a call that
-        fails loses only its own writes. If the transaction itself fails (its commit, or a
-        deadlock with another process's group), nothing of it is kept and each call runs
-        again alone, in its own transaction.
+        fails loses only its own writes. The group runs without a savepoint per call (they
+        cost as much as the calls): when a store call fails on the database, or the
+        transaction itself does (its commit, a deadlock with another process's group),
+        nothing of the group is kept and each call runs again alone, in its own
+        transaction. A call that fails before it reaches the database (a bad argument)
+        fails alone.
         """
         def tx(conn: Connection) -> list[tuple[bool, Any]]:
             self._batch.conn = conn
+            self._batch.savepoints = False
             try:
                 return _each(calls)
             finally:
                 self._batch.conn = None
+                self._batch.savepoints = True
 
         if len(calls) > 1 and getattr(self._batch, "conn", None) is None:
             try:

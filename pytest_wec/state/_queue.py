@@ -39,7 +39,8 @@ WRITE_BEHIND_WINDOW = 0.025
 
 class StoreQueue:
     """Runs calls of *store* on a worker thread, grouped per :meth:`run_batch` of the store
-    (one transaction per group, a savepoint per call) when it has one.
+    when it has one (one transaction per group; a call that fails on the database has the
+    group run again call by call).
 
     *max_batch*: the most calls in one group. A call's exception is raised to its caller
     alone. A caller that is cancelled does not cancel its call (as with ``to_thread``).
