@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
-from _common import machine, our_network, table
+from _common import best_of, machine, our_network, table
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from stubca import start_stub_ca
@@ -117,16 +117,7 @@ async def run(url: str, ca: str | None, n: int, rounds: int,
 
         variants[FLOOR] = floor
         variants[WITH_JWS] = post_as_get
-    best = {k: float("inf") for k in variants}
-    for fn in variants.values():
-        for _ in range(50):
-            await fn()
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            c0 = time.process_time()
-            for _ in range(n):
-                await fn()
-            best[name] = min(best[name], (time.process_time() - c0) / n * 1e6)
+    best = await best_of(variants, n, rounds)
     if with_jws:
         await net.aclose()
     await transport.aclose()

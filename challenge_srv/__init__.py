@@ -5,8 +5,10 @@ installs this folder under, or ``wec challenge-server``), one file per challenge
 one store, like letsencrypt/challtestsrv:
 
     store.py       the Redis key schema (shared with the requesters) and the store
+    resp.py        the lean Redis client of the store's reads and the seen events
     http01.py      http-01 responder                 tlsalpn01.py   tls-alpn-01 responder
     dns.py         DNS over UDP and TCP              management.py  pebble-challtestsrv API
+    dnswire.py     the wire form of the common DNS answers, without dnslib's objects
     history.py     request history (in memory)       server.py      arguments, listeners, main
     seen.py        each validation request answered, published for the waiting chain
 

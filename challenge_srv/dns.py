@@ -16,6 +16,10 @@ case-insensitively. A UDP answer larger than the client's limit (512, or its EDN
 to 4096) is sent truncated (TC) and a client retries over TCP. Malformed packets are
 dropped (UDP) or end the connection (TCP); a store failure answers SERVFAIL.
 
+The common queries (one A, AAAA or TXT question for a plain name) are parsed and answered
+by :mod:`.dnswire`, the same bytes without dnslib's objects; every other one, and every answer
+with a CNAME, goes through dnslib.
+
 A TXT query for ``_acme-challenge.<name>`` is a dns-01 validation request: once its answer is
 sent it is published to the waiting chain (``challenge_srv.seen``, RFC 8555 §7.5.1).
 """
@@ -44,6 +48,7 @@ from dnslib import (
     DNSRecord,
 )
 
+from . import dnswire
 from .history import RequestHistory
 from .seen import SeenPublisher
 from .store import CaaPolicy, ChallengeStore, DnsData, normalize_host
@@ -109,6 +114,50 @@ class DnsServer:
     ) -> tuple[bytes | None, list[tuple[str, bool]]]:
         """The wire answer and the dns-01 validation requests (name, served) among its
         questions."""
+        query = dnswire.parse_simple(packet)
+        if query is None:
+            return await self._answer_dnslib(packet, udp=udp)
+        wire, validations, data = await self._answer_simple(query, udp=udp)
+        if wire is None:  # a CNAME, or an answer dnslib writes: with the data read
+            return await self._answer_dnslib(packet, udp=udp, first=data)
+        return wire, validations
+
+    async def _answer_simple(
+        self, q: dnswire.SimpleQuery, *, udp: bool
+    ) -> tuple[bytes | None, list[tuple[str, bool]], DnsData | None]:
+        """The answer to a simple query (:mod:`.dnswire`) as :meth:`_answer_dnslib` writes
+        it; no answer but the data read when dnslib must write it."""
+        name = normalize_host(q.qname)
+        self.history.add(
+            "dns", name, {"Question": {"Name": q.qname, "Qtype": q.qtype, "Qclass": q.qclass}}
+        )
+        qtype = dnswire.SIMPLE_TYPES[q.qtype]
+        try:
+            data = await self.store.dns(name, qtype)
+        except Exception as exc:  # a store failure answers SERVFAIL
+            log.warning("dns: store unavailable: %s", exc)
+            return dnswire.reply(q, RCODE.SERVFAIL, [], udp=udp), [], None
+        if data.cname:
+            return None, [], data
+        records: list[bytes] = []
+        try:
+            if not data.servfail and qtype == "TXT":
+                records = [dnswire.txt_record(v) for v in data.values]
+            elif not data.servfail:
+                records = [dnswire.a_record(q.qtype, ip.packed)
+                           for ip in self._addresses(4 if qtype == "A" else 6, data)]
+            wire = dnswire.reply(q, RCODE.SERVFAIL if data.servfail else 0, records, udp=udp)
+        except Exception:  # e.g. a value too long: dnslib's answer (and its message)
+            return None, [], data
+        validations = []
+        if q.qtype == _QTYPE_TXT and q.qname.lower().startswith(_DNS01_PREFIX):
+            validations.append((q.qname.lower(), bool(records)))
+        return wire, validations, data
+
+    async def _answer_dnslib(
+        self, packet: bytes, *, udp: bool, first: DnsData | None = None
+    ) -> tuple[bytes | None, list[tuple[str, bool]]]:
+        """:meth:`_answer` through dnslib; *first*: the data of the first question, read."""
         try:
             request = DNSRecord.parse(packet)
         except Exception as exc:  # dnslib raises many kinds on bad input
@@ -129,7 +178,8 @@ class DnsServer:
             try:
                 for question in request.questions:
                     before = len(reply.rr)
-                    await self._answer_question(question, reply)
+                    await self._answer_question(question, reply, first)
+                    first = None
                     name = str(question.qname).lower()
                     if int(question.qtype) == _QTYPE_TXT and name.startswith(_DNS01_PREFIX):
                         validations.append((name, len(reply.rr) > before))
@@ -158,18 +208,22 @@ class DnsServer:
             wire = truncated.pack()
         return wire, validations
 
-    async def _answer_question(self, question: Any, reply: Any) -> None:
+    async def _answer_question(self, question: Any, reply: Any, data: DnsData | None) -> None:
+        """Answer *question* into *reply*; *data*: what the store holds for it, when read
+        (and recorded in the history) already."""
         qname = str(question.qname)
         name = normalize_host(qname)
         qtype_code = int(question.qtype)
-        self.history.add(
-            "dns",
-            name,
-            {"Question": {"Name": qname, "Qtype": qtype_code, "Qclass": int(question.qclass)}},
-        )
         qtype = QTYPE.get(qtype_code)
         lookup = qtype if qtype in _SUPPORTED else "none"
-        data = await self.store.dns(name, lookup)
+        if data is None:
+            self.history.add(
+                "dns",
+                name,
+                {"Question": {"Name": qname, "Qtype": qtype_code,
+                              "Qclass": int(question.qclass)}},
+            )
+            data = await self.store.dns(name, lookup)
         if data.servfail:
             reply.header.rcode = RCODE.SERVFAIL
             return
@@ -200,22 +254,27 @@ class DnsServer:
             return out
         if qtype in ("A", "AAAA"):
             version = 4 if qtype == "A" else 6
-            values: tuple[str, ...] = data.values
-            if not values:
-                default = self.defaults[version] if data.default is None else data.default
-                values = (default,) if default else ()
-            out = []
-            for value in values:
-                try:
-                    ip = ipaddress.ip_address(value.strip())
-                except ValueError:
-                    continue
-                if ip.version != version:
-                    continue
-                rdata = A(str(ip)) if version == 4 else AAAA(str(ip))
-                out.append(RR(owner, getattr(QTYPE, qtype), rdata=rdata, ttl=0))
-            return out
+            return [RR(owner, getattr(QTYPE, qtype), rdata=A(str(ip)) if version == 4
+                       else AAAA(str(ip)), ttl=0) for ip in self._addresses(version, data)]
         return []
+
+    def _addresses(
+        self, version: int, data: DnsData
+    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The A (4) or AAAA (6) answers: the overrides, else the default; others skipped."""
+        values: tuple[str, ...] = data.values
+        if not values:
+            default = self.defaults[version] if data.default is None else data.default
+            values = (default,) if default else ()
+        out = []
+        for value in values:
+            try:
+                ip = ipaddress.ip_address(value.strip())
+            except ValueError:
+                continue
+            if ip.version == version:
+                out.append(ip)
+        return out
 
     # -- transports ----------------------------------------------------------------------
 

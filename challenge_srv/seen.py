@@ -23,7 +23,8 @@ channel ``wec:NS:seen`` (``Keys.seen``) as one compact JSON object:
 
 :class:`SeenPublisher` keeps the answering path cheap: :meth:`SeenPublisher.seen` only
 queues the event (dropped when the bounded queue is full); one background task sends what is
-queued in one pipelined round trip, and a Redis error is logged, never raised into an
+queued in one pipelined round trip (through the lean client when the server has one,
+:mod:`.resp`), and a Redis error is logged, never raised into an
 answer. Delivery is best-effort (Redis PUBLISH reaches only subscribers connected at the
 time): a waiting chain that gets no event falls back on its polling schedule.
 """
@@ -39,10 +40,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .resp import RespConnectionError
 from .store import ip_from_reverse_name, normalize_host
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from .resp import RespClient
 
 __all__ = ["SEEN_TYPES", "SeenEvent", "SeenPublisher", "decode", "encode", "seen_name"]
 
@@ -110,10 +114,13 @@ def decode(raw: str | bytes) -> SeenEvent | None:
 
 
 class SeenPublisher:
-    """Publishes validation requests on *channel*, from one background task."""
+    """Publishes validation requests on *channel*, from one background task (through
+    *client* when given, else *redis*)."""
 
-    def __init__(self, redis: Redis, channel: str, *, max_queue: int = _MAX_QUEUE) -> None:
+    def __init__(self, redis: Redis, channel: str, *, max_queue: int = _MAX_QUEUE,
+                 client: RespClient | None = None) -> None:
         self.redis = redis
+        self.client = client
         self.channel = channel
         self.dropped = 0
         self.failed = 0
@@ -160,10 +167,7 @@ class SeenPublisher:
                 batch.append(self._queue.get_nowait())
             try:
                 async with asyncio.timeout(_SEND_TIMEOUT):
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for message in batch:
-                            pipe.publish(self.channel, message)
-                        await pipe.execute()
+                    await self._send(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # lost events only cost a chain its polling schedule
@@ -176,3 +180,16 @@ class SeenPublisher:
                 if self._failing:
                     log.info("seen: publishing again")
                 self._failing = False
+
+    async def _send(self, batch: list[str]) -> None:
+        if self.client is not None:
+            commands = [("PUBLISH", self.channel, m) for m in batch]
+            try:
+                await self.client.execute(*commands)
+            except RespConnectionError:  # a broken connection: once more, on a new one
+                await self.client.execute(*commands)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message in batch:
+                pipe.publish(self.channel, message)
+            await pipe.execute()

@@ -3,6 +3,7 @@
     python -m pytest_wec_challenge_srv --http01 ADDRS --tlsalpn01 ADDRS --dns01 ADDRS
         --management ADDR --redis URL --namespace NS
         [--default-ipv4 IP] [--default-ipv6 IP] [--token TOKEN] [--log-level LEVEL]
+        [--loop uvloop|asyncio] [--redis-client lean|redis-py]
 
 ADDRS is a comma-separated list of ``host:port`` (``[v6]:port`` for IPv6, ``:port`` for
 every IPv4 interface); an empty string disables that listener; port 0 binds a free port.
@@ -17,6 +18,13 @@ Once every listener is bound and Redis answers, stdout gets one line per listene
 
 ``--redis`` and ``--token`` default to the environment variables ``WEC_REDIS`` and
 ``WEC_TOKEN`` (the plugin's own), which keeps a password off the command line.
+
+It runs on uvloop when that is importable (``--loop``, the default), else on the standard
+event loop. The queries' reads and the seen events go through the lean client
+(``challenge_srv.resp``: one write and one reply per query) for a ``redis://`` URL, through
+redis-py for any other form or with ``--redis-client redis-py``; the management API always
+writes through redis-py. The ready log line (stderr) names the event loop and the read
+client in use.
 
 Several challenge servers (on several hosts) may share one Redis and namespace: each reads
 the same keys on every query, so a challenge published once is answered by all of them.
@@ -43,6 +51,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from .resp import RespClient
 from .store import ChallengeStore, Keys, connect, redact_url
 
 __all__ = ["Config", "ListenAddr", "main", "parse_addrs", "parse_args"]
@@ -73,6 +82,8 @@ class Config:
     default_ipv6: str | None
     token: str | None
     log_level: str
+    loop: str = "asyncio"
+    redis_client: str = "lean"
 
 
 class UsageError(Exception):
@@ -148,7 +159,14 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--token", default=os.environ.get("WEC_TOKEN") or None,
                    help="require Authorization: Bearer TOKEN (default: $WEC_TOKEN)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--loop", default="uvloop" if _has_uvloop() else "asyncio",
+                   choices=["uvloop", "asyncio"],
+                   help="event loop (default: uvloop when importable, else asyncio)")
+    p.add_argument("--redis-client", default="lean", choices=["lean", "redis-py"],
+                   help="client of the queries' reads (default: lean for redis:// URLs)")
     ns = p.parse_args(argv)
+    if ns.loop == "uvloop" and not _has_uvloop():
+        raise UsageError("--loop: uvloop is not installed")
     addrs = {}
     for flag in ("http01", "tlsalpn01", "dns01", "management"):
         try:
@@ -178,7 +196,26 @@ def parse_args(argv: list[str]) -> Config:
         default_ipv6=_ip(6, "--default-ipv6", ns.default_ipv6),
         token=ns.token,
         log_level=ns.log_level,
+        loop=ns.loop,
+        redis_client=ns.redis_client,
     )
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """The event loop *name* (``uvloop`` or ``asyncio``) the server runs on."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _socket(addr: ListenAddr, kind: socket.SocketKind) -> socket.socket:
@@ -263,21 +300,26 @@ async def serve(cfg: Config) -> int:
         return 1
 
     redis = connect(cfg.redis)
+    reader = RespClient.from_url(cfg.redis, timeout=5.0) if cfg.redis_client == "lean" else None
     try:
         await asyncio.wait_for(redis.ping(), 10.0)
+        if reader is not None:
+            await asyncio.wait_for(reader.execute(("PING",)), 10.0)
     except Exception as exc:  # reported as one line, whatever the cause
         for sock in socks:
             sock.close()
         await redis.aclose()
+        if reader is not None:
+            await reader.aclose()
         print(
             f"{PROG}: error: cannot reach Redis at {redact_url(cfg.redis)}: {exc}", file=sys.stderr
         )
         return 1
 
     keys = Keys(cfg.namespace)
-    store = ChallengeStore(redis, keys)
+    store = ChallengeStore(redis, keys, reader=reader)
     history = RequestHistory()
-    seen = SeenPublisher(redis, keys.seen())
+    seen = SeenPublisher(redis, keys.seen(), client=reader)
     http01 = Http01Server(store, history, seen)
     tlsalpn01 = TlsAlpn01Server(store, history, seen=seen)
     dns = DnsServer(store, history, default_ipv4=cfg.default_ipv4, default_ipv6=cfg.default_ipv6,
@@ -298,7 +340,9 @@ async def serve(cfg: Config) -> int:
             print(line)
         print("ready", flush=True)
         log.info(
-            "challenge server ready (namespace %s, Redis %s)", cfg.namespace, redact_url(cfg.redis)
+            "challenge server ready (namespace %s, Redis %s, event loop %s, reads %s)",
+            cfg.namespace, redact_url(cfg.redis), type(loop).__module__.split(".")[0],
+            "lean" if reader is not None else "redis-py",
         )
         await stop.wait()
         log.info("shutting down")
@@ -311,6 +355,8 @@ async def serve(cfg: Config) -> int:
         for sock in socks:
             sock.close()
         await redis.aclose()
+        if reader is not None:
+            await reader.aclose()
     return 0
 
 
@@ -330,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return asyncio.run(serve(cfg))
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(cfg.loop)) as runner:
+            return runner.run(serve(cfg))
     except KeyboardInterrupt:
         return 0

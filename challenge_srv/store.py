@@ -21,6 +21,22 @@ Hosts are stored lower-case without a trailing dot. A tls-alpn-01 host that is a
 is stored under its reverse-DNS name (RFC 8738 §6: that is the SNI the CA sends), so both
 ``127.0.0.1`` and ``1.0.0.127.in-addr.arpa`` address the same entry.
 
+The challenge server reads them with :class:`ChallengeStore`, one round trip per query
+(two for a DNS name with a CNAME) and the same commands whatever the client:
+
+    http-01 fetch     GET redirect:<path>, GET http01:<token>
+    DNS question      GET servfail:<host>, GET cname:<host>, then by type: SMEMBERS txt
+                      (TXT); LRANGE a|aaaa and GET default-ipv4|6 (A, AAAA); LRANGE caa (CAA)
+    CNAME followed    the target's commands of that type, in a second round trip
+    tls-alpn-01       GET tlsalpn01:<host>
+
+With a *reader* (:class:`.resp.RespClient`, the lean client, for ``redis://`` URLs) those
+commands go out in one write on its one connection and their replies are decoded here as
+redis-py decodes them; without one (``rediss://``, ``unix://``, ``--redis-client
+redis-py``), through a redis-py pipeline. A read whose connection is lost while it is in
+flight (Redis restarted) is sent once more on a new connection, as redis-py's pool retries
+it; any other failure is raised to the responder, which answers SERVFAIL or 503.
+
 This module imports nothing heavy at run time: ``redis`` is imported by :func:`connect` only.
 """
 
@@ -32,8 +48,12 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .resp import RespConnectionError
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from .resp import RespClient
 
 __all__ = [
     "CHALLENGE_TTL",
@@ -190,12 +210,17 @@ def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> Red
 
 
 class ChallengeStore:
-    """Reads and writes the challenge data of one namespace (one Redis round trip each)."""
+    """Reads and writes the challenge data of one namespace (one Redis round trip each).
 
-    def __init__(self, redis: Redis, keys: Keys, *, ttl: int = CHALLENGE_TTL) -> None:
+    Writes go through *redis* (redis-py); reads through *reader* when given, else *redis*
+    (see the module docstring)."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, ttl: int = CHALLENGE_TTL,
+                 reader: RespClient | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
+        self.reader = reader
 
     # -- challenge entries (with expiry) -------------------------------------------------
 
@@ -259,44 +284,52 @@ class ChallengeStore:
 
     # -- reads of the challenge server ---------------------------------------------------
 
+    async def _read(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies to *commands*, sent in one round trip, as text."""
+        if self.reader is None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute())
+        try:
+            replies = await self.reader.execute(*commands)
+        except RespConnectionError:  # a broken connection: once more, on a new one
+            replies = await self.reader.execute(*commands)
+        return [_text(r) for r in replies]
+
     async def http01(self, path: str, token: str | None) -> tuple[str | None, str | None]:
         """(redirect target for *path*, key authorization for *token*), one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.redirect(path))
-            if token:
-                pipe.get(self.keys.http01(token))
-            res = await pipe.execute()
+        commands: list[tuple[Any, ...]] = [("GET", self.keys.redirect(path))]
+        if token:
+            commands.append(("GET", self.keys.http01(token)))
+        res = await self._read(commands)
         return res[0], (res[1] if token else None)
 
     async def tlsalpn01(self, host: str) -> str | None:
-        value = await self.redis.get(self.keys.tlsalpn01(host))
+        (value,) = await self._read([("GET", self.keys.tlsalpn01(host))])
         return None if value is None else str(value)
 
     async def dns(self, host: str, qtype: str, *, follow: bool = True) -> DnsData:
         """The data for a question (qtype ``A``, ``AAAA``, ``TXT``, ``CAA`` or ``CNAME``)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if follow:
-                pipe.get(self.keys.servfail(host))
-                pipe.get(self.keys.cname(host))
-            self._queue_values(pipe, host, qtype)
-            res = await pipe.execute()
+        k = self.keys
+        commands: list[tuple[Any, ...]] = []
+        if follow:
+            commands += [("GET", k.servfail(host)), ("GET", k.cname(host))]
+        if qtype == "TXT":
+            commands.append(("SMEMBERS", k.txt(host)))
+        elif qtype in ("A", "AAAA"):
+            version = 4 if qtype == "A" else 6
+            commands.append(("LRANGE", k.a(host) if version == 4 else k.aaaa(host), 0, -1))
+            commands.append(("GET", k.default_ip(version)))
+        elif qtype == "CAA":
+            commands.append(("LRANGE", k.caa(host), 0, -1))
+        res = await self._read(commands) if commands else []
         if follow:
             servfail, cname, rest = res[0] is not None, res[1], res[2:]
         else:
             servfail, cname, rest = False, None, res
         values, default = self._values(qtype, rest)
         return DnsData(servfail, cname or None, values, default)
-
-    def _queue_values(self, pipe: Any, host: str, qtype: str) -> None:
-        k = self.keys
-        if qtype == "TXT":
-            pipe.smembers(k.txt(host))
-        elif qtype in ("A", "AAAA"):
-            version = 4 if qtype == "A" else 6
-            pipe.lrange(k.a(host) if version == 4 else k.aaaa(host), 0, -1)
-            pipe.get(k.default_ip(version))
-        elif qtype == "CAA":
-            pipe.lrange(k.caa(host), 0, -1)
 
     @staticmethod
     def _values(qtype: str, rest: list[Any]) -> tuple[tuple[str, ...], str | None]:
@@ -307,3 +340,12 @@ class ChallengeStore:
         if qtype == "CAA":
             return tuple(rest[0] or ()), None
         return (), None
+
+
+def _text(reply: Any) -> Any:
+    """A lean client's reply as redis-py decodes it (``decode_responses``): bytes as text."""
+    if type(reply) is bytes:
+        return reply.decode()
+    if type(reply) is list:
+        return [_text(r) for r in reply]
+    return reply

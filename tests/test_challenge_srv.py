@@ -8,6 +8,7 @@ Fuzzing (hypothesis, bounded) ends with the server still answering.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import ipaddress
@@ -30,9 +31,12 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
-from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSQuestion, DNSRecord, EDNSOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pytest_wec_challenge_srv.store import DnsData
+
+from pytest_wec.testing import stop_process
 
 pytestmark = pytest.mark.redis
 
@@ -164,9 +168,22 @@ def pebble_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         stop(target)
 
 
-@pytest.fixture(params=["wec", pytest.param("pebble", marks=pytest.mark.pebble)])
+@pytest.fixture(scope="module")
+def wec_redispy_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[Target]:
+    """Ours reading through redis-py on the standard event loop (not the lean client)."""
+    log = tmp_path_factory.mktemp("wec-redispy") / "challenge-server.log"
+    target = start_wec(redis_url, log, "--redis-client", "redis-py", "--loop", "asyncio")
+    yield target
+    assert stop(target) == 0
+    text = log.read_text()
+    assert "reads redis-py" in text and "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(params=["wec", "wec_redispy", pytest.param("pebble", marks=pytest.mark.pebble)])
 def server(request: pytest.FixtureRequest) -> Target:
-    """Each compatibility case runs against both servers."""
+    """Each compatibility case runs against every server: ours with either read client, and
+    pebble-challtestsrv."""
     target: Target = request.getfixturevalue(f"{request.param}_server")
     return target
 
@@ -626,7 +643,7 @@ def test_dns_tcp_pipelined_queries(wec_server: Target) -> None:
     queries = [DNSRecord.question(uniq(f"pipe{i}"), "A") for i in range(3)]
     with socket.create_connection(("127.0.0.1", wec_server.dns), timeout=5) as s:
         s.sendall(b"".join(len(p).to_bytes(2, "big") + p for p in (q.pack() for q in queries)))
-        ids = []
+        ids: list[int] = []
         buf = b""
         while len(ids) < 3:
             chunk = s.recv(4096)
@@ -646,6 +663,264 @@ def test_names_are_case_insensitive(wec_server: Target) -> None:
     assert answers(dns(wec_server, host.upper(), "A"), "A") == ["10.9.8.7"]
     ok(wec_server, "/set-txt", {"host": "_ACME-challenge." + host, "value": "v"})
     assert answers(dns(wec_server, "_acme-challenge." + host, "TXT"), "TXT") == ['"v"']
+
+
+# -- the DNS wire fast path: the bytes dnslib writes ---------------------------------------
+
+
+class _StubStore:
+    """What the store holds for every name: one DnsData, or a failure."""
+
+    def __init__(self, data: DnsData | None) -> None:
+        self.data = data
+
+    async def dns(self, host: str, qtype: str, *, follow: bool = True) -> DnsData:
+        if self.data is None:
+            raise ConnectionError("store down")
+        return self.data
+
+
+def _query(name: str, qtype: str, *, rd: int = 1, edns: int | None = None,
+           option: bool = False, qclass: str = "IN") -> bytes:
+    q = DNSRecord.question(name, qtype, qclass)
+    q.header.rd = rd
+    if edns is not None:
+        opts = [EDNSOption(10, b"\x01" * 8)] if option else []
+        q.add_ar(EDNS0(udp_len=edns, opts=opts))
+    return bytes(q.pack())
+
+
+_DATAS = [
+    DnsData(),
+    DnsData(values=("10.0.0.1", "10.0.0.2")),
+    DnsData(values=("::2", " 10.0.0.3 ", "bogus", "2001:db8::1")),
+    DnsData(default="127.0.0.9"),
+    DnsData(default=""),
+    DnsData(servfail=True),
+    DnsData(values=("v",)),
+    DnsData(values=("",)),
+    DnsData(values=tuple(f"{i:02d}-" + "x" * 60 for i in range(8))),  # UDP 512: truncated
+    DnsData(values=("y" * 600, "ünïcode")),  # strings of 255 bytes
+    DnsData(values=tuple("z" * 250 for _ in range(80))),  # past a compression pointer
+]
+_NAMES = ["x.example", "_acme-challenge.Mixed-Case.Example", "a_b.c-d.example", "o.example.inv"]
+
+
+def test_dns_fast_path_writes_what_dnslib_writes() -> None:
+    """Every simple query: the same bytes, validations and history by either path; the
+    others are not simple."""
+    from pytest_wec_challenge_srv import dnswire
+    from pytest_wec_challenge_srv.dns import DnsServer
+    from pytest_wec_challenge_srv.history import RequestHistory
+
+    async def both(data: DnsData | None, packet: bytes, udp: bool) -> None:
+        fast, slow = RequestHistory(), RequestHistory()
+        kw = {"default_ipv4": "127.0.0.1", "default_ipv6": "::1"}
+        a = DnsServer(_StubStore(data), fast, **kw)  # type: ignore[arg-type]
+        b = DnsServer(_StubStore(data), slow, **kw)  # type: ignore[arg-type]
+        got, want = await a._answer(packet, udp=udp), await b._answer_dnslib(packet, udp=udp)
+        assert got == want, (data, DNSRecord.parse(packet))
+        name = normalize(str(DNSRecord.parse(packet).q.qname))
+        assert fast.get("dns", name) == slow.get("dns", name) != []
+
+    def normalize(name: str) -> str:
+        return name.rstrip(".").lower()
+
+    async def main() -> int:
+        simple = 0
+        for data in [*_DATAS, None]:
+            for name in _NAMES:
+                for qtype in ("A", "AAAA", "TXT"):
+                    for kw in ({}, {"rd": 0, "edns": 1232}, {"edns": 512, "option": True},
+                               {"edns": 4096}, {"edns": 65000}, {"qclass": "CH"}):
+                        packet = _query(name, qtype, **kw)  # type: ignore[arg-type]
+                        simple += dnswire.parse_simple(packet) is not None
+                        for udp in (True, False):
+                            await both(data, packet, udp)
+        return simple
+
+    assert asyncio.run(main()) == 12 * len(_NAMES) * 3 * 6
+    cname = DnsData(cname="target.example", values=("10.0.0.1",))
+    asyncio.run(both(cname, _query("alias.example", "A"), True))
+    two = DNSRecord.question("a.example", "A")
+    two.add_question(DNSQuestion("b.example", QTYPE.A))
+    compressed = bytes(two.pack())[:12] + b"\x01a\xc0\x0c\x00\x01\x00\x01"
+    not_simple = [
+        _query("x.example", "CAA"), _query("x.example", "MX"), _query("wec.invalid", "A"),
+        _query("x.INVALID", "TXT"), _query("a.b c.example", "A"), bytes(two.pack()),
+        compressed, _query("x.example", "A") + b"\x00", _query("x.example", "A")[:-1],
+        bytes([0, 1, 0x81, 0]) + _query("x.example", "A")[4:],  # QR set
+        bytes([0, 1, 0x11, 0]) + _query("x.example", "A")[4:],  # opcode 2
+        _query("x.example", "A")[:12] + b"\x3c" + b"a" * 60 * 5 + b"\x00\x00\x01\x00\x01",
+        _query("x.example", "A")[:12] + b"".join([b"\x3c" + b"a" * 60] * 5)
+        + b"\x00\x00\x01\x00\x01", b"\x00" * 12,
+    ]
+    for packet in not_simple:
+        assert dnswire.parse_simple(packet) is None, packet
+
+
+# -- event loop and read client ------------------------------------------------------------
+
+
+def _wait_log(log: Path, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text()
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log: {log.read_text()[-2000:]}")
+
+
+@pytest.mark.parametrize(
+    ("args", "ready"),
+    [
+        ([], "event loop uvloop, reads lean"),
+        (["--loop", "asyncio"], "event loop asyncio, reads lean"),
+        (["--redis-client", "redis-py"], "event loop uvloop, reads redis-py"),
+    ],
+)
+def test_event_loop_and_read_client(redis_url: str, tmp_path: Path, args: list[str],
+                                    ready: str) -> None:
+    """uvloop (a dependency) is the default loop, the lean client the default reader; the
+    ready log line names what runs."""
+    target = start_wec(redis_url, tmp_path / "log", *args)
+    try:
+        _wait_log(tmp_path / "log", ready)
+        token = uuid.uuid4().hex
+        ok(target, "/add-http01", {"token": token, "content": "ka"})
+        assert http_get(target, f"/.well-known/acme-challenge/{token}").text == "ka"
+        assert answers(dns(target, uniq("loop")), "A") == ["127.0.0.1"]
+    finally:
+        assert stop(target) == 0
+
+
+def test_without_uvloop_the_standard_loop(redis_url: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop not importable: the server runs on the standard loop; asking for it is exit 2."""
+    (tmp_path / "uvloop.py").write_text("raise ImportError('uvloop hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+        str(tmp_path), os.environ.get("PYTHONPATH")])))
+    target = start_wec(redis_url, tmp_path / "log")
+    try:
+        _wait_log(tmp_path / "log", "event loop asyncio, reads lean")
+        assert answers(dns(target, uniq("noloop")), "A") == ["127.0.0.1"]
+    finally:
+        assert stop(target) == 0
+    r = subprocess.run([sys.executable, "-m", "pytest_wec_challenge_srv", "--loop", "uvloop"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == "challenge_srv: error: --loop: uvloop is not installed"
+
+
+def _redis_server(port: int, run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:*port*, no persistence, once it answers PING (or NOAUTH)."""
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", str(run_dir), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
+                return proc
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("redis-server not up")
+        time.sleep(0.05)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    stop_process(proc)
+
+
+def _redis_cmd(port: int, *commands: str) -> None:
+    """*commands* (inline form) to the Redis on *port*, bypassing the server."""
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall("".join(c + "\r\n" for c in commands).encode())
+        got = b""
+        while got.count(b"\r\n") < len(commands):
+            chunk = s.recv(256)
+            assert chunk
+            got += chunk
+        assert b"-" not in got[:1], got
+
+
+def _namespace(target: Target) -> str:
+    args = [str(a) for a in target.proc.args]  # type: ignore[union-attr]
+    return args[args.index("--namespace") + 1]
+
+
+@pytest.mark.parametrize("client", ["lean", "redis-py"])
+def test_redis_restarted_and_down(tmp_path: Path, client: str) -> None:
+    """Redis restarted (empty) between two queries: the next is answered from the new one,
+    not failed. Redis gone: 503 and SERVFAIL, the server alive; back: answers again."""
+    port = _free_port()
+    redis = _redis_server(port, tmp_path)
+    target: Target | None = None
+    try:
+        target = start_wec(f"redis://127.0.0.1:{port}/0", tmp_path / "log",
+                           "--redis-client", client)
+        ns, txt = _namespace(target), "_acme-challenge." + uniq("restart")
+        for value in ("before", "after", "again"):
+            _redis_cmd(port, f"SET wec:{ns}:http01:tok {value}", f"DEL wec:{ns}:txt:{txt}",
+                       f"SADD wec:{ns}:txt:{txt} {value}")
+            assert http_get(target, "/.well-known/acme-challenge/tok").text == value
+            assert answers(dns(target, txt, "TXT"), "TXT") == [f'"{value}"']
+            assert answers(dns(target, uniq("up"), "A"), "A") == ["127.0.0.1"]
+            _end(redis)
+            if value == "after":  # down: every error path answers, the server lives
+                r = http_get(target, "/.well-known/acme-challenge/tok")
+                assert (r.status_code, r.text) == (503, "503 challenge store unavailable\n")
+                assert dns(target, txt, "TXT").header.rcode == RCODE.SERVFAIL
+                assert dns(target, uniq("down"), "A", tcp=True).header.rcode == RCODE.SERVFAIL
+                assert target.alive()
+            redis = _redis_server(port, tmp_path)
+    finally:
+        if target is not None:
+            assert stop(target) == 0
+        _end(redis)
+
+
+def test_lean_reads_with_a_password_and_a_database(tmp_path: Path) -> None:
+    """The stack's URL for a Redis off loopback has a password: AUTH, then SELECT, first."""
+    port = _free_port()
+    redis = _redis_server(port, tmp_path, "--requirepass", "pa:ss")
+    target: Target | None = None
+    try:
+        target = start_wec(f"redis://:pa%3Ass@127.0.0.1:{port}/3", tmp_path / "log")
+        _wait_log(tmp_path / "log", "reads lean")
+        ns, txt = _namespace(target), "_acme-challenge." + uniq("auth")
+        _redis_cmd(port, "AUTH pa:ss", "SELECT 3", f"SET wec:{ns}:http01:tok ka",
+                   f"SADD wec:{ns}:txt:{txt} v")
+        assert http_get(target, "/.well-known/acme-challenge/tok").text == "ka"
+        assert answers(dns(target, txt, "TXT"), "TXT") == ['"v"']
+    finally:
+        if target is not None:
+            assert stop(target) == 0
+        _end(redis)
+
+
+@pytest.mark.parametrize("client", ["lean", "redis-py"])
+def test_a_key_of_the_wrong_type_is_a_store_failure(redis_url: str, tmp_path: Path,
+                                                    client: str) -> None:
+    """WRONGTYPE from Redis answers 503 / SERVFAIL with either client, as before."""
+    import redis as redis_sync
+
+    target = start_wec(redis_url, tmp_path / "log", "--redis-client", client)
+    direct = redis_sync.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        ns, host = _namespace(target), "_acme-challenge." + uniq("wrongtype")
+        direct.rpush(f"wec:{ns}:http01:wrong", "x")
+        direct.set(f"wec:{ns}:txt:{host}", "not a set")
+        assert http_get(target, "/.well-known/acme-challenge/wrong").status_code == 503
+        assert dns(target, host, "TXT").header.rcode == RCODE.SERVFAIL
+        assert dns(target, host, "A").header.rcode == RCODE.NOERROR
+    finally:
+        direct.close()
+        assert stop(target) == 0
 
 
 # -- fuzzing: bounded, and the server must still answer afterwards --------------------------

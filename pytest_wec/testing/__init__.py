@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from typing import Any
 
-__all__ = ["serve_until_signalled"]
+__all__ = ["serve_until_signalled", "stop_process"]
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop *proc*: SIGTERM, then SIGKILL if it has not exited within *timeout* seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 async def serve_until_signalled(runner: Any) -> None:

@@ -3,8 +3,9 @@
 Runs in the requester (an xdist worker, or the controller without ``-n``).
 
     ChallengePublisher        the seam (Protocol) chains publish through
-     ├── RedisPublisher       writes the challenge server's Redis store directly (fast path;
-     │                        the key schema is ``challenge_srv.store.Keys``)
+     ├── RedisPublisher       writes the challenge server's Redis store directly (fast path,
+     │                        a lean RESP writer: ``challenge_srv.resp``; the key schema is
+     │                        ``challenge_srv.store.Keys``)
      └── ChallTestSrvPublisher  speaks the pebble-challtestsrv management API over HTTP
                               (Boulder's chall-test-srv, Debian's pebble-challtestsrv, or
                               this project's challenge server)
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pytest_wec.errors import WecError
 
 if TYPE_CHECKING:  # the checkout's folder; installed as pytest_wec_challenge_srv (_shipped.py)
+    from challenge_srv.resp import RespClient
     from challenge_srv.store import (
         CHALLENGE_TTL,
         ChallengeStore,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # the checkout's folder; installed as pytest_wec_challenge_sr
         tlsalpn_host,
     )
 else:
+    from pytest_wec_challenge_srv.resp import RespClient
     from pytest_wec_challenge_srv.store import (
         CHALLENGE_TTL,
         ChallengeStore,
@@ -51,6 +54,7 @@ else:
 
 if TYPE_CHECKING:
     import aiohttp
+    from redis.asyncio import Redis
 
 __all__ = [
     "ChallTestSrvPublisher",
@@ -95,9 +99,13 @@ class ChallengePublisher(Protocol):
 class RedisPublisher:
     """Writes the challenge store in Redis; the challenge server serves it at once.
 
-    Challenge entries expire after ``ttl`` seconds even if never removed. The entries it
-    published and did not remove yet (those of the chains in flight, at most ``keep``) are
-    kept, so that :meth:`republish` writes them again into a Redis that restarted empty.
+    A plain ``redis://[[user]:password@]host:port[/db]`` URL is written through the lean
+    writer (``challenge_srv.resp``, the challenge server's own client: one pipelined
+    connection, the commands of ``ChallengeStore``); any other form, or ``lean=False``,
+    through redis-py's ``ChallengeStore``. Challenge entries expire after ``ttl`` seconds
+    even if never removed. The entries it published and did not remove yet (those of the
+    chains in flight, at most ``keep``) are kept, so that :meth:`republish` writes them
+    again into a Redis that restarted empty.
     """
 
     keep = 10_000
@@ -109,13 +117,22 @@ class RedisPublisher:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         ttl: int = CHALLENGE_TTL,
+        lean: bool = True,
     ) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
         self.timeout = timeout
         self.keys = Keys(namespace)
-        self._redis = connect(redis_url, timeout=timeout)
-        self._store = ChallengeStore(self._redis, self.keys, ttl=ttl)
+        #: the lean writer (challenge_srv.resp) for plain ``redis://`` URLs unless
+        #: ``lean=False``; redis-py (ChallengeStore) for any other form
+        self._lean = RespClient.from_url(redis_url, timeout=timeout) if lean else None
+        self._redis: Redis | None = None
+        self._store: ChallengeStore | _LeanStore
+        if self._lean is not None:
+            self._store = _LeanStore(self._lean, self.keys, ttl)
+        else:
+            self._redis = connect(redis_url, timeout=timeout)
+            self._store = ChallengeStore(self._redis, self.keys, ttl=ttl)
         #: (kind, name) -> values, oldest first: what a restarted Redis needs again
         self._live: dict[tuple[str, str], list[str]] = {}
 
@@ -152,6 +169,8 @@ class RedisPublisher:
 
     async def _call(self, what: str, op: Awaitable[T]) -> T:
         try:
+            if self._lean is not None:  # it bounds every wait by the timeout itself
+                return await op
             async with asyncio.timeout(self.timeout):
                 return await op
         except TimeoutError:
@@ -203,9 +222,50 @@ class RedisPublisher:
 
     async def aclose(self) -> None:
         try:
-            await self._redis.aclose()
+            if self._lean is not None:
+                await self._lean.aclose()
+            if self._redis is not None:
+                await self._redis.aclose()
         except Exception as exc:  # closing must not mask the caller's outcome
             log.debug("closing the Redis publisher: %s", exc)
+
+
+class _LeanStore:
+    """The writes of :class:`ChallengeStore` the publisher makes, the same commands, keys,
+    types and expiries, through the lean writer (one write and one round trip each)."""
+
+    def __init__(self, client: RespClient, keys: Keys, ttl: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl = str(int(ttl)).encode()
+
+    async def add_http01(self, token: str, key_authz: str) -> None:
+        await self.client.execute((b"SET", self.keys.http01(token), key_authz, b"EX", self.ttl))
+
+    async def del_http01(self, token: str) -> None:
+        await self.client.execute((b"DEL", self.keys.http01(token)))
+
+    async def add_tlsalpn01(self, host: str, key_authz: str) -> None:
+        await self.client.execute((b"SET", self.keys.tlsalpn01(host), key_authz, b"EX", self.ttl))
+
+    async def del_tlsalpn01(self, host: str) -> None:
+        await self.client.execute((b"DEL", self.keys.tlsalpn01(host)))
+
+    async def add_txt(self, host: str, value: str) -> None:
+        key = self.keys.txt(host)  # a transaction, as ChallengeStore's pipeline
+        await self.client.execute((b"MULTI",), (b"SADD", key, value),
+                                  (b"EXPIRE", key, self.ttl), (b"EXEC",))
+
+    async def clear_txt(self, host: str) -> None:
+        await self.client.execute((b"DEL", self.keys.txt(host)))
+
+    async def add_addresses(self, version: int, host: str, addresses: list[str]) -> None:
+        key = self.keys.a(host) if version == 4 else self.keys.aaaa(host)
+        await self.client.execute((b"RPUSH", key, *addresses))
+
+    async def clear_addresses(self, version: int, host: str) -> None:
+        await self.client.execute((b"DEL", self.keys.a(host) if version == 4
+                                   else self.keys.aaaa(host)))
 
 
 class ChallTestSrvPublisher:
