@@ -1,22 +1,29 @@
 """The regression gate against noise: A/A comparisons flag nothing, a real +20% is flagged.
 
     .venv/bin/python bench/bench_regression_gate.py [--quick] [--trials 20] [--duration 5]
-        [--load 8] [--bound p95:10%]
+        [--load 8] [--bound p95:10%] [--runs 5]
 
 Each trial is three short load runs (``pytest --wec-load``, one process, the embedded Redis
 and challenge server), each against a fresh stub CA (``stubca.py --program``) that holds
 every answer for a lognormal delay (p50 10 ms, p99 13 ms; newNonce and the directory 1 ms).
 The chain makes an account and four orders, so that newOrder has many samples:
 
-    A   the baseline (its benchmark.json, as ``--wec-save`` stores it)
-    A'  the same program, another seed: compared with A, nothing may regress
-    B   newOrder's delay programmed 20% longer (p50 12 ms, p99 15.6 ms): compared with A,
-        ``endpoint newOrder p95`` must regress
+    A   a baseline run: its benchmark.json saved (``save_baseline``, as ``--wec-save gate``
+        stores it) in one storage kept across the trials
+    A'  the same program, another seed: compared with the baseline, nothing may regress
+    B   newOrder's delay programmed 20% longer (p50 12 ms, p99 15.6 ms): compared with the
+        baseline, ``endpoint newOrder p95`` must regress
 
-The comparison is the gate's own (``comparison.compare`` of the run's summary.json against
-A's benchmark.json, ``regressions`` with ``--bound``). Targets: A/A flags nothing in at least
-19 of 20 trials; A/B flags newOrder's p95 in every trial. Prints one row per trial (the
-p95s, their noise, what was flagged) and the totals; never fails on a timing.
+The baseline is what a CI that saves every passing main-branch run under one name compares
+with (``--wec-compare gate --wec-compare-runs K``, ``load_baseline``): the last K saved A
+runs, trial k's and those of the K-1 trials before it. K-1 extra A runs (other seeds) are
+saved before the first trial, so that every counted trial compares with K runs; ``--runs 1``
+is one run as the baseline (the gate before ``--wec-compare-runs``). The comparison is the
+gate's own (``comparison.compare`` of the run's summary.json against the baseline,
+``regressions`` with ``--bound``). Targets: A/A flags nothing in at least 19 of 20 trials;
+A/B flags newOrder's p95 in every trial. Prints one row per trial (the p95s, their noise,
+how many runs the baseline is made of, what was flagged) and the totals; never fails on a
+timing.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import log, machine, table
 from stubca import start_stub_ca
 
+from pytest_wec.controller.baseline import load_baseline, save_baseline
 from pytest_wec.controller.comparison import compare, parse_compare_fail, regressions
 
 BASE = {"delays": {"*": "lognormal:10ms:13ms", "newNonce": "1ms", "directory": "1ms"},
         "requests": [1, 1]}
 SHIFTED_ENDPOINT = "newOrder"
 SHIFT = 1.2
+SAVE_NAME = "gate"
 CHAIN = '''\
 from pytest_wec import ChainContext, chain
 
@@ -97,21 +106,33 @@ def run(name: str, work: Path, spec: dict[str, Any], args: argparse.Namespace
     return summary
 
 
+def save_a(name: str, work: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One A run, saved under SAVE_NAME in the storage the trials share."""
+    summary = run(name, work, program(seed), args)
+    save_baseline(work / name / "benchmark.json", SAVE_NAME, work / "storage")
+    return summary
+
+
+def describe(label: str, summary: dict[str, Any]) -> None:
+    health = summary["generator"].get("health") or {}
+    log(f"{label} {summary['totals']['chains']} chains, "
+        f"{summary['endpoints'].get(SHIFTED_ENDPOINT, {}).get('count', 0)} "
+        f"{SHIFTED_ENDPOINT}, exit {summary['_exit_status']}, generator "
+        f"{'healthy' if health.get('ok') else health.get('reason')}")
+
+
 def trial(i: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     bounds = parse_compare_fail(args.bound)
-    runs = {}
-    for name, spec in (("A", program(3 * i + 1)), ("A2", program(3 * i + 2)),
-                       ("B", program(3 * i + 3, shifted=True))):
-        summary = runs[name] = run(f"t{i}-{name}", work, spec, args)
-        health = summary["generator"].get("health") or {}
-        log(f"trial {i + 1}: {name} {summary['totals']['chains']} chains, "
-            f"{summary['endpoints'].get(SHIFTED_ENDPOINT, {}).get('count', 0)} "
-            f"{SHIFTED_ENDPOINT}, exit {summary['_exit_status']}, generator "
-            f"{'healthy' if health.get('ok') else health.get('reason')}")
-    base = json.loads((work / f"t{i}-A" / "benchmark.json").read_text())
-    out: dict[str, Any] = {}
+    runs = {"A": save_a(f"t{i}-A", work, 3 * i + 1, args)}
+    describe(f"trial {i + 1}: A", runs["A"])
+    for name, spec in (("A2", program(3 * i + 2)), ("B", program(3 * i + 3, shifted=True))):
+        runs[name] = run(f"t{i}-{name}", work, spec, args)
+        describe(f"trial {i + 1}: {name}", runs[name])
+    base = load_baseline(SAVE_NAME, work / "storage", args.runs)
+    a_p95 = runs["A"]["endpoints"].get(SHIFTED_ENDPOINT, {}).get("latency_ms", {}).get("p95")
+    out: dict[str, Any] = {"n": len(base.runs), "label": base.label, "A": a_p95}
     for name in ("A2", "B"):
-        diffs = compare(runs[name], base)
+        diffs = compare(runs[name], base.compared)
         found = regressions(diffs, bounds)
         d = next(d for d in diffs if (d.kind, d.name, d.metric) ==
                  ("endpoint", SHIFTED_ENDPOINT, "p95"))
@@ -119,6 +140,7 @@ def trial(i: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
                      "now": d.current, "noise": d.noise,
                      "hit": any((r.diff.kind, r.diff.name, r.diff.metric) ==
                                 ("endpoint", SHIFTED_ENDPOINT, "p95") for r in found)}
+    log(f"trial {i + 1}: baseline {base.label}")
     return out
 
 
@@ -129,24 +151,34 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--load", type=int, default=8)
     ap.add_argument("--bound", default="p95:10%")
+    ap.add_argument("--runs", type=int, default=5,
+                    help="the saved A runs the baseline is made of (--wec-compare-runs)")
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs: expected a whole number >= 1")
     if args.quick:
-        args.trials, args.duration = 3, 4.0
+        args.trials, args.duration = min(args.trials, 3), 4.0
     print(f"regression gate: {args.trials} trials, {args.duration:g} s runs at --wec-load "
-          f"{args.load}, bound {args.bound}; {machine()}")
+          f"{args.load}, bound {args.bound}, baseline of the last {args.runs} A runs "
+          f"({args.runs - 1} extra A runs first); {machine()}")
     rows, aa_clean, ab_hit = [], 0, 0
     with tempfile.TemporaryDirectory(prefix="wec-gate-") as tmp:
+        for j in range(args.runs - 1):  # the baseline's older runs: not counted
+            describe(f"extra A {j + 1} of {args.runs - 1}:",
+                     save_a(f"x{j}-A", Path(tmp), 100_000 + j, args))
         for i in range(args.trials):
             r = trial(i, Path(tmp), args)
             aa_clean += not r["A2"]["flagged"]
             ab_hit += r["B"]["hit"]
-            rows.append([i + 1, r["A2"]["base"], r["A2"]["now"], r["A2"]["noise"],
-                         ", ".join(r["A2"]["flagged"]) or "-", r["B"]["now"], r["B"]["noise"],
-                         "yes" if r["B"]["hit"] else "NO", ", ".join(r["B"]["flagged"])])
-    print(table(["trial", "A p95 ms", "A' p95 ms", "noise", "A/A flagged", "B p95 ms",
-                 "noise", "B flagged", "B/A flagged (all)"], rows))
+            rows.append([i + 1, r["n"], r["A"], r["A2"]["base"], r["A2"]["now"],
+                         r["A2"]["noise"], ", ".join(r["A2"]["flagged"]) or "-",
+                         r["B"]["now"], r["B"]["noise"], "yes" if r["B"]["hit"] else "NO",
+                         ", ".join(r["B"]["flagged"])])
+    print(table(["trial", "n", "A p95 ms", "base p95 ms", "A' p95 ms", "noise", "A/A flagged",
+                 "B p95 ms", "noise", "B flagged", "B/A flagged (all)"], rows))
     print(f"A/A: nothing flagged in {aa_clean} of {args.trials} (target >= 95%); "
-          f"A/B: {SHIFTED_ENDPOINT} p95 flagged in {ab_hit} of {args.trials} (target: all)")
+          f"A/B: {SHIFTED_ENDPOINT} p95 flagged in {ab_hit} of {args.trials} (target: all); "
+          f"baseline: the median of the last {args.runs} A runs")
     return 0
 
 

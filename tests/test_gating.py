@@ -15,6 +15,7 @@ from pytest_wec.controller.aggregator import Aggregator
 from pytest_wec.controller.baseline import (
     check_save_name,
     find_baseline,
+    find_baselines,
     load_baseline,
     load_benchmark,
     machine_id,
@@ -407,6 +408,40 @@ def test_load_baseline_and_parse_storage(runs: dict[str, Path], tmp_path: Path) 
         load_benchmark(broken)
     with pytest.raises(BaselineError, match=r"^cannot read .*missing\.json"):
         load_benchmark(tmp_path / "missing.json")
+
+
+def test_a_baseline_of_several_saved_runs(runs: dict[str, Path], summary: dict[str, Any],
+                                          tmp_path: Path) -> None:
+    storage = tmp_path / ".benchmarks"
+    here = storage / machine_id()
+    for name in ("main", "main", "nightly", "main", "main"):
+        save_baseline(runs["same"], name, storage)
+    mains = [here / f"{n}_main.json" for n in ("0005", "0004", "0002", "0001")]
+    assert find_baselines("main", storage, 5) == mains  # newest first, of that name only
+    assert find_baselines("main", storage, 3) == mains[:3]
+    assert find_baselines("main", storage) == find_baselines("main", storage, 1) == mains[:1]
+    assert find_baselines("latest", storage, 2) == mains[:2]  # the newest run's name
+    assert find_baselines(f"{machine_id()}/main", storage, 5) == mains
+    for spec in ("0004", "0004_main", str(mains[1])):  # one run named: that run alone
+        assert find_baselines(spec, storage, 5) == [mains[1]]
+    assert find_baselines("nightly", storage, 5) == [here / "0003_nightly.json"]
+
+    base = load_baseline("main", storage, 3)
+    assert base.label == "main (median of 3 runs, 0002_main .. 0005_main)"
+    assert (base.path, base.paths, len(base.runs)) == (mains[0], tuple(mains[:3]), 3)
+    assert base.compared == base.runs
+    one = load_baseline("main", storage, 1)  # K=1: the newest alone, as before
+    assert (one.label, one.compared, one.paths) == ("0005_main", one.data, (mains[0],))
+    assert load_baseline("nightly", storage, 5).label == "0003_nightly"
+    with pytest.raises(ValueError, match=">= 1"):
+        load_baseline("main", storage, 0)
+
+    result = gate(summary, (), base, parse_compare_fail("p95:10%"))
+    assert result.line() == ("wec: PASSED: no regressions against main (median of 3 runs, "
+                             "0002_main .. 0005_main)")
+    assert result.text().splitlines()[0] == (
+        "wec vs baseline main (median of 3 runs, 0002_main .. 0005_main): 0 regressions")
+    assert result.diffs == gate(summary, (), one, parse_compare_fail("p95:10%")).diffs
 
 
 def test_pytest_benchmark_compare_reads_saved_runs(runs: dict[str, Path],

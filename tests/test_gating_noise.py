@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from pytest_wec.controller.aggregator import Aggregator
 from pytest_wec.controller.comparison import compare, parse_compare_fail, regressions
 from pytest_wec.controller.histogram import Histogram
-from pytest_wec.controller.noise import change_noise, intervals
+from pytest_wec.controller.noise import change_noise, intervals, run_spread, t975
 from pytest_wec.controller.outputs import build_benchmark_json, build_summary
 from pytest_wec.wire.results import ChainResult, RequestResult
 
@@ -168,3 +169,146 @@ def test_count_and_error_rate_noise() -> None:
     assert change_noise("error_rate", then, now) == pytest.approx(
         100 * 1.96 * (p0 * (1 - p0) / 100 + p1 * (1 - p1) / 100) ** 0.5)
     assert change_noise("p95", {}, {}) is None
+
+
+# -- a baseline of several saved runs ----------------------------------------------------------
+
+
+def scaled(data: dict[str, Any], factor: float, name: str = "newOrder") -> dict[str, Any]:
+    """A copy of a saved benchmark.json with one endpoint's times ``factor`` times longer
+    (a run shifted as a whole: the machine's other load that day)."""
+    out: dict[str, Any] = json.loads(json.dumps(data))
+    for b in out["benchmarks"]:
+        if (b["group"], b["name"]) != ("endpoint", name):
+            continue
+        for k in ("min", "max", "mean", "median", "stddev"):
+            if isinstance(b["stats"].get(k), int | float):
+                b["stats"][k] *= factor
+        for k in ("p95", "p99"):
+            b["extra_info"][k] *= factor
+        b["extra_info"]["ci"] = {f: [v if v is None else v * factor for v in lh]
+                                 for f, lh in b["extra_info"]["ci"].items()}
+    return out
+
+
+def p95_of(diffs: list[Any], name: str = "newOrder", metric: str = "p95") -> Any:
+    return next(d for d in diffs if (d.kind, d.name, d.metric) == ("endpoint", name, metric))
+
+
+def flagged(diffs: list[Any], bounds: str = "p95:10%") -> list[tuple[str, str]]:
+    return [(r.diff.name, r.diff.metric) for r in regressions(diffs, parse_compare_fail(bounds))]
+
+
+def bench_p95(data: dict[str, Any], name: str = "newOrder") -> float:
+    b = next(b for b in data["benchmarks"] if (b["group"], b["name"]) == ("endpoint", name))
+    return round(float(b["extra_info"]["p95"]) * 1000, 3)  # as the comparison reads it
+
+
+def test_an_outlier_baseline_run_cries_wolf_alone_not_among_five() -> None:
+    """The newest saved run was a fast outlier (newOrder 15% quicker): alone, a normal run
+    looks 18% slower; the median of five runs is not fooled."""
+    runs = [saved(fake_run(600 + k)) for k in range(4)]
+    runs.append(scaled(saved(fake_run(604)), 0.85))
+    newest_first = runs[::-1]
+    now = summary(fake_run(610))
+    assert ("newOrder", "p95") in flagged(compare(now, newest_first[0]))
+    assert flagged(compare(now, newest_first)) == []
+    d = p95_of(compare(now, newest_first))
+    values = [bench_p95(r) for r in runs]
+    assert d.baseline == pytest.approx(statistics.median(values))
+    assert d.noise >= run_spread(values) - 1e-6  # type: ignore[operator]
+
+
+def test_an_outlier_baseline_run_hides_a_change_alone_not_among_five() -> None:
+    """The newest saved run was a slow outlier (newOrder 12% slower): alone, it hides a real
+    +20%; against the median of five runs the change is beyond their spread."""
+    runs = [saved(fake_run(620 + k)) for k in range(4)]
+    runs.append(scaled(saved(fake_run(624)), 1.12))
+    newest_first = runs[::-1]
+    slower = summary(fake_run(630, slower="newOrder"))
+    assert ("newOrder", "p95") not in flagged(compare(slower, newest_first[0]))
+    assert ("newOrder", "p95") in flagged(compare(slower, newest_first))
+    # the same outlier does not hide a change from K=5 in other trials either
+    for trial in range(3):
+        now = summary(fake_run(640 + trial, slower="newOrder"))
+        assert ("newOrder", "p95") in flagged(compare(now, newest_first)), trial
+        assert flagged(compare(summary(fake_run(650 + trial)), newest_first)) == [], trial
+
+
+def test_a_real_shift_beyond_the_runs_spread_is_flagged() -> None:
+    bounds = "p50:10%,p95:10%,p99:20%,mean:10%,error_rate:0.5,count:5%,rate:5%"
+    runs = [saved(fake_run(700 + k)) for k in range(5)]
+    shifted = compare(summary(fake_run(710, slower="newOrder")), runs)
+    d = p95_of(shifted)
+    assert d.change_pct > 10 and d.change > d.noise
+    assert ("newOrder", "p95") in flagged(shifted, bounds)
+    assert {name for name, _ in flagged(shifted, bounds)} <= {"newOrder", "new_certificate"}
+    assert flagged(compare(summary(fake_run(711)), runs), bounds) == []
+    # counts and rates: the median, their noise at least the runs' spread
+    counts = compare(summary(fake_run(712, n=1900)), runs)
+    c = p95_of(counts, metric="count")
+    assert c.baseline == 2000 and c.current == 1900
+    assert c.noise == pytest.approx(1.96 * (2000 + 1900) ** 0.5, rel=1e-4)  # the same counts
+
+
+def test_one_saved_run_in_a_list_is_the_run_alone() -> None:
+    base, now = saved(fake_run(720)), summary(fake_run(721, slower="newOrder"))
+    assert compare(now, [base]) == compare(now, base) == compare(now, (base,))
+    with pytest.raises(ValueError, match="no runs"):
+        compare(now, [])
+    # five copies of one run: no spread, so the noise is the run's own interval as alone
+    alone, five = compare(now, base), compare(now, [base] * 5)
+    assert [(d.name, d.metric, d.baseline) for d in five] == \
+        [(d.name, d.metric, d.baseline) for d in alone]
+    assert [d.noise for d in five] == pytest.approx([d.noise for d in alone], abs=1e-5)
+
+
+def test_two_saved_runs_take_their_mean_and_t_of_one_degree() -> None:
+    a, b = saved(fake_run(730)), scaled(saved(fake_run(731)), 1.05)
+    now = summary(fake_run(732))
+    d = p95_of(compare(now, [b, a]))
+    x, y = bench_p95(a), bench_p95(b)
+    assert d.baseline == pytest.approx((x + y) / 2)
+    spread = 12.706 * abs(x - y) / 2 ** 0.5 * (1 + 1 / 2) ** 0.5
+    assert run_spread([x, y]) == pytest.approx(spread)
+    assert d.noise == pytest.approx(spread, abs=1e-5)  # far wider than either run's interval
+
+
+def test_a_figure_only_some_runs_have_uses_those() -> None:
+    runs = [saved(fake_run(740 + k)) for k in range(5)]
+    for r in runs[:2]:  # two runs without newOrder's p99, one without finalize at all
+        next(b for b in r["benchmarks"] if b["name"] == "newOrder")["extra_info"].pop("p99")
+    runs[4]["benchmarks"] = [b for b in runs[4]["benchmarks"] if b["name"] != "finalize"]
+    now = summary(fake_run(750))
+    diffs = compare(now, runs)
+    p99s = [round(1000 * next(b for b in r["benchmarks"] if b["name"] == "newOrder")
+                  ["extra_info"]["p99"], 3) for r in runs[2:]]
+    d = p95_of(diffs, metric="p99")
+    assert d.baseline == pytest.approx(statistics.median(p99s))
+    assert d.noise >= run_spread(p99s) - 1e-6  # type: ignore[operator]
+    finals = [bench_p95(r, "finalize") for r in runs[:4]]
+    f = p95_of(diffs, "finalize")
+    assert f.baseline == pytest.approx(statistics.median(finals))
+    assert f.noise >= run_spread(finals) - 1e-6  # type: ignore[operator]
+    # an entry in one run only: that run's value and its own interval, as with one run
+    runs[0]["benchmarks"] = [b for b in runs[0]["benchmarks"] if b["name"] != "newAccount"]
+    only = [runs[0]] + [{**r, "benchmarks": [b for b in r["benchmarks"]
+                                             if b["name"] != "newAccount"]} for r in runs[1:]]
+    only[2] = runs[2]
+    assert p95_of(compare(now, only), "newAccount") == p95_of(compare(now, runs[2]),
+                                                              "newAccount")
+
+
+def test_run_spread_and_t() -> None:
+    assert run_spread([]) is None and run_spread([5.0]) is None
+    assert run_spread([1.0, 1.0, 1.0]) == 0
+    values = [10.0, 11.0, 12.0, 13.0, 14.0]
+    s = 1.4826 * 1.0  # the median absolute deviation from 12 is 1
+    assert run_spread(values) == pytest.approx(2.776 * s * (1 + 1 / 5) ** 0.5)
+    # one outlying run hardly widens it (a standard deviation would more than double)
+    assert run_spread([10.0, 11.0, 12.0, 13.0, 40.0]) == pytest.approx(run_spread(values))
+    assert run_spread([10.0, 12.0]) == pytest.approx(12.706 * statistics.stdev([10.0, 12.0])
+                                                      * 1.5 ** 0.5)
+    assert (t975(1), t975(4), t975(30), t975(31)) == (12.706, 2.776, 2.042, 1.96)
+    with pytest.raises(ValueError):
+        t975(0)

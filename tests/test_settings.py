@@ -70,6 +70,12 @@ def test_precedence_cli_env_ini(pytester: pytest.Pytester, monkeypatch: pytest.M
          "--wec-limit: unknown resource 'things'; expected hard limits such as"),
         (["--wec-domain", "no_domain"], {}, "--wec-domain: expected a DNS domain"),
         (["--wec-ca-bundle", "/nonexistent.pem"], {}, "--wec-ca-bundle: no such file"),
+        (["--wec-compare-runs", "0"], {},
+         "--wec-compare-runs: expected a whole number >= 1, got '0'"),
+        (["--wec-compare-runs=-1"], {},
+         "--wec-compare-runs: expected a whole number >= 1, got '-1'"),
+        ([], {"WEC_COMPARE_RUNS": "x"},
+         "environment variable WEC_COMPARE_RUNS: expected a whole number >= 1, got 'x'"),
     ],
 )
 def test_bad_values_are_usage_errors(
@@ -133,3 +139,11 @@ def test_a_bad_url_is_named_without_its_password() -> None:
         resolve({"db": "mysql://root:s3cret@127.0.0.1:3306"}, lambda name: None)
     assert "s3cret" not in str(err.value)
     assert "got 'mysql://root:***@127.0.0.1:3306'" in str(err.value)
+
+
+def test_compare_runs_default_ini_and_cli(pytester: pytest.Pytester) -> None:
+    assert pytester.parseconfigure().stash[SETTINGS_KEY].compare_runs == 5
+    pytester.makeini("[pytest]\nwec_compare_runs = 3\n")
+    assert pytester.parseconfigure().stash[SETTINGS_KEY].compare_runs == 3
+    s = pytester.parseconfigure("--wec-compare-runs", "1").stash[SETTINGS_KEY]
+    assert (s.compare_runs, s.sources["compare_runs"]) == (1, "--wec-compare-runs")

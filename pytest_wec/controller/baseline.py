@@ -10,6 +10,12 @@ A baseline spec (``--wec-compare``) is ``latest`` (the newest run saved on this 
 ``NAME`` (the newest run saved with that name), ``NNNN`` or ``NNNN_NAME`` (one run),
 ``MACHINE/NAME`` or ``MACHINE/latest`` (another machine id's runs) or the path of a
 benchmark.json.
+
+Given ``runs`` K (``--wec-compare-runs``, default 5), ``NAME`` (and ``latest``: the newest
+run's name) is the newest K runs saved with that name in that machine id's directory, newest
+first: the comparison takes each figure's median over them
+(:func:`pytest_wec.controller.comparison.compare`). ``NNNN``, ``NNNN_NAME`` and a path are
+always one run.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from typing import Any
 
 from pytest_wec.errors import BaselineError
 
-__all__ = ["KINDS", "Baseline", "check_save_name", "find_baseline", "load_baseline",
-           "load_benchmark", "machine_id", "parse_storage", "save_baseline"]
+__all__ = ["KINDS", "Baseline", "check_save_name", "find_baseline", "find_baselines",
+           "load_baseline", "load_benchmark", "machine_id", "parse_storage", "save_baseline"]
 
 #: The benchmark groups of a wec benchmark.json, in the order they are shown.
 KINDS = ("chain", "endpoint")
@@ -121,23 +127,34 @@ def _listing(storage: Path, here: str) -> str:
     return "saved runs: " + "; ".join(parts) if parts else f"{storage} holds no saved runs"
 
 
-def _pick(runs: list[tuple[int, str, Path]], want: str) -> Path | None:
+def _pick(runs: list[tuple[int, str, Path]], want: str, k: int = 1) -> list[Path]:
+    """The saved runs ``want`` names, newest first: the newest match and, when it matched
+    by its name (or ``want`` is ``latest``), up to ``k - 1`` older runs of that name."""
+    found: tuple[int, str, Path] | None = None
     if want == "latest":
-        return runs[-1][2] if runs else None
-    for number, name, path in reversed(runs):
-        if want in (name, path.stem) or (want.isdigit() and int(want) == number):
-            return path
-    return None
+        found = runs[-1] if runs else None
+    else:
+        for number, name, path in reversed(runs):
+            if want in (name, path.stem) or (want.isdigit() and int(want) == number):
+                found = (number, name, path)
+                break
+    if found is None:
+        return []
+    if k <= 1 or want not in ("latest", found[1]):
+        return [found[2]]
+    return [path for _, name, path in reversed(runs) if name == found[1]][:k]
 
 
-def find_baseline(spec: str, storage_dir: str | os.PathLike[str]) -> Path:
-    """The benchmark.json that ``spec`` names (see the module doc); BaselineError, listing
+def find_baselines(spec: str, storage_dir: str | os.PathLike[str], runs: int = 1
+                   ) -> list[Path]:
+    """The benchmark.json files that ``spec`` names (see the module doc), newest first: up
+    to ``runs`` of them for a NAME (or ``latest``), one otherwise; BaselineError, listing
     the saved runs, when nothing matches."""
     storage, here = Path(storage_dir), machine_id()
     spec = spec.strip() or "latest"
     given = Path(spec).expanduser()
     if given.is_file():
-        return given
+        return [given]
     if spec.endswith(".json"):
         raise BaselineError(f"no such file: {spec}")
     machine, sep, want = spec.rpartition("/")
@@ -145,11 +162,17 @@ def find_baseline(spec: str, storage_dir: str | os.PathLike[str]) -> Path:
         raise BaselineError(f"no such file, and no machine id {machine!r} in {storage}: "
                             f"{spec}; {_listing(storage, here)}")
     directory = storage / (machine or here)
-    found = _pick(_runs(directory), want)
-    if found is None:
+    found = _pick(_runs(directory), want, runs)
+    if not found:
         what = "no saved run" if want == "latest" else f"no saved run {want!r}"
         raise BaselineError(f"{what} in {directory}; {_listing(storage, here)}")
     return found
+
+
+def find_baseline(spec: str, storage_dir: str | os.PathLike[str]) -> Path:
+    """The benchmark.json that ``spec`` names (see the module doc); BaselineError, listing
+    the saved runs, when nothing matches."""
+    return find_baselines(spec, storage_dir)[0]
 
 
 def load_benchmark(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -170,21 +193,46 @@ def load_benchmark(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Baseline:
-    """A saved run to compare with: where it is, what it holds, how to call it."""
+    """What to compare with: where it is, what it holds, how to call it. ``path`` and
+    ``data`` are the newest run; ``runs`` (newest first) all the runs it is made of."""
 
     path: Path
     data: Mapping[str, Any]
     label: str
+    runs: tuple[Mapping[str, Any], ...] = ()
+    paths: tuple[Path, ...] = ()
+
+    @property
+    def compared(self) -> Mapping[str, Any] | tuple[Mapping[str, Any], ...]:
+        """What :func:`pytest_wec.controller.comparison.compare` takes as the baseline: the
+        one run, or the list of them."""
+        return self.runs if len(self.runs) > 1 else self.data
 
 
-def load_baseline(spec: str, storage_dir: str | os.PathLike[str]) -> Baseline:
-    """:func:`find_baseline` and :func:`load_benchmark` in one (BaselineError)."""
-    path = find_baseline(spec, storage_dir)
-    data = load_benchmark(path)
+def _label(path: Path, storage_dir: str | os.PathLike[str]) -> str:
+    """``0003_main`` on this machine id, ``MACHINE/0003_main`` on another, else the path."""
     try:
         rel = path.resolve().relative_to(Path(storage_dir).resolve())
     except ValueError:
-        label = str(path)
-    else:
-        label = rel.stem if rel.parent.name == machine_id() else str(rel.with_suffix(""))
-    return Baseline(path, data, label)
+        return str(path)
+    return rel.stem if rel.parent.name == machine_id() else str(rel.with_suffix(""))
+
+
+def load_baseline(spec: str, storage_dir: str | os.PathLike[str], runs: int = 1
+                  ) -> Baseline:
+    """:func:`find_baselines` and :func:`load_benchmark` in one (BaselineError); with
+    several runs the label says how many: ``main (median of 5 runs, 0003_main ..
+    0007_main)``."""
+    if runs < 1:
+        raise ValueError("runs: expected a whole number >= 1")
+    paths = find_baselines(spec, storage_dir, runs)
+    datas = tuple(load_benchmark(p) for p in paths)
+    labels = [_label(p, storage_dir) for p in paths]
+    label = labels[0]
+    if len(paths) > 1:
+        m = _RUN.fullmatch(paths[0].name)  # several: saved runs, NNNN_NAME.json
+        name = m[2] if m else paths[0].stem
+        where = label.rpartition("/")[0]
+        label = (f"{where + '/' if where else ''}{name} (median of {len(paths)} runs, "
+                 f"{labels[-1].rpartition('/')[2]} .. {labels[0].rpartition('/')[2]})")
+    return Baseline(paths[0], datas[0], label, datas, tuple(paths))

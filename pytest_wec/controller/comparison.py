@@ -17,19 +17,26 @@ A change is a regression only when it breaks its bound and is beyond the noise o
 runs (:func:`pytest_wec.controller.noise.change_noise`, 95%: each latency figure's interval,
 saved with the baseline; Poisson and binomial noise of the counts). A baseline saved
 without intervals takes the current run's for its own.
+
+A baseline of several saved runs (``--wec-compare-runs``, :func:`compare` given a list):
+each figure's baseline value is the median over the runs that have it, and its noise at
+least the runs' spread as a prediction interval for one new run
+(:func:`pytest_wec.controller.noise.run_spread`), which sees the shifts between runs that
+no interval of one run does.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_wec.controller.baseline import KINDS, load_benchmark
 from pytest_wec.controller.gating import text_table
-from pytest_wec.controller.noise import change_noise, halves
+from pytest_wec.controller.noise import FIGURES, change_noise, halves, run_spread
 from pytest_wec.controller.phases import COUNT_PHASES
 from pytest_wec.controller.thresholds import format_value
 
@@ -124,6 +131,62 @@ def _metrics(run: Mapping[str, Any] | str | os.PathLike[str]) -> dict[tuple[str,
     return _from_benchmark(data) if "benchmarks" in data else _from_summary(data)
 
 
+Run = Mapping[str, Any] | str | os.PathLike[str]
+#: a baseline: one run, or a list of several
+Runs = Run | Sequence[Run]
+
+
+def _numbers(entries: Sequence[Metrics], key: str) -> list[float]:
+    return [float(v) for e in entries if isinstance(v := e.get(key), int | float)]
+
+
+def _reach(e: Metrics, figure: str, side: str) -> float | None:
+    """How far a run's interval goes below (``lo``) or above (``hi``) its figure."""
+    value, bound = e.get(figure), e.get(f"{side}:{figure}")
+    if value is None or bound is None:
+        return None
+    return value - bound if side == "lo" else bound - value
+
+
+def _combined(entries: Sequence[Metrics]) -> Metrics:
+    """One entry from the same entry of several runs: each value the median over the runs
+    that have it, with ``spread:METRIC`` (:func:`run_spread`) from two runs on; each
+    figure's interval the median of the runs' own distances below and above their
+    figure, around the median."""
+    if len(entries) == 1:
+        return dict(entries[0])
+    out: Metrics = {}
+    for key in (*METRICS, "failed"):
+        values = _numbers(entries, key)
+        out[key] = statistics.median(values) if values else None
+        if key in METRICS and len(values) >= 2:
+            out["spread:" + key] = run_spread(values)
+    for figure in FIGURES:
+        value = out.get(figure)
+        if value is None:
+            continue
+        below = [r for e in entries if (r := _reach(e, figure, "lo")) is not None]
+        above = [r for e in entries if (r := _reach(e, figure, "hi")) is not None]
+        if below and above:
+            out["lo:" + figure] = value - statistics.median(below)
+            out["hi:" + figure] = value + statistics.median(above)
+    return out
+
+
+def _baseline_metrics(baseline: Runs) -> dict[tuple[str, str], Metrics]:
+    """One run's metrics, or those of several runs combined entry by entry
+    (:func:`_combined`; an entry only some runs have, from those)."""
+    if isinstance(baseline, str | os.PathLike | Mapping):
+        return _metrics(baseline)
+    if not baseline:
+        raise ValueError("compare: a baseline of no runs")
+    runs = [_metrics(b) for b in baseline]
+    if len(runs) == 1:
+        return runs[0]
+    keys = dict.fromkeys(k for r in runs for k in r)
+    return {k: _combined([r[k] for r in runs if k in r]) for k in keys}
+
+
 @dataclass(frozen=True)
 class Diff:
     """One metric of one chain or endpoint: baseline and current value, and the change
@@ -141,11 +204,13 @@ class Diff:
     noise: float | None = None
 
 
-def compare(current: Mapping[str, Any] | str | os.PathLike[str],
-            baseline: Mapping[str, Any] | str | os.PathLike[str]) -> list[Diff]:
+def compare(current: Run, baseline: Runs) -> list[Diff]:
     """Diffs of every metric of every chain and endpoint in either run; ``current`` is a
-    summary.json or a benchmark.json (a mapping or a path), ``baseline`` a benchmark.json."""
-    now, then = _metrics(current), _metrics(baseline)
+    summary.json or a benchmark.json (a mapping or a path), ``baseline`` a benchmark.json
+    or a list of several (saved runs, any order): then each baseline value is the median
+    over the runs that have it and its noise at least the runs' spread (``run_spread``);
+    a list of one is that run alone."""
+    now, then = _metrics(current), _baseline_metrics(baseline)
     keys = sorted(now.keys() | then.keys(), key=lambda k: (_KINDS.index(k[0]), k[1]))
     out = []
     for key in keys:
@@ -157,6 +222,9 @@ def compare(current: Mapping[str, Any] | str | os.PathLike[str],
                 change = round(cur - base, 6)
                 pct = round(change / base * 100, 4) if base else None
                 noise = change_noise(metric, a, b)
+                spread = a.get("spread:" + metric)
+                if spread is not None:  # several baseline runs: at least what shifts between
+                    noise = max(noise or 0.0, spread)
                 noise = round(noise, 6) if noise is not None else None
             unit = "" if _counted(*key) and metric in LATENCY_METRICS else UNITS[metric]
             out.append(Diff(key[0], key[1], metric, unit, base, cur, change, pct, noise))

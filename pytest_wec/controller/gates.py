@@ -51,7 +51,7 @@ class Gates:
             from pytest_wec.errors import BaselineError
 
             try:
-                self.baseline = load_baseline(s.compare, self.storage())
+                self.baseline = load_baseline(s.compare, self.storage(), s.compare_runs)
             except BaselineError as exc:
                 raise pytest.UsageError(f"--wec-compare: {exc}") from None
 

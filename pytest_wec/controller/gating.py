@@ -308,6 +308,6 @@ def gate(summary: Mapping[str, Any], thresholds: Iterable[Threshold] = (),
         return GateResult(verdicts, aborted=aborted, health=health, saturated_allowed=allowed)
     from pytest_wec.controller.comparison import compare, regressions
 
-    diffs = compare(summary, baseline.data)
+    diffs = compare(summary, baseline.compared)
     return GateResult(verdicts, tuple(diffs), tuple(regressions(diffs, bounds)),
                       baseline.label, aborted, health=health, saturated_allowed=allowed)

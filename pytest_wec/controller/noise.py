@@ -15,13 +15,15 @@ Two estimates, the wider wins:
 each chain and endpoint entry; ``high`` null: too few samples to bound it from above);
 :func:`add_benchmark_intervals` in benchmark.json
 (``extra_info.ci``, seconds, pytest-benchmark's unit; ``extra_info.ci_method``), so that a
-saved baseline carries its own. :mod:`pytest_wec.controller.comparison` uses both.
+saved baseline carries its own. :mod:`pytest_wec.controller.comparison` uses both, and
+:func:`run_spread` for a baseline of several saved runs: what shifts between runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, MutableMapping
+import statistics
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_wec.controller.histogram import Histogram, index_range
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from pytest_wec.controller.stats import NameSecondStats
 
 __all__ = ["BLOCKS", "FIGURES", "METHOD", "Z", "add_benchmark_intervals", "add_intervals",
-           "intervals"]
+           "intervals", "run_spread", "t975"]
 
 #: the stretches of time a run is cut into for the batch means
 BLOCKS = 10
@@ -41,6 +43,9 @@ FIGURES = ("p50", "p95", "p99", "mean")
 METHOD = f"95% batch means over {BLOCKS} stretches of time, at least the order statistic"
 #: Student's t at 0.975 for 1 .. 10 degrees of freedom (more: about Z)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+#: ... and for 11 .. 30
+_T975_MORE = (2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080,
+              2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def _figure(h: Histogram, figure: str) -> float:
@@ -229,6 +234,32 @@ def change_noise(metric: str, then: Mapping[str, Any], now: Mapping[str, Any]) -
         p0, p1 = (f0 + 1) / (n0 + 2), (f1 + 1) / (n1 + 2)  # never 0: a clean run has noise
         return 100 * Z * math.sqrt(p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1)
     return None
+
+
+def t975(df: int) -> float:
+    """Student's t at 0.975 for ``df`` (>= 1) degrees of freedom; past 30, about Z."""
+    table = _T975 + _T975_MORE
+    if df < 1:
+        raise ValueError("t975: needs at least one degree of freedom")
+    return table[df - 1] if df <= len(table) else Z
+
+
+def run_spread(values: Sequence[float]) -> float | None:
+    """The 95% prediction half-width for one new run's figure from the same figure of
+    ``n`` earlier runs: t(0.975, n-1) * s * sqrt(1 + 1/n); what shifts between runs (the
+    machine's other load, the CA's state), which no interval of one run sees. ``s`` is
+    their spread, robust to one outlying run from three runs on: 1.4826 times the median
+    absolute deviation from their median (the standard deviation for normal figures); of
+    two runs, their sample standard deviation. None for fewer than two runs."""
+    n = len(values)
+    if n < 2:
+        return None
+    if n == 2:
+        s = abs(values[0] - values[1]) / math.sqrt(2)
+    else:
+        mid = statistics.median(values)
+        s = 1.4826 * statistics.median(abs(v - mid) for v in values)
+    return t975(n - 1) * s * math.sqrt(1 + 1 / n)
 
 
 def halves(ci: Any, scale: float) -> dict[str, float]:

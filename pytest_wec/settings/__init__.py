@@ -108,6 +108,7 @@ class Settings:
     save: str | None = None
     storage: Any = ".benchmarks"
     compare: str | None = None
+    compare_runs: int = 5  # the saved runs of --wec-compare NAME a baseline is made of
     compare_fail: tuple[Any, ...] | None = None
     #: where each non-default value came from, for the report header
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)

@@ -226,6 +226,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("compare", _text, None,
            "compare with a stored baseline: NAME, PATH or latest (the default when bare)",
            "[NAME|PATH|latest]", const="latest"),
+    Option("compare-runs", _positive_int, 5,
+           "the baseline of --wec-compare NAME (or latest): the median of the last K runs saved "
+           "as NAME on this machine id, its noise at least their spread (1: the newest alone)",
+           "K"),
     Option("compare-fail", _compare_fail, None,
            "fail when a figure regressed past its bound, e.g. p95:10%,p99:20%,error_rate:0.5",
            "SPEC"),
