@@ -111,11 +111,11 @@ def _mysql_problem(version: str) -> str | None:
 def _drop_tables(url: str) -> None:
     from sqlalchemy import create_engine
 
-    from pytest_wec.state._models import Base
+    from pytest_wec.state._models import metadata
 
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
-        Base.metadata.drop_all(engine)
+        metadata.drop_all(engine)
     finally:
         engine.dispose()
 
@@ -580,10 +580,10 @@ def test_sqlite_errors(tmp_path: Path) -> None:
 def test_other_schema_version_is_refused(db_url: str) -> None:
     from sqlalchemy import update
 
-    from pytest_wec.state._models import MetaRow
+    from pytest_wec.state._models import META
 
     with make_store(db_url) as store:
-        store._db.run(lambda conn: conn.execute(update(MetaRow).values(value="999")))
+        store._db.run(lambda conn: conn.execute(update(META).values(value="999")))
     with pytest.raises(StateSchemaError, match="schema version 999"):
         make_store(db_url)
 
@@ -891,9 +891,9 @@ def test_concurrent_opens_create_the_tables_once(db_url: str) -> None:
     with make_store(db_url, create=False) as store:
         from sqlalchemy import func, select
 
-        from pytest_wec.state._models import MetaRow
+        from pytest_wec.state._models import META
 
-        assert store._db.run(lambda c: c.execute(select(func.count()).select_from(MetaRow))
+        assert store._db.run(lambda c: c.execute(select(func.count()).select_from(META))
                              .scalar()) == 1
 
 

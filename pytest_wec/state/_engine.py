@@ -37,7 +37,7 @@ from pytest_wec.state._exceptions import (
     StateSchemaError,
     StateUnavailableError,
 )
-from pytest_wec.state._models import SCHEMA_VERSION, Base, MetaRow
+from pytest_wec.state._models import META, SCHEMA_VERSION, metadata
 from pytest_wec.state._mysql import CONNECT_ARGS as MYSQL_CONNECT_ARGS
 from pytest_wec.state._mysql import ENGINE_ARGS as MYSQL_ENGINE_ARGS
 from pytest_wec.state._mysql import (
@@ -294,18 +294,18 @@ class Database:
         if create:
             if self.is_postgres:  # concurrent CREATE TABLE from several workers races
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
-            Base.metadata.create_all(conn)
-        elif not inspect(conn).has_table(MetaRow.__tablename__):
+            metadata.create_all(conn)
+        elif not inspect(conn).has_table(META.name):
             raise StateSchemaError(
                 f"state DB {self.target.shown} has no wec tables (and create=False)"
             )
         if self.is_mysql:
-            check_innodb(conn, self.target, list(Base.metadata.tables))
+            check_innodb(conn, self.target, list(metadata.tables))
         stored = conn.execute(
-            select(MetaRow.value).where(MetaRow.key == "schema_version")
+            select(META.c.value).where(META.c.key == "schema_version")
         ).scalar()
         if stored is None and create:
-            conn.execute(insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            conn.execute(insert(META).values(key="schema_version", value=str(SCHEMA_VERSION)))
             return
         if stored != str(SCHEMA_VERSION):
             raise StateSchemaError(

@@ -1,5 +1,5 @@
-"""The tables (SQLAlchemy 2 declarative). Every row carries the CA's directory URL, so one
-persistent DB serves several CAs and runs.
+"""The tables, in SQLAlchemy Core (the ORM is not imported). Every row carries the CA's
+directory URL, so one persistent DB serves several CAs and runs.
 
 Claimable rows (accounts, authorizations, certificates) have:
 
@@ -28,28 +28,32 @@ bytes, and the pick indexes lead with it (4 bytes a character).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     Double,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ACCOUNTS",
+    "AUTHORIZATIONS",
+    "CERTIFICATES",
+    "META",
+    "ORDERS",
     "SCHEMA_VERSION",
-    "AccountRow",
-    "AccountShareRow",
-    "AuthorizationRow",
-    "Base",
-    "CertificateRow",
-    "MetaRow",
-    "OrderRow",
+    "SHARES",
+    "metadata",
 ]
 
 #: Bumped whenever a table changes; a DB of another version is refused, not migrated.
@@ -57,136 +61,130 @@ SCHEMA_VERSION = 1
 
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 _Directory = String(1024).with_variant(String(512), "mysql", "mariadb")
-_MYSQL = {f"{dialect}_{option}": value for dialect in ("mysql", "mariadb") for option, value in
-          (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))}
-_LAST = 100  # big text goes last: SQLite reads a row's columns in order, overflow pages too
+_MYSQL: dict[str, Any] = {
+    f"{dialect}_{option}": value for dialect in ("mysql", "mariadb") for option, value in
+    (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))}
+
+metadata = MetaData()
 
 
-class Base(DeclarativeBase):
-    pass
+def _id() -> Column[int]:
+    return Column("id", _Id, primary_key=True, autoincrement=True)
 
 
-class MetaRow(Base):
-    __tablename__ = "wec_meta"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(String(256))
-
-    __table_args__ = (_MYSQL,)
+def _account_id() -> Column[int]:
+    return Column("account_id", _Id, ForeignKey("wec_accounts.id", ondelete="CASCADE"),
+                  nullable=False)
 
 
-class _Claimable:
-    claimed_by: Mapped[str | None] = mapped_column(String(200), default=None)
-    claim_expires: Mapped[float | None] = mapped_column(Double, default=None)
-    shuffle: Mapped[int] = mapped_column(Integer)
+def _claimable() -> list[Column[Any]]:
+    return [Column("claimed_by", String(200), nullable=True),
+            Column("claim_expires", Double, nullable=True),
+            Column("shuffle", Integer, nullable=False)]
 
 
-class AccountRow(_Claimable, Base):
-    __tablename__ = "wec_accounts"
-
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(_Directory)
-    url: Mapped[str] = mapped_column(String(2048))
-    key_pem: Mapped[str] = mapped_column(Text, sort_order=_LAST)
-    alg: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
-    contact: Mapped[list[str]] = mapped_column(JSON)
-    created: Mapped[float] = mapped_column(Double)
-
-    __table_args__ = (
-        Index("ix_wec_accounts_pick", "directory", "status", "shuffle"),
-        Index("ix_wec_accounts_holder", "claimed_by"),
-        _MYSQL,
-    )
+def _req(name: str, kind: Any, **kw: Any) -> Column[Any]:
+    return Column(name, kind, nullable=False, **kw)
 
 
-class AccountShareRow(Base):
-    __tablename__ = "wec_account_shares"
+# big text goes last: SQLite reads a row's columns in order, overflow pages too
 
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
-    holder: Mapped[str] = mapped_column(String(200))
-    expires: Mapped[float] = mapped_column(Double)
+META = Table(
+    "wec_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    _req("value", String(256)),
+    **_MYSQL,
+)
 
-    __table_args__ = (
-        Index("ix_wec_account_shares_account", "account_id", "expires"),
-        Index("ix_wec_account_shares_holder", "holder"),
-        _MYSQL,
-    )
+ACCOUNTS = Table(
+    "wec_accounts", metadata,
+    _id(),
+    _req("directory", _Directory),
+    _req("url", String(2048)),
+    _req("alg", String(16)),
+    _req("status", String(16)),
+    _req("contact", JSON),
+    _req("created", Double),
+    *_claimable(),
+    _req("key_pem", Text),
+    Index("ix_wec_accounts_pick", "directory", "status", "shuffle"),
+    Index("ix_wec_accounts_holder", "claimed_by"),
+    **_MYSQL,
+)
 
+SHARES = Table(
+    "wec_account_shares", metadata,
+    _id(),
+    _account_id(),
+    _req("holder", String(200)),
+    _req("expires", Double),
+    Index("ix_wec_account_shares_account", "account_id", "expires"),
+    Index("ix_wec_account_shares_holder", "holder"),
+    **_MYSQL,
+)
 
-class OrderRow(Base):
-    __tablename__ = "wec_orders"
+ORDERS = Table(
+    "wec_orders", metadata,
+    _id(),
+    _req("directory", _Directory),
+    _account_id(),
+    _req("url", String(2048)),
+    _req("account_valid", Boolean),
+    _req("status", String(16)),
+    _req("names", JSON),
+    _req("created", Double),
+    Index("ix_wec_orders_count", "directory", "account_valid"),
+    Index("ix_wec_orders_account", "account_id"),
+    **_MYSQL,
+)
 
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(_Directory)
-    account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
-    url: Mapped[str] = mapped_column(String(2048))
-    account_valid: Mapped[bool] = mapped_column(Boolean)
-    status: Mapped[str] = mapped_column(String(16))
-    names: Mapped[list[str]] = mapped_column(JSON)
-    created: Mapped[float] = mapped_column(Double)
+AUTHORIZATIONS = Table(
+    "wec_authorizations", metadata,
+    _id(),
+    _req("directory", _Directory),
+    _account_id(),
+    _req("account_valid", Boolean),
+    _req("url", String(2048)),
+    _req("identifier_type", String(16)),
+    _req("identifier_value", String(512)),
+    Column("challenge_type", String(32), nullable=True),
+    _req("status", String(16)),
+    _req("expires", Double),
+    *_claimable(),
+    Index(  # expires last: counts read only this index
+        "ix_wec_authorizations_pick", "directory", "account_valid", "status", "shuffle",
+        "expires",
+    ),
+    Index("ix_wec_authorizations_holder", "claimed_by"),
+    Index("ix_wec_authorizations_account", "account_id"),
+    **_MYSQL,
+)
 
-    __table_args__ = (
-        Index("ix_wec_orders_count", "directory", "account_valid"),
-        Index("ix_wec_orders_account", "account_id"),
-        _MYSQL,
-    )
-
-
-class AuthorizationRow(_Claimable, Base):
-    __tablename__ = "wec_authorizations"
-
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(_Directory)
-    account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
-    account_valid: Mapped[bool] = mapped_column(Boolean)
-    url: Mapped[str] = mapped_column(String(2048))
-    identifier_type: Mapped[str] = mapped_column(String(16))
-    identifier_value: Mapped[str] = mapped_column(String(512))
-    challenge_type: Mapped[str | None] = mapped_column(String(32), default=None)
-    status: Mapped[str] = mapped_column(String(16))
-    expires: Mapped[float] = mapped_column(Double)
-
-    __table_args__ = (
-        Index(  # expires last: counts read only this index
-            "ix_wec_authorizations_pick", "directory", "account_valid", "status", "shuffle",
-            "expires",
-        ),
-        Index("ix_wec_authorizations_holder", "claimed_by"),
-        Index("ix_wec_authorizations_account", "account_id"),
-        _MYSQL,
-    )
-
-
-class CertificateRow(_Claimable, Base):
-    __tablename__ = "wec_certificates"
-
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    directory: Mapped[str] = mapped_column(_Directory)
-    account_id: Mapped[int] = mapped_column(ForeignKey("wec_accounts.id", ondelete="CASCADE"))
-    account_valid: Mapped[bool] = mapped_column(Boolean)
-    order_url: Mapped[str] = mapped_column(String(2048))
-    pem_chain: Mapped[str] = mapped_column(Text, sort_order=_LAST)
-    key_pem: Mapped[str] = mapped_column(Text, sort_order=_LAST)
-    serial: Mapped[str] = mapped_column(String(64))
-    names: Mapped[list[str]] = mapped_column(JSON)
-    not_after: Mapped[float] = mapped_column(Double)
-    issued: Mapped[float] = mapped_column(Double)
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    reason: Mapped[int | None] = mapped_column(Integer, default=None)
-    renewed: Mapped[bool] = mapped_column(Boolean, default=False)
-    replaced_by: Mapped[int | None] = mapped_column(
-        ForeignKey("wec_certificates.id", ondelete="SET NULL"), default=None
-    )
-
-    __table_args__ = (
-        Index(  # not_after last: counts read only this index
-            "ix_wec_certificates_pick", "directory", "account_valid", "revoked", "shuffle",
-            "not_after",
-        ),
-        Index("ix_wec_certificates_holder", "claimed_by"),
-        Index("ix_wec_certificates_account", "account_id"),
-        Index("ix_wec_certificates_serial", "serial"),
-        _MYSQL,
-    )
+CERTIFICATES = Table(
+    "wec_certificates", metadata,
+    _id(),
+    _req("directory", _Directory),
+    _account_id(),
+    _req("account_valid", Boolean),
+    _req("order_url", String(2048)),
+    _req("serial", String(64)),
+    _req("names", JSON),
+    _req("not_after", Double),
+    _req("issued", Double),
+    _req("revoked", Boolean, default=False),
+    Column("reason", Integer, nullable=True),
+    _req("renewed", Boolean, default=False),
+    Column("replaced_by", _Id, ForeignKey("wec_certificates.id", ondelete="SET NULL"),
+           nullable=True),
+    *_claimable(),
+    _req("pem_chain", Text),
+    _req("key_pem", Text),
+    Index(  # not_after last: counts read only this index
+        "ix_wec_certificates_pick", "directory", "account_valid", "revoked", "shuffle",
+        "not_after",
+    ),
+    Index("ix_wec_certificates_holder", "claimed_by"),
+    Index("ix_wec_certificates_account", "account_id"),
+    Index("ix_wec_certificates_serial", "serial"),
+    **_MYSQL,
+)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import ColumnElement, Row, Select, Table, exists, false, func, or_, select, true
 
 from pytest_wec.state._models import (
-    AccountRow,
-    AccountShareRow,
-    AuthorizationRow,
-    CertificateRow,
-    OrderRow,
+    ACCOUNTS,
+    AUTHORIZATIONS,
+    CERTIFICATES,
+    ORDERS,
+    SHARES,
 )
 from pytest_wec.state._values import (
     Account,
@@ -40,11 +40,11 @@ __all__ = [
     "unclaimed",
 ]
 
-ACC = cast(Table, AccountRow.__table__)
-SHR = cast(Table, AccountShareRow.__table__)
-ORD = cast(Table, OrderRow.__table__)
-AUTH = cast(Table, AuthorizationRow.__table__)
-CERT = cast(Table, CertificateRow.__table__)
+ACC = ACCOUNTS
+SHR = SHARES
+ORD = ORDERS
+AUTH = AUTHORIZATIONS
+CERT = CERTIFICATES
 
 
 def unclaimed(t: Table, now: float) -> ColumnElement[bool]:
