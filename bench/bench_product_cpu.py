@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.util
 import itertools
 import json
 import os
@@ -261,8 +262,11 @@ def run_product(ca: str, duration: float, load: int, workers: int, tmp: Path) ->
     if ca == "stub":
         stub, url, bundle = start_stub_ca(tmp / f"stubca-product-{ca}")
         extra = [f"--wec-directory={url}", f"--wec-ca-bundle={bundle}"]
+    # the test extra's Hypothesis plugin (over a second of CPU per pytest process) is not in
+    # a user's installation: left out, as there
+    plain = ["-p", "no:hypothesispytest"] if importlib.util.find_spec("hypothesis") else []
     argv = [sys.executable, "-m", "pytest", "--pyargs", "chains", "-p", "no:cacheprovider",
-            "-q", f"--wec-load={load}", f"--wec-duration={duration:g}s", f"--wec-mix={MIX}",
+            *plain, "-q", f"--wec-load={load}", f"--wec-duration={duration:g}s", f"--wec-mix={MIX}",
             f"--wec-out={out}", *extra]
     argv += ["-n", str(workers)] if workers > 0 else ["-p", "no:xdist"]
     log(f"product against {ca}: {' '.join(argv[2:])}")
