@@ -112,9 +112,10 @@ def _check(commands: Sequence[Command], replies: list[Any]) -> None:
         if type(reply) is RespError:
             raise RespError(f"{_name(commands[i])}: {reply}")
         name = commands[i][0]
-        if name == b"MULTI":
+        name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+        if name == "MULTI":
             multi = i
-        elif name == b"EXEC" and type(reply) is list:
+        elif name == "EXEC" and type(reply) is list:
             for j, r in enumerate(reply):
                 if type(r) is RespError:
                     raise RespError(f"{_name(commands[multi + 1 + j])}: {r}")

@@ -317,7 +317,7 @@ async def serve(cfg: Config) -> int:
         return 1
 
     keys = Keys(cfg.namespace)
-    store = ChallengeStore(redis, keys, reader=reader)
+    store = ChallengeStore(redis, keys, client=reader)
     history = RequestHistory()
     seen = SeenPublisher(redis, keys.seen(), client=reader)
     http01 = Http01Server(store, history, seen)

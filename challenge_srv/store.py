@@ -30,12 +30,13 @@ The challenge server reads them with :class:`ChallengeStore`, one round trip per
     CNAME followed    the target's commands of that type, in a second round trip
     tls-alpn-01       GET tlsalpn01:<host>
 
-With a *reader* (:class:`.resp.RespClient`, the lean client, for ``redis://`` URLs) those
-commands go out in one write on its one connection and their replies are decoded here as
-redis-py decodes them; without one (``rediss://``, ``unix://``, ``--redis-client
-redis-py``), through a redis-py pipeline. A read whose connection is lost while it is in
-flight (Redis restarted) is sent once more on a new connection, as redis-py's pool retries
-it; any other failure is raised to the responder, which answers SERVFAIL or 503.
+With the lean client (:class:`.resp.RespClient`, for ``redis://`` URLs) those commands,
+and the writes of the requesters and the management API, go out in one write on its one
+connection and the replies are decoded here as redis-py decodes them; without one
+(``rediss://``, ``unix://``, ``--redis-client redis-py``), through redis-py. A read whose
+connection is lost while it is in flight (Redis restarted) is sent once more on a new
+connection, as redis-py's pool retries it; any other failure is raised to the responder,
+which answers SERVFAIL or 503.
 
 This module imports nothing heavy at run time: ``redis`` is imported by :func:`connect` only.
 """
@@ -212,89 +213,104 @@ def connect(url: str, *, timeout: float = 5.0, max_connections: int = 64) -> Red
 class ChallengeStore:
     """Reads and writes the challenge data of one namespace (one Redis round trip each).
 
-    Writes go through *redis* (redis-py); reads through *reader* when given, else *redis*
-    (see the module docstring)."""
+    Every read and write goes through *client* (the lean client) when given, else through
+    *redis* (redis-py): the same commands either way (see the module docstring)."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, ttl: int = CHALLENGE_TTL,
-                 reader: RespClient | None = None) -> None:
+    def __init__(self, redis: Redis | None, keys: Keys, *, ttl: int = CHALLENGE_TTL,
+                 client: RespClient | None = None) -> None:
+        if redis is None and client is None:
+            raise ValueError("ChallengeStore needs a Redis client")
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
-        self.reader = reader
+        self.client = client
+
+    async def _write(self, *commands: tuple[Any, ...], transaction: bool = False) -> None:
+        """*commands* in one round trip (in MULTI/EXEC with *transaction*)."""
+        if self.client is not None:
+            if transaction:
+                commands = (("MULTI",), *commands, ("EXEC",))
+            await self.client.execute(*commands)
+            return
+        assert self.redis is not None
+        async with self.redis.pipeline(transaction=transaction) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            await pipe.execute()
 
     # -- challenge entries (with expiry) -------------------------------------------------
 
     async def add_http01(self, token: str, key_authz: str) -> None:
-        await self.redis.set(self.keys.http01(token), key_authz, ex=self.ttl)
+        await self._write(("SET", self.keys.http01(token), key_authz, "EX", self.ttl))
 
     async def del_http01(self, token: str) -> None:
-        await self.redis.delete(self.keys.http01(token))
+        await self._write(("DEL", self.keys.http01(token)))
 
     async def add_tlsalpn01(self, host: str, key_authz: str) -> None:
-        await self.redis.set(self.keys.tlsalpn01(host), key_authz, ex=self.ttl)
+        await self._write(("SET", self.keys.tlsalpn01(host), key_authz, "EX", self.ttl))
 
     async def del_tlsalpn01(self, host: str) -> None:
-        await self.redis.delete(self.keys.tlsalpn01(host))
+        await self._write(("DEL", self.keys.tlsalpn01(host)))
 
     async def add_txt(self, host: str, value: str) -> None:
         key = self.keys.txt(host)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(key, value)
-            pipe.expire(key, self.ttl)
-            await pipe.execute()
+        await self._write(("SADD", key, value), ("EXPIRE", key, self.ttl), transaction=True)
 
     async def clear_txt(self, host: str) -> None:
-        await self.redis.delete(self.keys.txt(host))
+        await self._write(("DEL", self.keys.txt(host)))
 
     # -- DNS data (kept until cleared) ---------------------------------------------------
 
     async def set_default_ip(self, version: int, ip: str) -> None:
-        await self.redis.set(self.keys.default_ip(version), ip)
+        await self._write(("SET", self.keys.default_ip(version), ip))
+
+    def _addresses_key(self, version: int, host: str) -> str:
+        return self.keys.a(host) if version == 4 else self.keys.aaaa(host)
 
     async def add_addresses(self, version: int, host: str, addresses: list[str]) -> None:
-        key = self.keys.a(host) if version == 4 else self.keys.aaaa(host)
-        await self.redis.rpush(key, *addresses)
+        await self._write(("RPUSH", self._addresses_key(version, host), *addresses))
 
     async def clear_addresses(self, version: int, host: str) -> None:
-        await self.redis.delete(self.keys.a(host) if version == 4 else self.keys.aaaa(host))
+        await self._write(("DEL", self._addresses_key(version, host)))
 
     async def add_caa(self, host: str, policies: list[CaaPolicy]) -> None:
-        await self.redis.rpush(self.keys.caa(host), *(p.encode() for p in policies))
+        await self._write(("RPUSH", self.keys.caa(host), *(p.encode() for p in policies)))
 
     async def clear_caa(self, host: str) -> None:
-        await self.redis.delete(self.keys.caa(host))
+        await self._write(("DEL", self.keys.caa(host)))
 
     async def set_cname(self, host: str, target: str) -> None:
-        await self.redis.set(self.keys.cname(host), normalize_host(target))
+        await self._write(("SET", self.keys.cname(host), normalize_host(target)))
 
     async def clear_cname(self, host: str) -> None:
-        await self.redis.delete(self.keys.cname(host))
+        await self._write(("DEL", self.keys.cname(host)))
 
     async def set_servfail(self, host: str) -> None:
-        await self.redis.set(self.keys.servfail(host), "1")
+        await self._write(("SET", self.keys.servfail(host), "1"))
 
     async def clear_servfail(self, host: str) -> None:
-        await self.redis.delete(self.keys.servfail(host))
+        await self._write(("DEL", self.keys.servfail(host)))
 
     async def add_redirect(self, path: str, target: str) -> None:
-        await self.redis.set(self.keys.redirect(path), target)
+        await self._write(("SET", self.keys.redirect(path), target))
 
     async def del_redirect(self, path: str) -> None:
-        await self.redis.delete(self.keys.redirect(path))
+        await self._write(("DEL", self.keys.redirect(path)))
 
     # -- reads of the challenge server ---------------------------------------------------
 
     async def _read(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies to *commands*, sent in one round trip, as text."""
-        if self.reader is None:
+        if self.client is None:
+            assert self.redis is not None
             async with self.redis.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
                 return list(await pipe.execute())
         try:
-            replies = await self.reader.execute(*commands)
+            replies = await self.client.execute(*commands)
         except RespConnectionError:  # a broken connection: once more, on a new one
-            replies = await self.reader.execute(*commands)
+            replies = await self.client.execute(*commands)
         return [_text(r) for r in replies]
 
     async def http01(self, path: str, token: str | None) -> tuple[str | None, str | None]:

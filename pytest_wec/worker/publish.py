@@ -127,12 +127,9 @@ class RedisPublisher:
         #: ``lean=False``; redis-py (ChallengeStore) for any other form
         self._lean = RespClient.from_url(redis_url, timeout=timeout) if lean else None
         self._redis: Redis | None = None
-        self._store: ChallengeStore | _LeanStore
-        if self._lean is not None:
-            self._store = _LeanStore(self._lean, self.keys, ttl)
-        else:
+        if self._lean is None:
             self._redis = connect(redis_url, timeout=timeout)
-            self._store = ChallengeStore(self._redis, self.keys, ttl=ttl)
+        self._store = ChallengeStore(self._redis, self.keys, ttl=ttl, client=self._lean)
         #: (kind, name) -> values, oldest first: what a restarted Redis needs again
         self._live: dict[tuple[str, str], list[str]] = {}
 
@@ -228,44 +225,6 @@ class RedisPublisher:
                 await self._redis.aclose()
         except Exception as exc:  # closing must not mask the caller's outcome
             log.debug("closing the Redis publisher: %s", exc)
-
-
-class _LeanStore:
-    """The writes of :class:`ChallengeStore` the publisher makes, the same commands, keys,
-    types and expiries, through the lean writer (one write and one round trip each)."""
-
-    def __init__(self, client: RespClient, keys: Keys, ttl: int) -> None:
-        self.client = client
-        self.keys = keys
-        self.ttl = str(int(ttl)).encode()
-
-    async def add_http01(self, token: str, key_authz: str) -> None:
-        await self.client.execute((b"SET", self.keys.http01(token), key_authz, b"EX", self.ttl))
-
-    async def del_http01(self, token: str) -> None:
-        await self.client.execute((b"DEL", self.keys.http01(token)))
-
-    async def add_tlsalpn01(self, host: str, key_authz: str) -> None:
-        await self.client.execute((b"SET", self.keys.tlsalpn01(host), key_authz, b"EX", self.ttl))
-
-    async def del_tlsalpn01(self, host: str) -> None:
-        await self.client.execute((b"DEL", self.keys.tlsalpn01(host)))
-
-    async def add_txt(self, host: str, value: str) -> None:
-        key = self.keys.txt(host)  # a transaction, as ChallengeStore's pipeline
-        await self.client.execute((b"MULTI",), (b"SADD", key, value),
-                                  (b"EXPIRE", key, self.ttl), (b"EXEC",))
-
-    async def clear_txt(self, host: str) -> None:
-        await self.client.execute((b"DEL", self.keys.txt(host)))
-
-    async def add_addresses(self, version: int, host: str, addresses: list[str]) -> None:
-        key = self.keys.a(host) if version == 4 else self.keys.aaaa(host)
-        await self.client.execute((b"RPUSH", key, *addresses))
-
-    async def clear_addresses(self, version: int, host: str) -> None:
-        await self.client.execute((b"DEL", self.keys.a(host) if version == 4
-                                   else self.keys.aaaa(host)))
 
 
 class ChallTestSrvPublisher:
