@@ -312,7 +312,8 @@ class WorkerRuntime:
 
     def db_submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """:meth:`db` without waiting: the call is queued now (behind every call queued
-        before it) and its future returned."""
+        before it) and its future returned; before :meth:`start` made the queue, it runs at
+        once on a thread of its own."""
         if self.queue is None:
             return asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
         return self.queue.submit(fn, *args, wait=False, **kwargs)
