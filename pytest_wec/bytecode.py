@@ -153,7 +153,7 @@ class _RewriteFiller:
         tops = {top for top, dists in md.packages_distributions().items()
                 if plugins.intersection(dists)}
         hook.mark_rewrite("pytest_wec")  # editable: marked only with its checkout on sys.path
-        marked = getattr(hook, "_must_rewrite", set())  # pytest's own set of marked names
+        marked: set[str] = getattr(hook, "_must_rewrite", set())  # pytest's own set of marked names
         walked = {n for n in marked if n.split(".")[0] in tops} | {"pytest_wec"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
