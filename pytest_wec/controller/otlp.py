@@ -234,6 +234,7 @@ class OtlpExporter:
         self._warned = False
         self._failing = False  # the last export failed
         self._pending: str | None = None  # a warning first seen in the last export
+        self._held = False  # the run's notices are taken for its summary (hold_notes)
         self._quiet = _Quiet()
         self._loggers: list[tuple[logging.Logger, bool]] = []
 
@@ -287,10 +288,15 @@ class OtlpExporter:
                        "goes on without it (later failures are not reported)")
         return False
 
+    def hold_notes(self) -> None:
+        """The run's summary is being built: a warning from now on is kept for
+        :meth:`stop` to return (the summary's list of warnings is taken)."""
+        self._held = True
+
     def _warn(self, msg: str) -> None:
         log.warning("%s", msg)
-        if self._stop.is_set() or self._note is None:
-            self._pending = msg  # the run's notices are printed no more: stop() says it
+        if self._held or self._stop.is_set() or self._note is None:
+            self._pending = msg  # the run's notices are taken: stop() says it
         else:
             self._note(msg)
 

@@ -310,6 +310,8 @@ class WecController(RunStack):
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
         yield
         if self.load is not None:
+            if self.otlp is not None:  # what it warns of from now on: in the summary below
+                self.otlp.hold_notes()
             self.summary = self.load.finish(timeout=self.settings.grace + 30)
             if self.otlp is not None:  # the final figures, once, within its timeout
                 late = self.otlp.stop()
