@@ -27,6 +27,7 @@ from pytest_wec.controller.thresholds import format_value
 pytestmark = [
     pytest.mark.timeout(240),
     *NEEDS_STACK,
+    pytest.mark.usefixtures("judge_the_generator"),  # the whole gate, as a user's run has it
 ]
 
 BIN = Path(sys.executable).parent

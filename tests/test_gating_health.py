@@ -18,6 +18,8 @@ from pytest_wec.plugin import SETTINGS_KEY
 from pytest_wec.wire.results import ChainResult
 from pytest_wec.worker.runner import own_lag
 
+pytestmark = pytest.mark.usefixtures("judge_the_generator")
+
 T0 = 1_700_000_000.0
 
 
