@@ -145,3 +145,27 @@ async def test_a_produced_authorization_marked_deactivated_is_stored_so() -> Non
         ctx.mark_produced_authorization("https://ca.test/authz/other", "deactivated")
     await ctx.finish()
     assert stored == [(kept.url, "valid"), (given_up.url, "deactivated")]
+
+
+@pytest.mark.asyncio
+async def test_a_stored_key_is_parsed_once_per_worker_and_a_rolled_key_is_the_new_one(
+        tmp_path: Any) -> None:
+    from pytest_wec.state import make_store
+
+    store = make_store(tmp_path / "state.db")
+    rt = runtime(FakeCA())
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    rt.store, rt.db = store, db
+    old, new = AccountKey.generate("ES256"), AccountKey.generate("ES384")
+    row_id = store.add_account(DIR, "https://ca.test/acct/1", old.to_pem(), "ES256")
+    first = await ChainContext(rt, "new_certificate").take_account()
+    second = await ChainContext(rt, "new_order").take_account()
+    assert first.key is second.key, "the same stored key: parsed once, shared"
+    assert first.key.thumbprint == old.thumbprint and first.key.alg == "ES256"
+    assert store.update_account_key(row_id, new.to_pem(), "ES384")  # a key rollover
+    third = await ChainContext(rt, "new_certificate").take_account()
+    assert third.key.thumbprint == new.thumbprint and third.key.alg == "ES384"
+    assert third.url == first.url

@@ -680,6 +680,38 @@ async def test_store_queue_writes_nobody_waits_for_share_a_transaction(
 
 
 @pytest.mark.asyncio
+async def test_store_queue_reads_a_sqlite_file_on_the_loop_and_a_server_db_off_it(
+        store: SqlStateStore, db_url: str) -> None:
+    """A read of a local SQLite file (WAL: no writer makes it wait) costs its caller two
+    thread hops more than the read; a server DB's read waits for the network."""
+    from pytest_wec.state import StoreQueue
+
+    acc = _account(store)
+    where: list[int] = []
+
+    def read() -> Any:
+        where.append(threading.get_ident())
+        return store.pick_account(DIR_A)
+
+    local = "://" not in db_url
+    queue = StoreQueue(store)
+    assert queue.inline_reads is local
+    row = await queue.read(read)
+    assert row is not None and row.id == acc
+    assert (where[-1] == threading.get_ident()) is local
+    off = StoreQueue(store, inline_reads=False)
+    assert (await off.read(read)).id == acc and where[-1] != threading.get_ident()
+    # what a group committed, an inline read sees
+    later = queue.submit(store.mark_account_status, acc, "dead", wait=False)
+    await asyncio.wait_for(asyncio.wait([later]), 5)
+    assert await queue.read(read) is None
+    await queue.aclose()
+    await off.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await queue.read(read)
+
+
+@pytest.mark.asyncio
 async def test_store_queue_without_run_batch_calls_one_by_one() -> None:
     from pytest_wec.state import StoreQueue
 
@@ -691,6 +723,7 @@ async def test_store_queue_without_run_batch_calls_one_by_one() -> None:
     assert await asyncio.gather(*(queue.call(Plain().double, i) for i in range(5))) == [
         0, 2, 4, 6, 8]
     assert queue.groups == 0
+    assert queue.inline_reads is False, "not a SQLite store: its reads go to a thread"
 
 
 def test_run_batch_falls_back_to_one_by_one_after_a_deadlock(store: SqlStateStore) -> None:

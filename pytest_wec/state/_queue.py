@@ -47,8 +47,10 @@ class StoreQueue:
     """
 
     def __init__(self, store: Any, *, max_batch: int = 64,
-                 window: float = WRITE_BEHIND_WINDOW) -> None:
+                 window: float = WRITE_BEHIND_WINDOW, inline_reads: bool | None = None) -> None:
         self.store = store
+        #: reads run on the caller's thread (see :meth:`read`); default: for a SQLite store
+        self.inline_reads = _local_file(store) if inline_reads is None else inline_reads
         self.max_batch = max_batch
         self.window = window
         self._batched = callable(getattr(store, "run_batch", None))
@@ -66,10 +68,15 @@ class StoreQueue:
         return await self.submit(fn, *args, **kwargs)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A call that only reads: on a thread of its own at once, not behind the queue's
-        groups (it sees what they committed)."""
+        """A call that only reads: at once, not behind the queue's groups (it sees what they
+        committed). On a thread of its own; with ``inline_reads`` (a SQLite file) on the
+        caller's, the event loop's: a read of a local file in WAL mode waits for no writer,
+        and run on a thread it would hold the interpreter's lock for the same time plus two
+        thread hops, which cost its chain more than the read (docs/performance.md, m)."""
         if self._closed:
             raise RuntimeError("StoreQueue is closed")
+        if self.inline_reads:
+            return fn(*args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     def submit(self, fn: Callable[..., T], *args: Any, wait: bool = True,
@@ -152,3 +159,10 @@ class StoreQueue:
             except TimeoutError:
                 log.warning("state DB: %d calls still queued after %gs", len(self._pending),
                             timeout)
+
+
+def _local_file(store: Any) -> bool:
+    """Whether *store* is a SQLite file (a SQL store that is neither PostgreSQL nor MySQL)."""
+    return (callable(getattr(store, "run_batch", None))
+            and getattr(store, "is_postgres", None) is False
+            and getattr(store, "is_mysql", None) is False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,6 +35,8 @@ SETTLE_TIMEOUT = 60.0
 #: seconds a load chain waits before it gives up for want of an External Account Binding
 #: key (none given, or single-use ones used up): the load does not spin on instant ends
 EAB_PAUSE = 0.5
+#: parsed account keys a worker keeps, by their stored PEM (:func:`_stored_key`)
+KEYS_KEPT = 4096
 
 
 class NoContext(Exception):
@@ -52,6 +55,17 @@ def _key_alg(settings: Any) -> tuple[str, int | None]:
         bits = int(value.split("-", 1)[1]) if "-" in value else 2048
         return "RS256", bits
     return value, None
+
+
+@functools.lru_cache(maxsize=KEYS_KEPT)
+def _stored_key(pem: str, alg: str) -> Any:
+    """The account key a state-DB row holds, parsed once per worker: a load run's chains take
+    the same accounts again and again, and parsing a key costs more than the rest of taking
+    one from the DB. :class:`~pytest_wec.acme.AccountKey` is immutable, so chains share it;
+    a key rolled over is another PEM."""
+    from pytest_wec.acme import AccountKey
+
+    return AccountKey.from_pem(pem, alg=alg)
 
 
 class ChainContext(Flows):
@@ -370,9 +384,9 @@ class ChainContext(Flows):
         return self._account_ids.get(account.url)
 
     def _account_from_row(self, row: Any) -> Any:
-        from pytest_wec.acme import Account, AccountKey
+        from pytest_wec.acme import Account
 
-        key = AccountKey.from_pem(row.key_pem, alg=row.alg)
+        key = _stored_key(row.key_pem, row.alg)
         self._account_ids[row.url] = row.id
         return Account(url=row.url, key=key, body={"status": row.status})
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT = 60.0
 #: seconds: the first step of an order poll without Retry-After (doubling to the interval)
-ORDER_STEP = 0.005
+ORDER_STEP = 0.001
 
 
 class StoredRow:
