@@ -71,8 +71,9 @@ class StoreQueue:
         """A call that only reads: at once, not behind the queue's groups (it sees what they
         committed). On a thread of its own; with ``inline_reads`` (a SQLite file) on the
         caller's, the event loop's: a read of a local file in WAL mode waits for no writer,
-        and run on a thread it would hold the interpreter's lock for the same time plus two
-        thread hops, which cost its chain more than the read (docs/performance.md, m)."""
+        and on a thread it holds the interpreter's lock for most of its time anyway (the
+        SQL layer is Python), while the two thread hops around it cost its chain more than
+        the read (docs/performance.md, m)."""
         if self._closed:
             raise RuntimeError("StoreQueue is closed")
         if self.inline_reads:
