@@ -105,12 +105,19 @@ def test_help_needs_no_ca(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*wile-e-coyote*", "*--wec-directory=URL*", "*--wec-load=N*"])
 
 
-def test_report_header_shows_settings(pytester: pytest.Pytester) -> None:
+def test_report_header_shows_settings(pytester: pytest.Pytester,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile("def test_x(): pass")
+    monkeypatch.delenv("WEC_ALLOW_SATURATED", raising=False)  # the suite's (conftest.py)
     result = pytester.runpytest("--wec-names", "2", "-p", "no:xdist")
     result.stdout.fnmatch_lines(["wec: run *; CA embedded Pebble; challenge http-01*",
                                  "wec: settings given: names from --wec-names"])
     assert result.ret == 0
+    monkeypatch.setenv("WEC_ALLOW_SATURATED", "yes")
+    result = pytester.runpytest("--wec-names", "2", "-p", "no:xdist")
+    result.stdout.fnmatch_lines([
+        "wec: settings given: allow_saturated from environment variable WEC_ALLOW_SATURATED, "
+        "names from --wec-names"])
 
 
 def test_plain_runs_start_nothing(pytester: pytest.Pytester) -> None:
