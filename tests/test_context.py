@@ -169,3 +169,30 @@ async def test_a_stored_key_is_parsed_once_per_worker_and_a_rolled_key_is_the_ne
     third = await ChainContext(rt, "new_certificate").take_account()
     assert third.key.thumbprint == new.thumbprint and third.key.alg == "ES384"
     assert third.url == first.url
+
+
+@pytest.mark.asyncio
+async def test_run_once_a_shared_take_keeps_exclusive_claimers_off_until_the_chain_ends(
+        tmp_path: Any) -> None:
+    """An integration run under xdist: another worker's chain that deactivates a pooled
+    account (claimed exclusively) must not get one a chain is still signing with."""
+    from pytest_wec.state import make_store
+
+    store = make_store(tmp_path / "state.db")
+    rt = runtime(FakeCA())
+
+    async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    rt.store, rt.db = store, db
+    key = AccountKey.generate("ES256")
+    row_id = store.add_account(DIR, "https://ca.test/acct/1", key.to_pem(), "ES256")
+    user = ChainContext(rt, "new_order")
+    assert (await user.take_account()).url == "https://ca.test/acct/1"
+    assert store.claim_account(DIR, "gw1:99", 60) is None, "shared: no exclusive claim"
+    assert store.claim_account(DIR, "gw1:99", 60, exclusive=False) is not None, \
+        "another share is fine"
+    store.release("account", row_id, "gw1:99")
+    await user.finish()
+    claimed = store.claim_account(DIR, "gw1:99", 60)
+    assert claimed is not None and claimed.id == row_id, "the chain ended: free again"

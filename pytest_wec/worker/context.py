@@ -393,11 +393,15 @@ class ChainContext(Flows):
     async def take_account(self, *, exclusive: bool = False) -> Any:
         """An account of this CA from the state DB (claimed when *exclusive*).
 
-        Once: makes one when none exists. Load: :class:`NoContext` when none is free.
+        Once: makes one when none exists, and an account taken without *exclusive* is held
+        as a share until the chain ends, so that a chain of another xdist worker cannot
+        claim it exclusively (to deactivate it or roll its key over) while this one signs
+        with it. Load: a pick, recorded nowhere (the load's exclusive takers work on accounts
+        of their own, docs/chains.md); :class:`NoContext` when none is free.
         """
-        if exclusive:
+        if exclusive or self.mode != "load":
             row = await self.db(self.store.claim_account, self.directory, self.runtime.holder,
-                                CLAIM_TTL)
+                                CLAIM_TTL, exclusive=exclusive)
             if row is not None:
                 self._claims.append(("account", row.id))
         else:
