@@ -58,3 +58,19 @@ def test_a_worker_that_never_saw_an_answer_falls_back_to_ended_chains() -> None:
     watch.status(_status("gw0", 2, 0.0, {"request newAccount": 2}), now)
     watch.tick(now)
     assert len(watch.stalls) == 1, "30 s since the start without any answer"
+
+
+def test_a_worker_is_silent_only_with_chains_in_flight() -> None:
+    """One that said it has none in flight (its sink closed, its end record still behind in
+    the stream of a controller that fell behind) lost nothing; one with chains did."""
+    notes: list[str] = []
+    watch = Watch(time.monotonic(), notes.append, notes.append, silent_after=0.5)
+    now = time.monotonic()
+    watch.status(_status("gw0", 0, time.time(), {}), now)
+    watch.status(_status("gw1", 2, time.time(), {"request authz": 2}), now)
+    watch.tick(now + 0.4)
+    assert watch.workers_lost == []
+    watch.tick(now + 0.6)
+    assert [w["worker"] for w in watch.workers_lost] == ["gw1"]
+    assert watch.workers_lost[0]["in_flight"] == 2
+    assert any(n.startswith("wec: worker gw1 went silent") for n in notes)

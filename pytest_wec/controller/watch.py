@@ -242,8 +242,10 @@ class Watch:
         """Silent workers, then a stalled CA or chains that wait on something else."""
         blind = now < self._blind_until  # results cannot arrive: Redis is (was) away
         for name, w in self.workers.items():
-            if w.lost is None and w.in_flight and now - w.heard >= self.silent_after \
-                    and not blind:
+            # silent with chains in flight: a worker that said it has none (its sink closed,
+            # its end record still behind in the stream) has nothing to lose
+            if w.lost is None and sum(w.in_flight.values()) > 0 \
+                    and now - w.heard >= self.silent_after and not blind:
                 self._lose(name, w)
         in_flight = self.in_flight()
         if in_flight <= 0:
