@@ -20,7 +20,7 @@ from pytest_wec.acme import (
     HttptoolsTransport,
     make_transport,
 )
-from pytest_wec.acme._httpconn import MAX_HEAD
+from pytest_wec.acme._httpconn import MAX_HEAD, Connection
 from pytest_wec.worker.runner import new_event_loop
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -313,3 +313,38 @@ def test_works_on_uvloop() -> None:
         loop.close()
     with pytest.raises(ValueError, match="unknown event loop"):
         new_event_loop("trio")
+
+
+@pytest.mark.asyncio
+async def test_responses_carry_when_the_request_went_out_and_the_answer_came_in(
+        transport: HttptoolsTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the server answers 50 ms after each request; the client's loop is then busy for 30 ms
+    # between the answer's arrival and the awaiting task's turn: the stamps hold the
+    # exchange, not that wait
+    ref: list[RawServer] = []
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await ref[0].read_request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(OK)
+            await writer.drain()
+
+    received = Connection.data_received
+
+    def busy_after(self: Connection, data: bytes) -> None:
+        asyncio.get_running_loop().call_soon(time.sleep, 0.03)
+        received(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", busy_after)
+    srv = RawServer(late)
+    ref.append(srv)
+    async with srv:
+        for opened in (True, False):  # the first request opens its connection
+            before = time.perf_counter()
+            resp = await transport.request("GET", srv.url, headers={}, body=None, timeout=5)
+            after = time.perf_counter()
+            assert before <= resp.sent < resp.arrived <= after, opened
+            assert 0.05 <= resp.arrived - resp.sent < 0.075, opened
+            assert after - before >= 0.08, opened
+        assert srv.connections == 1

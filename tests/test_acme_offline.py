@@ -791,3 +791,26 @@ async def test_polls_skip_what_the_last_answer_already_says() -> None:
     assert first - t0 >= 0.05 and second - first >= 0.1
     env.results.clear()
     assert await env.acme.poll_order(acct, order) is order and env.results == []
+
+
+@pytest.mark.asyncio
+async def test_a_transports_own_stamps_are_the_requests_time() -> None:
+    # a transport that stamps when it wrote the request and when the answer came in: the
+    # result's took is from the one to the other, and its start is the write
+    ca = FakeCA()
+    stamps: list[tuple[float, float]] = []
+
+    async def stamped(req: Request) -> Response:
+        resp = ca(req)
+        await asyncio.sleep(0.02)
+        sent = time.perf_counter() - 0.010  # as if written 10 ms ago, answered 5 ms ago
+        stamps.append((sent, sent + 0.005))
+        return Response(resp.status, resp.headers, resp.body, sent, sent + 0.005)
+
+    net = AcmeNetwork(DIR, MockTransport(stamped), timeout=5)
+    results: list[RequestResult] = []
+    t0 = time.time()
+    await net.client("c", "1", results.append).directory()
+    assert len(results) == 1 and results[0]["ok"]
+    assert abs(results[0]["took"] - 0.005) < 1e-9
+    assert t0 + 0.005 < results[0]["started"] < time.time() - 0.005

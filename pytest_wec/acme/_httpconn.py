@@ -3,14 +3,16 @@
 :class:`Connection` is the :class:`asyncio.Protocol`: the transport writes a request on it
 and awaits the future handed to :meth:`Connection.begin`; the connection feeds the bytes that
 arrive to httptools' response parser and settles that future with the
-:class:`~pytest_wec.acme._transport.Response`, an :class:`AcmeTransportError` (malformed,
-head or body too large) or :class:`ConnectionLost`. Interim 1xx responses are skipped; a body
+:class:`~pytest_wec.acme._transport.Response` (stamped with when its last bytes were read),
+an :class:`AcmeTransportError` (malformed, head or body too large) or
+:class:`ConnectionLost`. Interim 1xx responses are skipped; a body
 without Content-Length or chunked ends with the connection; bytes nobody asked for close it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httptools
 
@@ -18,6 +20,8 @@ from ._errors import AcmeBodyTooLarge, AcmeHttpError, AcmeTransportError
 from ._transport import DEFAULT_MAX_BODY, Headers, Response
 
 __all__ = ["MAX_HEAD", "Connection", "ConnectionLost"]
+
+_perf = time.perf_counter
 
 #: Bound on a response's status line and header fields together.
 MAX_HEAD = 256 * 1024
@@ -43,6 +47,8 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.max_body = DEFAULT_MAX_BODY
         self.is_head = False
+        self.sent = 0.0  # perf_counter: the exchange's request written (the transport sets it)
+        self.now = 0.0  # perf_counter: when the bytes being parsed were read
         self._reset()
 
     def _reset(self) -> None:
@@ -67,6 +73,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.now = _perf()
         waiter = self.waiter
         if waiter is None or waiter.done():
             # bytes nobody asked for: the stream is out of step, never reuse it
@@ -92,6 +99,7 @@ class Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if self.headers_done and not self.delimited and self.status >= 200:
+            self.now = _perf()
             self._finish(keep=False)  # a body delimited by the end of the connection
         else:
             waiter.set_exception(ConnectionLost(self.got_bytes, exc))
@@ -152,7 +160,8 @@ class Connection(asyncio.Protocol):
             return
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        waiter.set_result(Response(self.status, Headers.from_lowered(self.fields), body))
+        waiter.set_result(Response(self.status, Headers.from_lowered(self.fields), body,
+                                   self.sent, self.now))
         if not keep:
             self.close()
 

@@ -32,6 +32,7 @@ from ._transport import DEFAULT_MAX_BODY, USER_AGENT, Response, make_ssl_context
 
 __all__ = ["HttptoolsTransport"]
 
+_perf = time.perf_counter
 _BAD_URL = re.compile(r"[\x00-\x20\x7f]")
 _BAD_FIELD = re.compile(r"[\r\n\x00]")
 _RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -227,8 +228,12 @@ class HttptoolsTransport:
             conn = self._take_idle(key)
             reused = conn is not None
             if conn is None:
+                sent = _perf()  # a request that opens its connection: from the connect
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connect(loop, origin.host, origin.port, origin.tls)
+                conn.sent = sent
+            else:
+                conn.sent = _perf()
             waiter: asyncio.Future[Response] = loop.create_future()
             conn.begin(waiter, self.max_body, is_head)
             # a timer on the waiter rather than asyncio.timeout(): the same bound, a

@@ -230,7 +230,11 @@ class AcmeNetwork:
         except AcmeTransportError as exc:
             obs.emit(endpoint, method, 0, started, _perf() - t0, exc)
             raise
-        took = _perf() - t0
+        if resp.arrived and resp.sent:  # the transport's own stamps: the exchange alone
+            took = resp.arrived - resp.sent
+            started += resp.sent - t0
+        else:
+            took = _perf() - t0
         status = resp.status
         nonce = resp.headers.get("replay-nonce")
         if not 200 <= status < 300:

@@ -126,11 +126,20 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One response: status, headers and the complete body."""
+    """One response: status, headers and the complete body.
+
+    ``sent`` and ``arrived`` (``time.perf_counter()``; 0.0 when the transport does not
+    stamp them): just before the request was written (before the connect, for a request
+    that opened its connection) and when the bytes that completed the response were read,
+    before they were parsed. A request's latency is from the one to the other when both are
+    there, so that what the client does around the exchange is not in it.
+    """
 
     status: int
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
+    sent: float = field(default=0.0, compare=False)
+    arrived: float = field(default=0.0, compare=False)
 
     @classmethod
     def make(

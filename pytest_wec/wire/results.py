@@ -7,7 +7,9 @@ msgpack or JSON, never pickled objects (DESIGN.md, "Results").
 ``ChainResult``: one run of a chain, with the requests it made.
 
 Times: ``started`` and ``scheduled`` are epoch seconds (``time.time()``);
-``took`` is seconds measured with ``time.perf_counter()``.
+``took`` is seconds measured with ``time.perf_counter()``: from the request's write (its
+connect, for one that opens its connection) to the read of its answer's last bytes where the
+transport stamps them (:class:`pytest_wec.acme._transport.Response`), else around the call.
 
 ``ChainResult["phases"]`` (optional: absent when the chain went through none, and in
 results written before phases existed): phase name -> its values in this chain run, seconds
