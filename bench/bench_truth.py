@@ -139,8 +139,10 @@ def compare(truth: dict[tuple[str, str], list[float]],
 def run_scenario(name: str, work: Path, *, duration: float, load: int | None = None,
                  rate: float | None = None, stall: tuple[float, float] | None = None,
                  program: dict[str, Any] | None = None, extra_args: Sequence[str] = (),
-                 timeout: float = 180.0) -> tuple[dict[str, Any], dict[str, Any], float]:
-    """One load run against a fresh programmed stub CA: (summary.json, truth, seconds)."""
+                 workers: int = 0, timeout: float = 180.0
+                 ) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """One load run against a fresh programmed stub CA: (summary.json, truth, seconds);
+    ``workers``: xdist workers (0: one process, no xdist)."""
     t0 = time.monotonic()
     out = work / name.replace("+", "-")
     spec = dict(program or PROGRAM)
@@ -153,8 +155,9 @@ def run_scenario(name: str, work: Path, *, duration: float, load: int | None = N
     proc, url, _bundle = start_stub_ca(work / f"stub-{out.name}", plain=True, program=spec)
     cleanup: list[Path] = []
     try:
-        args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
-                "-q", str(chains / "test_truth_chain.py"), "--wec-directory", url,
+        xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+        args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *xdist, "-q",
+                str(chains / "test_truth_chain.py"), "--wec-directory", url,
                 f"--wec-duration={duration:g}s", "--wec-grace=30s", f"--wec-out={out}"]
         shm = Path("/dev/shm")
         if shm.is_dir() and os.access(shm, os.W_OK):  # the state DB's commits off the disk
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds of load per scenario (default 8)")
     ap.add_argument("--load", type=int, default=16, help="closed model: chains in flight")
     ap.add_argument("--rate", type=float, default=12.0, help="open model: starts per second")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="xdist workers (-n); 0 (default): one process, no xdist")
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     args = ap.parse_args(argv)
     duration = args.duration or (4.0 if args.quick else 8.0)
@@ -294,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             ("closed", {"load": args.load}), ("open", {"rate": args.rate}),
             ("open+stall", {"rate": args.rate, "stall": (duration / 3, 2.0)})]
         for name, kw in scenarios:
-            summary, truth, took = run_scenario(name, work, duration=duration, **kw)
+            summary, truth, took = run_scenario(name, work, duration=duration,
+                                                workers=args.workers, **kw)
             rows = scenario_rows(summary, truth, kw.get("rate"))
             t = summary["totals"]
             print_rows(f"{name}: {t['chains']} chains ({t['chains_failed']} failed), "

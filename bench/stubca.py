@@ -1,4 +1,4 @@
-"""A small, fast ACME CA for benchmarks: ``FakeCA`` served over real HTTPS with aiohttp.web.
+"""A small, fast ACME CA for benchmarks: ``FakeCA`` served over real HTTPS by a lean server.
 
     .venv/bin/python bench/stubca.py [--port 0] [--plain] [--dir DIR] [--program JSON]
                                      [--limits JSON]
@@ -7,7 +7,10 @@ It prints ``listening URL`` (the directory URL) and ``ready``, then serves until
 ACME logic is :class:`pytest_wec.acme.FakeCA` (every JWS verified, nonces single-use, real
 X.509 certificates), so the client does exactly the work it does against Pebble; challenges
 validate as soon as they are answered, without reaching out, so the generator's own cost
-shows instead of the CA's. Runs as its own process, so its CPU is not the generator's.
+shows instead of the CA's. Runs as its own process, so its CPU is not the generator's. Its
+server (:mod:`_httpd`) stamps a request when its bytes (or its connection) arrive and an
+answer just before it is written, so that no framework's time hides between its figures and
+the socket.
 
 From Python, :func:`start_stub_ca` starts it as a child process and returns its directory
 URL and the CA bundle to trust.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import re
 import selectors
@@ -43,15 +47,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from multidict import CIMultiDict
 
 from pytest_wec.acme import FakeCA, Request, Response
 from pytest_wec.acme._fakeca_limits import FakeLimits
+from pytest_wec.acme._transport import Headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _httpd import Answer, Handler, HttpServerProtocol, ServerRequest
 from _program import Program, Truth, parse_dist
 
 _HTTP01 = re.compile(r"^listening http01 \[?([^\]\s]+?)\]?:(\d+)\s*$")
@@ -111,6 +115,9 @@ class ProgrammedCA(StubCA):
         self._http01: tuple[str, int] | None = None
         self._session: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        import aiohttp  # here, not at the first validation: an import would stall the loop
+
+        self._aiohttp = aiohttp
 
     def kid(self, req: Request, endpoint: str, resp: Response) -> str | None:
         """The account a request is of (newAccount: the one it made or found; renewalInfo
@@ -181,13 +188,12 @@ class ProgrammedCA(StubCA):
 
     async def _validate(self, authz_url: str, ch: dict[str, Any], answered: float) -> None:
         """After the validation delay, the validation requests, then the authz is valid."""
-        import aiohttp
-
         await sleep_until(answered + self.program.validation.draw(self.program.rng))
         body = self.authzs[authz_url]
         n = self.program.validation_requests()
         host, port = self.http01()
         if self._session is None:
+            aiohttp = self._aiohttp
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         url = f"http://{host}:{port}/.well-known/acme-challenge/{ch['token']}"
         sent = time.time()
@@ -266,39 +272,46 @@ async def sleep_until(when: float) -> None:
         await asyncio.sleep(delay)
 
 
-def make_app(ca: FakeCA) -> web.Application:
+def make_handler(ca: FakeCA) -> Handler:
+    """The server's handler: the stub's own paths, else the CA's answer (held as programmed)."""
     base = ca.base
     programmed = ca if isinstance(ca, ProgrammedCA) else None
 
-    async def handle(request: web.Request) -> web.Response:
-        received = time.time()
-        body = await request.read() if request.can_read_body else None
-        if programmed is not None and request.path == "/_stub/truth":
-            return web.json_response({"program": programmed.program.to_plain(),
-                                      **programmed.truth.to_plain()})
-        if request.path == "/_stub/limits" and ca.limits is not None:
-            return web.json_response({"refusals": dict(ca.limits.refusals),
-                                      "issued": dict(ca.limits.issued),
-                                      "orders": sum(ca.limits.orders.values())})
-        req = Request(request.method, base + request.raw_path, request.headers, body)
+    async def handle(request: ServerRequest) -> Answer:
+        received = request.received
+        path = request.target.split("?", 1)[0]
+        if programmed is not None and path == "/_stub/truth":
+            return _json({"program": programmed.program.to_plain(),
+                          **programmed.truth.to_plain()})
+        if path == "/_stub/limits" and ca.limits is not None:
+            return _json({"refusals": dict(ca.limits.refusals),
+                          "issued": dict(ca.limits.issued),
+                          "orders": sum(ca.limits.orders.values())})
+        req = Request(request.method, base + request.target,
+                      Headers.from_lowered(request.headers), request.body or None)
         resp = ca(req)
-        if programmed is not None:
-            endpoint = ca._route(req.url)[0]
-            program = programmed.program
-            drawn = program.delay(endpoint)
-            due = program.hold_until(received, drawn)
-            await sleep_until(due)
-            sent = time.time()
+        headers = list(resp.headers._items)
+        if programmed is None:
+            return resp.status, headers, resp.body, None
+        endpoint = ca._route(req.url)[0]
+        program = programmed.program
+        drawn = program.delay(endpoint)
+        due = program.hold_until(received, drawn)
+        await sleep_until(due)
+
+        def then(sent: float) -> None:
             programmed.truth.requests.append([endpoint, drawn, due - received, sent - received,
                                               received])
             programmed.answered(endpoint, req, resp, received, sent,
                                 programmed.kid(req, endpoint, resp))
-        headers: CIMultiDict[str] = CIMultiDict(resp.headers._items)
-        return web.Response(status=resp.status, body=resp.body, headers=headers)
 
-    app = web.Application(client_max_size=1 << 20)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+        return resp.status, headers, resp.body, then
+
+    return handle
+
+
+def _json(data: Any) -> Answer:
+    return 200, [("Content-Type", "application/json")], orjson.dumps(data), None
 
 
 async def serve(host: str, port: int, run_dir: Path, plain: bool,
@@ -324,9 +337,9 @@ async def serve(host: str, port: int, run_dir: Path, plain: bool,
         base, make_program(program), program.get("challenge_log"))
     if isinstance(ca, ProgrammedCA) and ca.program.stall_at is not None:
         ca.truth.stall = [ca.program.stall_at, ca.program.stall_for]
-    runner = web.AppRunner(make_app(ca), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=ctx, backlog=4096).start()
+    handler = make_handler(ca)
+    await asyncio.get_running_loop().create_server(
+        lambda: HttpServerProtocol(handler), sock=sock, ssl=ctx, backlog=4096)
     print(f"listening {base}/dir", flush=True)
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -383,6 +396,9 @@ def main() -> None:
         asyncio.run(serve(args.host, args.port, run_dir, args.plain, limits=limits))
         return
     program = json.loads(args.program)
+    # its figures are the truth: no collector pause may keep a request unseen in its socket
+    # (a bench run is short, and what it keeps is mostly freed by reference counting)
+    gc.disable()
     loop = asyncio.SelectorEventLoop(selectors.SelectSelector())  # microsecond timers
     try:
         loop.run_until_complete(serve(args.host, args.port, run_dir, args.plain, program))

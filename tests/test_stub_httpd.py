@@ -1,0 +1,97 @@
+"""The stub CA's lean HTTP/1.1 server (bench/_httpd.py): keep-alive and pipelined requests
+answered in order, HEAD, bodies, bad requests; its stamps bracket what the client saw."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from _httpd import Answer, HttpServerProtocol, ServerRequest
+
+from pytest_wec.acme import HttptoolsTransport
+
+
+class Server:
+    def __init__(self) -> None:
+        self.seen: list[ServerRequest] = []
+        self.sent: list[float] = []
+        self.port = 0
+
+    async def handle(self, req: ServerRequest) -> Answer:
+        self.seen.append(req)
+        if req.target.startswith("/slow"):
+            await asyncio.sleep(0.03)
+        if req.target == "/boom":
+            raise ValueError("a handler's bug")
+        body = f"{req.method} {req.target} {len(req.body)}".encode()
+        return 200, [("Content-Type", "text/plain"), ("Link", "<a>"), ("Link", "<b>")], \
+            body, self.sent.append
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: HttpServerProtocol(srv.handle, max_body=1000),
+                                        "127.0.0.1", 0)
+    srv.port = listener.sockets[0].getsockname()[1]
+    yield srv
+    listener.close()
+
+
+async def raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_keep_alive_head_and_stamps(server: Server) -> None:
+    t = HttptoolsTransport(ssl=False)
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        before = time.time()
+        resp = await t.request("POST", url + "/slow?x=1", headers={}, body=b"abc", timeout=5)
+        assert (resp.status, resp.body) == (200, b"POST /slow?x=1 3")
+        assert resp.headers.get_all("link") == ["<a>", "<b>"]
+        head = await t.request("HEAD", url + "/n", headers={}, body=None, timeout=5)
+        assert head.status == 200 and head.body == b""
+        after = time.time()
+    finally:
+        await t.aclose()
+    first, second = server.seen
+    assert before <= first.received <= server.sent[0] - 0.03 <= after
+    assert server.sent[0] <= second.received <= server.sent[1] <= after
+    assert first.headers[0][0] == "host"  # names lowered, in order
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    out = await raw(server.port, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"
+                                 b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert out.index(b"GET /slow 0") < out.index(b"GET /fast 0")
+    assert b"Connection: close" in out
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("data", "status"), [
+    (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, b"413"),
+    (b"GET /boom HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"500"),
+])
+async def test_bad_requests_get_an_answer(server: Server, data: bytes, status: bytes) -> None:
+    out = await raw(server.port, data)
+    assert out.startswith(b"HTTP/1.1 " + status), out
