@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import http
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,12 @@ from dataclasses import dataclass, field
 
 import httptools
 
-__all__ = ["Answer", "Handler", "HttpServerProtocol", "ServerRequest"]
+__all__ = ["Answer", "Handler", "HttpServerProtocol", "ServerRequest", "StampedTransport",
+           "serve_stamped"]
+
+#: Linux's SO_TIMESTAMPNS: each read says when the kernel received its bytes
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_CMSG = socket.CMSG_SPACE(16)
 
 
 @dataclass(slots=True)
@@ -56,7 +63,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, max_body: int = 1 << 20) -> None:
         self.handler = handler
         self.max_body = max_body
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | StampedTransport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.accepted = 0.0
         self.first = True
@@ -67,17 +74,23 @@ class HttpServerProtocol(asyncio.Protocol):
         self.size = 0
         self.queue: deque[ServerRequest] = deque()
         self.task: asyncio.Task[None] | None = None
-        self.closing = False
+        self.closing = False  # nothing more is read
+        self.failure: tuple[int, bytes] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.accepted = time.time()
 
     def data_received(self, data: bytes) -> None:
-        self.now = time.time()
+        self.received_at(data, time.time())
+
+    def received_at(self, data: bytes, at: float) -> None:
+        """``data`` arrived at ``at`` (the kernel's stamp, where a transport has one)."""
+        self.now = at
+        if self.accepted > at:  # its connection was accepted after its bytes had arrived
+            self.accepted = at
         if self.closing:
             return
         try:
@@ -92,6 +105,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.failure = None
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -139,7 +153,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- answering ----------------------------------------------------------------------
 
     async def _answer_all(self) -> None:
-        while self.queue and not self.closing:
+        while self.queue and self.transport is not None and not self.transport.is_closing():
             req = self.queue.popleft()
             try:
                 status, headers, body, then = await self.handler(req)
@@ -153,6 +167,8 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._close()
             if then is not None:
                 then(sent)
+        if self.failure is not None:
+            self._write_failure()
 
     def _write(self, method: str, status: int, headers: list[tuple[str, str]], body: bytes,
                keep_alive: bool) -> float:
@@ -174,6 +190,14 @@ class HttpServerProtocol(asyncio.Protocol):
         return sent
 
     def _fail(self, status: int, text: bytes) -> None:
+        """Answer a bad request and close, after the answers due before it."""
+        self.failure = (status, text)
+        self.closing = True  # nothing more is read
+        if self.task is None or self.task.done():
+            self._write_failure()
+
+    def _write_failure(self) -> None:
+        status, text = self.failure or (500, b"")
         self._write("GET", status, [("Content-Type", "text/plain")], text, False)
         self._close()
 
@@ -182,3 +206,108 @@ class HttpServerProtocol(asyncio.Protocol):
         self.queue.clear()
         if self.transport is not None:
             self.transport.close()
+
+
+class StampedTransport:
+    """A plain TCP connection read with ``recvmsg`` for the kernel's receive time of each read
+    (the selector loop's reader and writer callbacks; the few methods the protocol uses)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol: HttpServerProtocol) -> None:
+        self.loop, self.sock, self.protocol = loop, sock, protocol
+        self.out = bytearray()
+        self.closed = False
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        protocol.connection_made(self)  # type: ignore[arg-type]
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _flags, _addr = self.sock.recvmsg(1 << 16, _CMSG)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if not data:
+            self._lost(None)
+            return
+        at = time.time()
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                sec, nsec = struct.unpack("qq", raw[:16])
+                at = sec + nsec / 1e9
+        self.protocol.received_at(data, at)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.out:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        self.out += data
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self.out[:n]
+        if not self.out:
+            self.loop.remove_writer(self.sock.fileno())
+            if self.closing_after_write:
+                self._lost(None)
+
+    closing_after_write = False
+
+    def is_closing(self) -> bool:
+        return self.closed or self.closing_after_write
+
+    def close(self) -> None:
+        if self.out:
+            self.closing_after_write = True  # once what is written is sent
+        else:
+            self._lost(None)
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        fd = self.sock.fileno()
+        self.loop.remove_reader(fd)
+        self.loop.remove_writer(fd)
+        self.sock.close()
+        self.protocol.connection_lost(exc)
+
+
+def serve_stamped(loop: asyncio.AbstractEventLoop, sock: socket.socket, handler: Handler,
+                  backlog: int = 4096, max_body: int = 1 << 20) -> None:
+    """Serve plain HTTP on the bound ``sock`` with kernel receive stamps (Linux)."""
+    sock.listen(backlog)
+    sock.setblocking(False)
+
+    def accept() -> None:
+        for _ in range(64):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # out of descriptors and the like: the client's connect fails
+            StampedTransport(loop, conn, HttpServerProtocol(handler, max_body))
+
+    loop.add_reader(sock.fileno(), accept)

@@ -55,7 +55,7 @@ from pytest_wec.acme._fakeca_limits import FakeLimits
 from pytest_wec.acme._transport import Headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _httpd import Answer, Handler, HttpServerProtocol, ServerRequest
+from _httpd import Answer, Handler, HttpServerProtocol, ServerRequest, serve_stamped
 from _program import Program, Truth, parse_dist
 
 _HTTP01 = re.compile(r"^listening http01 \[?([^\]\s]+?)\]?:(\d+)\s*$")
@@ -338,8 +338,11 @@ async def serve(host: str, port: int, run_dir: Path, plain: bool,
     if isinstance(ca, ProgrammedCA) and ca.program.stall_at is not None:
         ca.truth.stall = [ca.program.stall_at, ca.program.stall_for]
     handler = make_handler(ca)
-    await asyncio.get_running_loop().create_server(
-        lambda: HttpServerProtocol(handler), sock=sock, ssl=ctx, backlog=4096)
+    if ctx is None and sys.platform == "linux":
+        serve_stamped(asyncio.get_running_loop(), sock, handler)
+    else:
+        await asyncio.get_running_loop().create_server(
+            lambda: HttpServerProtocol(handler), sock=sock, ssl=ctx, backlog=4096)
     print(f"listening {base}/dir", flush=True)
     print("ready", flush=True)
     await asyncio.Event().wait()

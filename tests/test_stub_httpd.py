@@ -4,6 +4,7 @@ answered in order, HEAD, bodies, bad requests; its stamps bracket what the clien
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from _httpd import Answer, HttpServerProtocol, ServerRequest
+from _httpd import Answer, HttpServerProtocol, ServerRequest, serve_stamped
 
 from pytest_wec.acme import HttptoolsTransport
 
@@ -36,15 +37,25 @@ class Server:
             body, self.sent.append
 
 
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[Server]:
+@pytest_asyncio.fixture(params=["asyncio", "stamped"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """The server on asyncio's transports, and on the kernel-stamped one (plain TCP)."""
     srv = Server()
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(lambda: HttpServerProtocol(srv.handle, max_body=1000),
-                                        "127.0.0.1", 0)
-    srv.port = listener.sockets[0].getsockname()[1]
+    if request.param == "asyncio":
+        listener = await loop.create_server(
+            lambda: HttpServerProtocol(srv.handle, max_body=1000), "127.0.0.1", 0)
+        srv.port = listener.sockets[0].getsockname()[1]
+        yield srv
+        listener.close()
+        return
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv.port = sock.getsockname()[1]
+    serve_stamped(loop, sock, srv.handle, max_body=1000)
     yield srv
-    listener.close()
+    loop.remove_reader(sock.fileno())
+    sock.close()
 
 
 async def raw(port: int, data: bytes) -> bytes:
@@ -76,6 +87,14 @@ async def test_keep_alive_head_and_stamps(server: Server) -> None:
     assert before <= first.received <= server.sent[0] - 0.03 <= after
     assert server.sent[0] <= second.received <= server.sent[1] <= after
     assert first.headers[0][0] == "host"  # names lowered, in order
+
+
+@pytest.mark.asyncio
+async def test_a_large_answer_is_written_whole(server: Server) -> None:
+    big = b"GET /" + b"x" * 900 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    out = await raw(server.port, big * 50 + b"BAD\r\n\r\n")  # 50 answers, then the 400
+    assert out.count(b"HTTP/1.1 200 OK") == 50, out[:300]
+    assert out.count(b"HTTP/1.1 400 Bad Request") == 1 and out.rindex(b"400") > out.rindex(b"200")
 
 
 @pytest.mark.asyncio
