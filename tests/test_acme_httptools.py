@@ -347,4 +347,6 @@ async def test_responses_carry_when_the_request_went_out_and_the_answer_came_in(
             assert before <= resp.sent < resp.arrived <= after, opened
             assert 0.05 <= resp.arrived - resp.sent < 0.075, opened
             assert after - before >= 0.08, opened
+            # the connect is timed apart, before the write
+            assert (0 < resp.connect <= resp.sent - before) if opened else resp.connect == 0
         assert srv.connections == 1

@@ -805,12 +805,16 @@ async def test_a_transports_own_stamps_are_the_requests_time() -> None:
         await asyncio.sleep(0.02)
         sent = time.perf_counter() - 0.010  # as if written 10 ms ago, answered 5 ms ago
         stamps.append((sent, sent + 0.005))
-        return Response(resp.status, resp.headers, resp.body, sent, sent + 0.005)
+        connect = 0.002 if len(stamps) == 1 else 0.0  # the first opened its connection
+        return Response(resp.status, resp.headers, resp.body, sent, sent + 0.005, connect)
 
     net = AcmeNetwork(DIR, MockTransport(stamped), timeout=5)
     results: list[RequestResult] = []
     t0 = time.time()
-    await net.client("c", "1", results.append).directory()
-    assert len(results) == 1 and results[0]["ok"]
-    assert abs(results[0]["took"] - 0.005) < 1e-9
+    client = net.client("c", "1", results.append)
+    await client.directory()
+    await net.new_nonce(client._obs)
+    assert len(results) == 2 and all(r["ok"] for r in results)
+    assert all(abs(r["took"] - 0.005) < 1e-9 for r in results)
     assert t0 + 0.005 < results[0]["started"] < time.time() - 0.005
+    assert results[0]["connect"] == 0.002 and "connect" not in results[1]

@@ -392,3 +392,38 @@ def test_series_per_name_are_bounded() -> None:
             MAX_SERIES + 20
         assert series[OTHER][1].count == 20
     assert len(agg.chains) == MAX_SERIES + 20  # the totals keep every name
+
+
+def test_connections_opened_are_counted_apart_from_the_requests_latency() -> None:
+    from pytest_wec.controller.outputs import build_tables, format_tables
+
+    def opened(r: RequestResult, seconds: float) -> RequestResult:
+        r["connect"] = seconds
+        return r
+
+    a, b = Aggregator(T0), Aggregator(T0)
+    a.add(chain("1", "A", T0, 0.5, requests=[opened(req("1", "A", "newNonce", T0, 0.01), 0.002),
+                                             req("1", "A", "newOrder", T0 + 0.1, 0.02)]))
+    b.add(chain("2", "A", T0 + 1, 0.5, requests=[
+        opened(req("2", "A", "newOrder", T0 + 1, 0.03, ok=False,
+                   problem="urn:ietf:params:acme:error:badNonce"), 0.004)]))
+    a.merge(b)
+    assert (a.connects.total, a.connects.min, a.connects.max) == (2, 2000, 4000)
+    # the requests' own latency is what they took, the connect not added
+    assert a.endpoints["newNonce"].latency.max == 10_000
+    again = Aggregator.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert again.connects == a.connects
+    tables = build_tables(a, 10.0)
+    conn = tables["connections"]
+    assert conn["opened"] == 2 and conn["latency_ms"]["max"] == 4.0
+    assert conn["latency_ms"]["p50"] == pytest.approx(2.0, abs=0.01)
+    summary = {**tables, "run": {"id": "r", "duration_s": 10.0}}
+    assert "connections opened 2: p50 2.000 ms" in format_tables(summary)
+    # a run with none (an older log, or a transport that does not time them apart)
+    none = build_tables(Aggregator(T0), 1.0)["connections"]
+    assert none["opened"] == 0
+    assert "connections opened" not in format_tables({**build_tables(Aggregator(T0), 1.0),
+                                                      "run": {"id": "r", "duration_s": 1}})
+    old = a.to_dict()
+    del old["connects"]
+    assert Aggregator.from_dict(old).connects.total == 0

@@ -56,6 +56,7 @@ def test_wire_round_trip_rebuilds_typed_dicts() -> None:
     odd["requests"][0]["chain_id"] = "someone-else"  # kept although it differs from the chain
     odd["requests"][1].update({"ok": False, "status": 0, "error": "timeout",
                                "problem": "urn:ietf:params:acme:error:badNonce"})
+    odd["requests"][2]["connect"] = 0.0012  # it opened its connection
     chains.append(odd)
     batch = decode_batch(encode_batch("gw0", "s0", 4, 17, chains))
     assert (batch.worker, batch.session, batch.seq, batch.chains_before) == ("gw0", "s0", 4, 17)

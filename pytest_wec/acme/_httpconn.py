@@ -48,6 +48,7 @@ class Connection(asyncio.Protocol):
         self.max_body = DEFAULT_MAX_BODY
         self.is_head = False
         self.sent = 0.0  # perf_counter: the exchange's request written (the transport sets it)
+        self.connect = 0.0  # seconds the connection took to open; 0.0 once it was reused
         self.now = 0.0  # perf_counter: when the bytes being parsed were read
         self._reset()
 
@@ -161,7 +162,7 @@ class Connection(asyncio.Protocol):
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         waiter.set_result(Response(self.status, Headers.from_lowered(self.fields), body,
-                                   self.sent, self.now))
+                                   self.sent, self.now, self.connect))
         if not keep:
             self.close()
 

@@ -228,18 +228,19 @@ class HttptoolsTransport:
             conn = self._take_idle(key)
             reused = conn is not None
             if conn is None:
-                sent = _perf()  # a request that opens its connection: from the connect
+                opening = _perf()
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connect(loop, origin.host, origin.port, origin.tls)
-                conn.sent = sent
+                conn.connect = _perf() - opening
             else:
-                conn.sent = _perf()
+                conn.connect = 0.0
             waiter: asyncio.Future[Response] = loop.create_future()
             conn.begin(waiter, self.max_body, is_head)
             # a timer on the waiter rather than asyncio.timeout(): the same bound, a
             # fraction of the cost per request
             timer = loop.call_at(deadline, _expire, waiter)
             assert conn.transport is not None
+            conn.sent = _perf()
             conn.transport.write(data)
             try:
                 resp = await waiter

@@ -243,7 +243,7 @@ class AcmeNetwork:
                 err._nonce = nonce
             else:
                 self.nonces.push(nonce)
-            obs.emit(endpoint, method, status, started, took, err)
+            obs.emit(endpoint, method, status, started, took, err, resp.connect)
             raise err
         try:
             if method == "POST" and not nonce:
@@ -254,13 +254,13 @@ class AcmeNetwork:
                 self.nonces.push(nonce)
             result = parse(resp)
         except AcmeProtocolError as exc:
-            obs.emit(endpoint, method, status, started, took, exc)
+            obs.emit(endpoint, method, status, started, took, exc, resp.connect)
             raise
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             bad = AcmeProtocolError(f"{endpoint}: unusable HTTP {status} response: {exc!r}")
-            obs.emit(endpoint, method, status, started, took, bad)
+            obs.emit(endpoint, method, status, started, took, bad, resp.connect)
             raise bad from exc
-        obs.emit(endpoint, method, status, started, took, None)
+        obs.emit(endpoint, method, status, started, took, None, resp.connect)
         return result
 
     def _retry_delay(self, exc: AcmeProblem | AcmeUnexpectedStatus, retries: int) -> float | None:

@@ -46,7 +46,10 @@ class Observed:
         started: float,
         took: float,
         error: AcmeError | None,
+        connect: float = 0.0,
     ) -> None:
+        """One exchange's RequestResult to the observer; ``connect``: the seconds spent
+        opening its connection, when it opened one (not in ``took``)."""
         self.current = None
         observer = self.observer
         if observer is None:
@@ -63,6 +66,8 @@ class Observed:
             "error": None if error is None else error.kind,
             "problem": error.type if isinstance(error, AcmeProblem) else None,
         }
+        if connect > 0.0:
+            result["connect"] = connect
         if isinstance(error, AcmeProblem) and error.code == "rateLimited":
             limit = limit_name(error.detail)
             if limit is not None:

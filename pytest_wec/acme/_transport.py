@@ -129,10 +129,11 @@ class Response:
     """One response: status, headers and the complete body.
 
     ``sent`` and ``arrived`` (``time.perf_counter()``; 0.0 when the transport does not
-    stamp them): just before the request was written (before the connect, for a request
-    that opened its connection) and when the bytes that completed the response were read,
-    before they were parsed. A request's latency is from the one to the other when both are
-    there, so that what the client does around the exchange is not in it.
+    stamp them): just before the request was written and when the bytes that completed the
+    response were read, before they were parsed. A request's latency is from the one to the
+    other when both are there, so that what the client does around the exchange is not in
+    it. ``connect``: the seconds it took to open the connection the request went on (TCP,
+    and TLS for https), for a request that opened one; 0.0 otherwise.
     """
 
     status: int
@@ -140,6 +141,7 @@ class Response:
     body: bytes = b""
     sent: float = field(default=0.0, compare=False)
     arrived: float = field(default=0.0, compare=False)
+    connect: float = field(default=0.0, compare=False)
 
     @classmethod
     def make(

@@ -23,7 +23,8 @@ the generator down (coordinated omission).
 
 The ACME phases of each chain (validation, issuance, ...) and the RFC deviations its checks
 saw ride on its ChainResult; :attr:`Aggregator.phases` (:mod:`pytest_wec.controller.phases`)
-keeps them per chain. Refusals over rate limits and the waits they caused are
+keeps them per chain. :attr:`Aggregator.connects` is the time the requests that opened their
+connection spent opening it. Refusals over rate limits and the waits they caused are
 :attr:`Aggregator.rate_limits` (:mod:`pytest_wec.controller.ratelimits`).
 """
 
@@ -81,6 +82,8 @@ class Aggregator:
         #: open model: the part of each start's lag the generator's own work explains, and
         #: per worker the time its CPU was over the limit (pytest_wec.controller.health)
         self.own_lag = Histogram()
+        #: the time each request that opened its connection spent opening it (TCP, TLS)
+        self.connects = Histogram()
         self.cpu_hot = HotTime()
         self.starts_late = 0  # chains started after ``until`` (outside the time under load)
         self.phases = PhaseBook()  # ACME phases per chain, RFC deviations by kind
@@ -162,6 +165,7 @@ class Aggregator:
 
     def _add_requests(self, name: str, requests: list[RequestResult]) -> None:
         endpoints, by_ep, seconds = self.endpoints, self.endpoint_seconds, self.seconds
+        connects = self.connects
         base = self.started
         until = self.until
         last_s = -1
@@ -201,6 +205,9 @@ class Aggregator:
                 sec.requests_failed += 1
                 ns.failed += 1
                 self._request_error(name, r)
+            opened = r.get("connect")
+            if opened:
+                connects.record(int(opened * 1e6 + 0.5))
 
     def _series(self, series: Series, name: str) -> Buckets[NameSecondStats]:
         """The series of ``name`` (``OTHER``'s once ``MAX_SERIES`` names have one)."""
@@ -328,6 +335,7 @@ class Aggregator:
         self.lost_chains += other.lost_chains
         self.schedule_lag.add(other.schedule_lag)
         self.own_lag.add(other.own_lag)
+        self.connects.add(other.connects)
         self.cpu_hot.merge(other.cpu_hot)
         self.starts_late += other.starts_late
         self.phases.merge(other.phases)
@@ -359,6 +367,7 @@ class Aggregator:
             "lost_chains": self.lost_chains,
             "schedule_lag": self.schedule_lag.to_plain(),
             "own_lag": self.own_lag.to_plain(),
+            "connects": self.connects.to_plain(),
             "cpu_hot": self.cpu_hot.to_plain(),
             "starts_late": self.starts_late,
             "phases": self.phases.to_plain(),
@@ -410,6 +419,8 @@ class Aggregator:
         agg.rate_limits = RateLimitBook.from_plain(d.get("rate_limits"))  # likewise
         if d.get("own_lag") is not None:  # absent: written before the generator's health
             agg.own_lag = Histogram.from_plain(d["own_lag"])
+        if d.get("connects") is not None:  # absent: written before connections were timed
+            agg.connects = Histogram.from_plain(d["connects"])
         agg.starts_late = int(d.get("starts_late") or 0)
         for status in d["workers"]:
             agg.add_status(status)

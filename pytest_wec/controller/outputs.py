@@ -85,8 +85,9 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
                  max_errors: int | None = None,
                  percentiles: Iterable[float] = ()) -> dict[str, Any]:
     """``totals``, ``chains`` (each with its ``phases``), ``endpoints``, ``overall`` (all
-    chains, all requests), ``phases`` (over all chains), ``deviations`` and ``errors`` (the
-    most frequent first, at most ``max_errors``) over ``duration`` seconds."""
+    chains, all requests), ``phases`` (over all chains), ``deviations``, ``errors`` (the
+    most frequent first, at most ``max_errors``) over ``duration`` seconds, and
+    ``connections`` (the connections the requests opened, and how long opening took)."""
     ps = standard_ps(percentiles)
     chains: dict[str, Any] = {}
     for name, cs in sorted(agg.chains.items()):
@@ -132,7 +133,9 @@ def build_tables(agg: Aggregator, duration: float, *, open_model: bool = False,
     tables = {"totals": totals, "chains": chains, "endpoints": endpoints, "overall": overall,
               "phases": {n: phase_entry(n, agg.phases.merged(n), ps)
                          for n in agg.phases.names()},
-              "deviations": agg.phases.deviation_table(), "errors": errors}
+              "deviations": agg.phases.deviation_table(), "errors": errors,
+              "connections": {"opened": agg.connects.total,
+                              "latency_ms": agg.connects.summary_ms(ps)}}
     add_rate_limits(tables, agg.rate_limits)  # rate_limits, totals/endpoints' rate_limited
     return tables
 
@@ -257,12 +260,24 @@ def format_tables(summary: Mapping[str, Any]) -> str:
         if rows:
             lines += ["", *_table((title, *header), rows)]
     lines += format_phase_lines(summary, _table)
+    lines += _connection_lines(summary)
     if summary["errors"]:
         rows = [(e["count"], short_error_type(e["type"]), e["chain"], e["endpoint"] or "(chain)",
                  _clip(e["example"], 70)) for e in summary["errors"]]
         lines += ["", *_table(("errors", "type", "chain", "endpoint", "example"), rows)]
     lines += format_rate_limit_lines(summary)
     return "\n".join(lines) + "\n"
+
+
+def _connection_lines(summary: Mapping[str, Any]) -> list[str]:
+    """How many connections the requests opened and how long opening one took."""
+    conn = summary.get("connections") or {}
+    if not conn.get("opened"):
+        return []
+    lat = conn["latency_ms"]
+    return ["", f"connections opened {conn['opened']}: p50 {lat['p50']:.3f} ms, p95 "
+            f"{lat['p95']:.3f} ms, max {lat['max']:.3f} ms to open (TCP, and TLS for https; "
+            "not in the requests' latency)"]
 
 
 #: summary.json's ``failed_by_cause`` keys, as the terminal names them

@@ -48,7 +48,8 @@ VIEWS_HTML = """
     <div class="chart" id="chart-latency"></div></section>
 </div>
 <section><h2>Chains</h2><div id="table-chains"></div></section>
-<section><h2>Endpoints</h2><div id="table-endpoints"></div></section>
+<section><h2>Endpoints</h2><div id="table-endpoints"></div>
+  <div id="table-connections"></div></section>
 <section><h2>ACME phases</h2><div id="table-phases"></div>
   <div id="table-phase-counts"></div></section>
 <section><h2>Errors by type</h2><div id="table-errors"></div></section>

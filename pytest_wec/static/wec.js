@@ -250,6 +250,12 @@
     table(byId("table-endpoints"), [["endpoint", "name"]].concat(cols), rows(data.endpoints, "requests"),
       { empty: "no request yet",
         onclick: function (r) { self.choose(r._all || "endpoint:" + r.name); } });
+    // summary.json "connections": the connections the requests opened (not in their latency)
+    var conn = data.connections || {};
+    table(byId("table-connections"), [["connections opened", "opened", 1],
+      ["p50 ms to open", lat("p50"), 1], ["p95 ms to open", lat("p95"), 1],
+      ["p99 ms to open", lat("p99"), 1], ["max ms to open", lat("max"), 1]],
+      conn.opened ? [conn] : [], { empty: "" });
     phaseTables(data);
     table(byId("table-errors"), [["count", "count", 1], ["type", function (r) { return shortType(r.type); }],
       ["chain", "chain"], ["endpoint", function (r) { return r.endpoint || "(chain)"; }],

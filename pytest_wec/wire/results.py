@@ -7,9 +7,11 @@ msgpack or JSON, never pickled objects (DESIGN.md, "Results").
 ``ChainResult``: one run of a chain, with the requests it made.
 
 Times: ``started`` and ``scheduled`` are epoch seconds (``time.time()``);
-``took`` is seconds measured with ``time.perf_counter()``: from the request's write (its
-connect, for one that opens its connection) to the read of its answer's last bytes where the
-transport stamps them (:class:`pytest_wec.acme._transport.Response`), else around the call.
+``took`` is seconds measured with ``time.perf_counter()``: from the request's write to the
+read of its answer's last bytes where the transport stamps them
+(:class:`pytest_wec.acme._transport.Response`), else around the call. ``connect`` (optional):
+for a request that opened its connection, the seconds that took (TCP, and TLS for https),
+which a stamping transport leaves out of ``took``.
 
 ``ChainResult["phases"]`` (optional: absent when the chain went through none, and in
 results written before phases existed): phase name -> its values in this chain run, seconds
@@ -69,6 +71,7 @@ class RequestResult(TypedDict):
     error: str | None  # error class, e.g. "timeout", "connect", "problem", "badBody"
     problem: str | None  # ACME problem type, e.g. "urn:ietf:params:acme:error:badNonce"
     limit: NotRequired[str]  # rateLimited: the limit its detail names, e.g. NewOrdersPerAccount
+    connect: NotRequired[float]  # seconds to open the connection it went on, if it opened one
 
 
 class Phases(TypedDict, total=False):

@@ -187,6 +187,9 @@ def encode_batch(worker: str, session: str, seq: int, chains_before: int,
         limits = [[i, r["limit"]] for i, r in enumerate(c["requests"]) if r.get("limit")]
         if limits:  # the limit a rateLimited request's problem named
             extra["limits"] = limits
+        connects = [[i, r["connect"]] for i, r in enumerate(c["requests"]) if r.get("connect")]
+        if connects:  # the requests that opened their connection, and how long that took
+            extra["connects"] = connects
         if extra:
             row.append(extra)
         rows.append(row)
@@ -225,6 +228,7 @@ def decode_batch(data: bytes) -> Batch:
             if isinstance(extra.get("lag_own"), int | float):
                 c["lag_own"] = float(extra["lag_own"])
             _rate_limit_extras(c, extra)
+            _connect_extras(requests, extra)
         chains.append(c)
     return Batch(str(worker), str(session), int(seq), int(chains_before), chains)
 
@@ -242,6 +246,14 @@ def _rate_limit_extras(c: ChainResult, extra: dict[Any, Any]) -> None:
         if isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], int) \
                 and 0 <= pair[0] < len(requests):
             requests[pair[0]]["limit"] = str(pair[1])
+
+
+def _connect_extras(requests: list[RequestResult], extra: dict[Any, Any]) -> None:
+    """The seconds each request that opened its connection spent opening it."""
+    for pair in extra.get("connects") or ():
+        if isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], int) \
+                and 0 <= pair[0] < len(requests) and isinstance(pair[1], int | float):
+            requests[pair[0]]["connect"] = float(pair[1])
 
 
 def encode_spill(spill: Spill) -> bytes:
