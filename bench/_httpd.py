@@ -1,12 +1,14 @@
 """A lean HTTP/1.1 server for the stub CA: asyncio protocols, requests parsed by httptools.
 
 The stub CA's figures are the truth its benchmarks compare the report with, so its server
-stamps a request where the process first sees it, not where a framework hands it over:
-``received`` is the time of the ``data_received`` call that brought the request's first
-bytes (for the first request of a connection, the time the connection was accepted: the
-client's time for such a request includes its connection), and the answer is timed just
-before it is written. Everything a framework does between the socket and a handler would
-otherwise be in the client's figure and not in the CA's.
+stamps a request where it first reaches the server, not where a framework hands it over:
+``received`` is when the request's first bytes reached the socket (over plain TCP on Linux,
+:func:`serve_stamped`, the kernel's receive time, ``SO_TIMESTAMPNS``; else the time of the
+``data_received`` call that brought them), and an answer is stamped just before it is
+written (the handler learns that time, after the write). A connection's opening is not in
+any request's time, as it is not in the client's (it times connections apart).
+Everything a framework or the server's own event loop does between the socket and a handler
+would otherwise be in the client's figure and not in the CA's.
 
 Keep-alive, pipelined requests answered in order, ``Content-Length`` and chunked bodies,
 ``Expect: 100-continue``, HEAD; a malformed request gets 400 and its connection closes; a
@@ -40,7 +42,7 @@ _CMSG = socket.CMSG_SPACE(16)
 class ServerRequest:
     method: str
     target: str  # the raw request target: path and query
-    received: float  # time.time() when its first bytes (or its connection) arrived
+    received: float  # time.time() when its first bytes arrived
     headers: list[tuple[str, str]] = field(default_factory=list)  # names lowered
     body: bytes = b""
     keep_alive: bool = True
@@ -65,8 +67,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self.max_body = max_body
         self.transport: asyncio.Transport | StampedTransport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.accepted = 0.0
-        self.first = True
         self.now = 0.0
         self.url = b""
         self.current: ServerRequest | None = None
@@ -81,7 +81,6 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.accepted = time.time()
 
     def data_received(self, data: bytes) -> None:
         self.received_at(data, time.time())
@@ -89,8 +88,6 @@ class HttpServerProtocol(asyncio.Protocol):
     def received_at(self, data: bytes, at: float) -> None:
         """``data`` arrived at ``at`` (the kernel's stamp, where a transport has one)."""
         self.now = at
-        if self.accepted > at:  # its connection was accepted after its bytes had arrived
-            self.accepted = at
         if self.closing:
             return
         try:
@@ -113,11 +110,9 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        received = self.accepted if self.first else self.now
-        self.first = False
         self.url = b""
         self.body, self.size = [], 0
-        self.current = ServerRequest("", "", received)
+        self.current = ServerRequest("", "", self.now)
 
     def on_url(self, url: bytes) -> None:
         self.url += url

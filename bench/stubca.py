@@ -8,7 +8,7 @@ ACME logic is :class:`pytest_wec.acme.FakeCA` (every JWS verified, nonces single
 X.509 certificates), so the client does exactly the work it does against Pebble; challenges
 validate as soon as they are answered, without reaching out, so the generator's own cost
 shows instead of the CA's. Runs as its own process, so its CPU is not the generator's. Its
-server (:mod:`_httpd`) stamps a request when its bytes (or its connection) arrive and an
+server (:mod:`_httpd`) stamps a request when its bytes reach the socket and an
 answer just before it is written, so that no framework's time hides between its figures and
 the socket.
 
