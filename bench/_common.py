@@ -257,6 +257,23 @@ def machine() -> str:
             f"Python {sys.version.split()[0]}, {dt.datetime.now():%Y-%m-%d %H:%M}")
 
 
+def cpu_times() -> tuple[float, float]:
+    """(all CPU time, the part of it stolen by the hypervisor) in clock ticks since boot, from
+    /proc/stat ((0, 0) where there is none): two readings give the steal of what ran between."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return sum(fields), fields[7] if len(fields) > 7 else 0.0
+
+
+def steal_pct(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of the machine's CPU time the hypervisor took between two ``cpu_times()``."""
+    total = after[0] - before[0]
+    return 100.0 * (after[1] - before[1]) / total if total > 0 else 0.0
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -1,10 +1,12 @@
 """Truth: the reported percentiles of requests, phases and chains against what the CA did.
 
-    .venv/bin/python bench/bench_truth.py [--quick] [--duration 8] [--load 16] [--rate 20]
+    .venv/bin/python bench/bench_truth.py [--quick] [--duration 8] [--load 16] [--rate 12]
+        [--workers 1]
 
-Each scenario is a whole load run (``pytest --wec-load`` or ``--wec-rate``, one process, the
-embedded Redis and challenge server) against a fresh stub CA (``stubca.py --program``) that
-holds every answer for a delay drawn from its endpoint's lognormal distribution, validates
+Each scenario is a whole load run (``pytest --wec-load`` or ``--wec-rate``, ``-n 1``: one
+xdist worker, the controller in its own process as in a user's run; the embedded Redis and
+challenge server) against a fresh stub CA (``stubca.py --program``) that holds every
+answer for a delay drawn from its endpoint's lognormal distribution, validates
 after a drawn delay by sending 1 to 3 real http-01 requests to the run's challenge server,
 and issues after a drawn delay. The chain (written to a temporary folder) asks for renewal
 info under its new key's thumbprint (a GET that needs no nonce), then makes an account with
@@ -15,13 +17,14 @@ knows each chain's span too.
     open        --wec-rate R
     open+stall  --wec-rate R, the CA holding every answer for 2 s a third into the run
 
-The truth is the CA's (``GET /_stub/truth``, module doc of ``_program.py``): per request how
-long it held the answer (its drawn delay, or until a stall's end, and whatever it overshot:
-printed apart), per phase the instants on its side, per chain its first request received to
-its last answer sent, and, from the intended start, the chain's last answer sent minus its
-due start (the run's ``load_started`` + k / R, the k-th chain to begin). The report's figures
-are summary.json's. Percentiles of the truth are taken as the report takes them (nearest
-rank), so the two are of the same samples. Target: within 1% or 0.5 ms.
+The truth is the CA's (``GET /_stub/truth``, module doc of ``_program.py``): per request
+how long it held the answer, from the request's arrival at its socket (the kernel's receive
+time) to the write of the answer (its drawn delay, or until a stall's end, and whatever it
+overshot: printed apart), per phase the instants on its side, per chain its first request
+received to its last answer sent, and, from the intended start, the chain's last answer
+sent minus its due start (the run's ``load_started`` + k / R, the k-th chain to begin). The
+report's figures are summary.json's. Percentiles of the truth are taken as the report takes
+them (nearest rank), so the two are of the same samples. Target: within 1% or 0.5 ms.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, table
+from _common import cpu_times, machine, steal_pct, table
 from stubca import start_stub_ca
 
 __all__ = ["CHAIN", "PROGRAM", "compare", "main", "run_scenario", "truth_figures"]
@@ -284,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="seconds of load per scenario (default 8)")
     ap.add_argument("--load", type=int, default=16, help="closed model: chains in flight")
     ap.add_argument("--rate", type=float, default=12.0, help="open model: starts per second")
-    ap.add_argument("--workers", type=int, default=0,
-                    help="xdist workers (-n); 0 (default): one process, no xdist")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="xdist workers (-n; default 1: the controller apart from the "
+                         "worker, as in a user's run); 0: one process, no xdist")
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     args = ap.parse_args(argv)
     duration = args.duration or (4.0 if args.quick else 8.0)
@@ -299,13 +303,16 @@ def main(argv: list[str] | None = None) -> int:
             ("closed", {"load": args.load}), ("open", {"rate": args.rate}),
             ("open+stall", {"rate": args.rate, "stall": (duration / 3, 2.0)})]
         for name, kw in scenarios:
+            before = cpu_times()
             summary, truth, took = run_scenario(name, work, duration=duration,
                                                 workers=args.workers, **kw)
+            steal = steal_pct(before, cpu_times())
             rows = scenario_rows(summary, truth, kw.get("rate"))
             t = summary["totals"]
             print_rows(f"{name}: {t['chains']} chains ({t['chains_failed']} failed), "
                        f"{t['requests']} requests in {took:.1f}s", rows)
-            print(diagnosis(summary, truth, work / name.replace("+", "-") / "results.jsonl"))
+            print(diagnosis(summary, truth, work / name.replace("+", "-") / "results.jsonl")
+                  + f"; {steal:.1f}% of the machine's CPU time stolen by the hypervisor")
             if name == "open+stall":
                 print(stall_lines(summary, truth, kw["rate"]))
             everything += rows

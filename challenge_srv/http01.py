@@ -8,47 +8,34 @@ soon as a requester wrote it:
     any other path                                 404
     any other method                               405
     store unreachable                              503
+    malformed request                              400 (the connection closes)
 
 Every request is recorded in the request history (kind ``http``). A GET or HEAD of a token
-is a validation request: once its answer is sent it is published to the waiting chain
-(``challenge_srv.seen``, RFC 8555 §7.5.1).
+is a validation request: once its answer is written it is published to the waiting chain
+(``challenge_srv.seen``, RFC 8555 §7.5.1). The server is :mod:`challenge_srv.httpd`'s lean
+HTTP/1.1 on asyncio (a CA's validation is one small GET), not a web framework.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from urllib.parse import unquote
 
 from .history import RequestHistory, http_host_key
+from .httpd import Answer, Handler, HttpServerProtocol, ServerRequest
 from .seen import SeenPublisher
 from .store import ChallengeStore
 
-__all__ = ["PREFIX", "PROTOCOL_LOG", "Http01Server"]
+__all__ = ["PREFIX", "Http01Server"]
 
 log = logging.getLogger(__name__)
 
-
-class _MalformedRequestFilter(logging.Filter):
-    """aiohttp logs each malformed request as an ERROR with a traceback; keep those at DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = "malformed request: %s", (str(exc).replace("\n", " "),)
-        record.exc_info, record.exc_text = None, None
-        return PROTOCOL_LOG.isEnabledFor(logging.DEBUG)
-
-
-#: The logger of the aiohttp protocol under the http-01 and management servers.
-PROTOCOL_LOG = logging.getLogger("challenge_srv.protocol")
-PROTOCOL_LOG.addFilter(_MalformedRequestFilter())
-
 PREFIX = "/.well-known/acme-challenge/"
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+#: how long stop() waits for the listeners to close
+STOP_TIMEOUT = 2.0
 
 
 class Http01Server:
@@ -60,20 +47,19 @@ class Http01Server:
         self.store = store
         self.history = history
         self.seen = seen
-        self._runner: web.ServerRunner | None = None
+        self._servers: list[asyncio.Server] = []
+        self._conns: set[HttpServerProtocol] = set()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        host = request.headers.get("Host", "")
+    async def handle(self, request: ServerRequest) -> Answer:
+        host = request.header("host")
         self.history.add(
             "http",
             http_host_key(host),
-            {"URL": request.path_qs, "Host": host, "HTTPS": False, "ServerName": ""},
+            {"URL": request.target, "Host": host, "HTTPS": False, "ServerName": ""},
         )
         if request.method not in ("GET", "HEAD"):
-            return web.Response(
-                status=405, headers={"Allow": "GET, HEAD"}, text="405 method not allowed\n"
-            )
-        path = request.path
+            return 405, [("Allow", "GET, HEAD"), *_TEXT], b"405 method not allowed\n", None
+        path = unquote(request.target.partition("?")[0])
         token = path[len(PREFIX) :] if path.startswith(PREFIX) else None
         if token is not None and (not token or "/" in token):
             token = None
@@ -81,41 +67,61 @@ class Http01Server:
             redirect, key_authz = await self.store.http01(path, token)
         except Exception as exc:  # any store failure is a 503, never a crash
             log.warning("http-01 %s: store unavailable: %s", path, exc)
-            return web.Response(status=503, text="503 challenge store unavailable\n")
+            return 503, _TEXT, b"503 challenge store unavailable\n", None
         if redirect:
             log.debug("http-01 %s: redirect to %s", path, redirect)
-            return web.Response(status=301, headers={"Location": redirect})
+            return 301, [("Location", redirect)], b"", None
         if key_authz is None:
             log.debug("http-01 %s (Host %s): not found", path, host)
-            response = web.Response(status=404, text="404 page not found\n")
+            status, body = 404, b"404 page not found\n"
         else:
             log.debug("http-01 %s (Host %s): served", path, host)
-            response = web.Response(text=key_authz, content_type="text/plain", charset="utf-8")
-        if token is not None and self.seen is not None:
-            await self._send_then_publish(request, response, host, token, key_authz is not None)
-        return response
+            status, body = 200, key_authz.encode()
+        seen = self.seen
+        if token is None or seen is None:
+            return status, _TEXT, body, None
+        served, peer = key_authz is not None, request.peer
 
-    async def _send_then_publish(self, request: web.BaseRequest, response: web.Response,
-                                 host: str, token: str, served: bool) -> None:
-        """Send *response* now (aiohttp sends nothing more for a prepared one), then
-        publish the validation request: a chain that polls on the event finds the CA with
-        its answer in hand."""
-        assert self.seen is not None
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        finally:
-            self.seen.seen("http-01", http_host_key(host), request.remote, token=token,
-                           served=served)
+        def published(_sent: float) -> None:
+            # after the answer: a chain that polls on the event finds the CA with its
+            # answer in hand
+            seen.seen("http-01", http_host_key(host), peer, token=token, served=served)
+
+        return status, _TEXT, body, published
+
+    def _protocol(self) -> HttpServerProtocol:
+        return _Tracked(self.handle, self._conns)
 
     async def start(self, socks: list[socket.socket]) -> None:
-        server = web.Server(self.handle, access_log=None, logger=PROTOCOL_LOG)
-        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
-        await self._runner.setup()
+        loop = asyncio.get_running_loop()
         for sock in socks:
-            await web.SockSite(self._runner, sock).start()
+            self._servers.append(await loop.create_server(self._protocol, sock=sock))
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for proto in list(self._conns):  # keep-alive connections would hold wait_closed
+            if proto.transport is not None:
+                proto.transport.close()
+        for server in servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("http-01: a listener did not close within %gs", STOP_TIMEOUT)
+
+
+class _Tracked(HttpServerProtocol):
+    """A connection the server can close when it stops."""
+
+    def __init__(self, handler: Handler, conns: set[HttpServerProtocol]) -> None:
+        super().__init__(handler)
+        self._all = conns
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._all.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._all.discard(self)
+        super().connection_lost(exc)

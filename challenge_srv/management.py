@@ -34,10 +34,28 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .history import RequestHistory
-from .http01 import PROTOCOL_LOG
 from .store import CaaPolicy, ChallengeStore
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs each malformed request as an ERROR with a traceback; keep those at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "malformed request: %s", (str(exc).replace("\n", " "),)
+        record.exc_info, record.exc_text = None, None
+        return PROTOCOL_LOG.isEnabledFor(logging.DEBUG)
+
+
+#: The logger of the aiohttp protocol under the management server.
+PROTOCOL_LOG = logging.getLogger("challenge_srv.protocol")
+PROTOCOL_LOG.addFilter(_MalformedRequestFilter())
 
 __all__ = ["BadRequest", "Fields", "ManagementServer", "parse_body"]
 

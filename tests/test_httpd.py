@@ -1,5 +1,7 @@
-"""The stub CA's lean HTTP/1.1 server (bench/_httpd.py): keep-alive and pipelined requests
-answered in order, HEAD, bodies, bad requests; its stamps bracket what the client saw."""
+"""The lean HTTP/1.1 server (challenge_srv/httpd.py, the http-01 responder's), on asyncio's
+transports and on the stub CA's kernel-stamped one (bench/_httpd.py): keep-alive and
+pipelined requests answered in order, HEAD, bodies, bad requests; its stamps bracket what
+the client saw."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from _httpd import Answer, HttpServerProtocol, ServerRequest, serve_stamped
+from _httpd import serve_stamped
+from pytest_wec_challenge_srv.httpd import Answer, HttpServerProtocol, ServerRequest
 
 from pytest_wec.acme import HttptoolsTransport
 
@@ -87,6 +90,8 @@ async def test_keep_alive_head_and_stamps(server: Server) -> None:
     assert before <= first.received <= server.sent[0] - 0.03 <= after
     assert server.sent[0] <= second.received <= server.sent[1] <= after
     assert first.headers[0][0] == "host"  # names lowered, in order
+    assert first.header("host") == f"127.0.0.1:{server.port}" and first.header("x") == ""
+    assert first.peer == "127.0.0.1"
 
 
 @pytest.mark.asyncio
