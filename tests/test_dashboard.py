@@ -86,11 +86,12 @@ class FakeSession:
         self.stops = 0
         self.sinces: list[int] = []
         self.fail: Exception | None = None
+        self.ended = False
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
         self.sinces.append(since)
         n = 3 + len(self.sinces)  # a second more at every call
-        return {"timeline_from": since, "ended": False, "timeline_by": {},
+        return {"timeline_from": since, "ended": self.ended, "timeline_by": {},
                 "timeline": [{"t": t, "chains": t} for t in range(since, n)]}
 
     def set_target(self, value: float) -> None:
@@ -205,6 +206,27 @@ def test_events_stream_snapshots_from_the_settling_seconds(
                 break
     assert [e["timeline_from"] for e in events] == [0, 0, 0, 1]  # 4, 5, 6 seconds known
     assert fake.sinces[:4] == [0, 0, 0, 1]
+
+
+def test_a_page_gets_the_last_snapshot_when_the_dashboard_stops() -> None:
+    # the run ends and the dashboard stops well within a tick of the stream: the page still
+    # gets the snapshot that says the run ended, rather than a closed connection
+    fake = FakeSession(Settings(load=2))
+    dash = Dashboard(fake, "127.0.0.1", 0)
+    base = dash.start()
+    events: list[dict[str, Any]] = []
+    stopper = threading.Thread(target=dash.stop)
+    t0 = time.monotonic()
+    with httpx.stream("GET", base + "api/events", timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if len(events) == 1:
+                    fake.ended = True
+                    stopper.start()
+    stopper.join(10)
+    assert [e["ended"] for e in events] == [False, True]
+    assert time.monotonic() - t0 < 5
 
 
 def test_busy_port_is_an_oserror() -> None:
@@ -343,6 +365,7 @@ def test_dashboard_drives_a_real_run(browser: Any, tmp_path: Path) -> None:
     threading.Thread(target=_lines, args=(proc, lines), daemon=True).start()
     shots = os.environ.get("WEC_SCREENSHOTS")
     page = None
+    console: list[str] = []
     try:
         deadline = time.monotonic() + 90
         url = None
@@ -353,6 +376,8 @@ def test_dashboard_drives_a_real_run(browser: Any, tmp_path: Path) -> None:
         assert url is not None, "".join(lines)
         t_start = time.monotonic()
         page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))  # for a failure
+        page.on("pageerror", lambda e: console.append(f"page error: {e}"))
         page.goto(url)
         page.wait_for_function("() => WEC.updates >= 1 && WEC.series.timeline.length >= 2",
                                timeout=30_000)
@@ -373,7 +398,14 @@ def test_dashboard_drives_a_real_run(browser: Any, tmp_path: Path) -> None:
             page.wait_for_function(
                 "() => WEC.data.workers.filter(w => w.state === 'running').map(w => w.target)"
                 f".sort().join() === '{shares}'", timeout=5_000)
-            page.wait_for_function(f"() => WEC.data.in_flight {in_flight}", timeout=8_000)
+            try:
+                page.wait_for_function(f"() => WEC.data.in_flight {in_flight}", timeout=8_000)
+            except Exception as exc:
+                seen = page.evaluate("JSON.stringify([WEC.updates, WEC.data.in_flight, "
+                                     "WEC.data.workers, WEC.data.ca_events])")
+                raise AssertionError(f"in flight not {in_flight} ({exc}): updates, in flight, "
+                                     f"workers, CA events {seen}; run:\n"
+                                     + "".join(lines[-40:])) from None
 
         set_load(6, "3,3", ">= 5")
         assert int(page.locator("#in-flight-card .v").inner_text()) >= 5
@@ -389,7 +421,9 @@ def test_dashboard_drives_a_real_run(browser: Any, tmp_path: Path) -> None:
             page.wait_for_function("() => WEC.data.stopping || WEC.data.ended", timeout=15_000)
         except Exception as exc:
             msg = page.evaluate("document.getElementById('control-msg').textContent")
-            raise AssertionError(f"the stop was not seen ({exc}); control: {msg!r}; run:\n"
+            updates = page.evaluate("WEC.updates")
+            raise AssertionError(f"the stop was not seen ({exc}); control: {msg!r}; updates "
+                                 f"{updates}, console {console[-10:]}; run:\n"
                                  + "".join(lines[-40:])) from None
         assert proc.wait(timeout=60) == 0, "".join(lines)
         assert time.monotonic() - t_start < DURATION  # ended early

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 MAX_TARGET = 1_000_000
 EVENT_EVERY = 1.0
+#: at the end, how long the open pages' streams get to send their last snapshot
+LAST_SNAPSHOT_WAIT = 2.0
 KEEPALIVE_EVERY = 15.0
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _ADDR_HELP = ("expected [HOST:]PORT such as 8089, 127.0.0.1:8089, 0.0.0.0:8089 or [::1]:8089, "
@@ -144,6 +146,7 @@ class Dashboard:
         self._runner: web.AppRunner | None = None
         self._error: BaseException | None = None
         self._page: bytes | None = None
+        self._streams: set[asyncio.Task[Any]] = set()  # the pages' event streams
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -199,14 +202,25 @@ class Dashboard:
             self.port = int(sockets[0].getsockname()[1])
 
     def stop(self) -> None:
+        """Stops serving; each open page first gets the last snapshot (the run ended, or how
+        far it got), within ``LAST_SNAPSHOT_WAIT``."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             return
-        closing = self._closing
-        if closing is not None:
-            loop.call_soon_threadsafe(closing.set)
+        try:
+            asyncio.run_coroutine_threadsafe(self._last_snapshots(), loop).result(
+                LAST_SNAPSHOT_WAIT + 1.0)
+        except Exception:  # a page that cannot take it loses it; the run's end does not wait
+            log.debug("dashboard: the last snapshots did not all go out", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10.0)
+
+    async def _last_snapshots(self) -> None:
+        if self._closing is not None:
+            self._closing.set()
+        streams = [t for t in self._streams if not t.done()]
+        if streams:
+            await asyncio.wait(streams, timeout=LAST_SNAPSHOT_WAIT)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -246,28 +260,42 @@ class Dashboard:
         await resp.prepare(request)
         closing = self._closing
         assert closing is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
         since = 0
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            await resp.write(b"retry: 2000\n\n")
-            while not closing.is_set():
-                try:
-                    snap = await asyncio.to_thread(self.session.snapshot, since)
-                    data = orjson.dumps(snap, option=orjson.OPT_NON_STR_KEYS)
-                except Exception:
-                    log.exception("dashboard snapshot failed")
-                    break
-                await resp.write(b"event: snapshot\ndata: " + data + b"\n\n")
-                rows = snap["timeline"]  # buckets: "dt" seconds from "t" each
-                end = rows[-1]["t"] + rows[-1].get("dt", 1) if rows else snap["timeline_from"]
-                since = max(int(end) - SETTLE_S, 0)
-                if snap.get("ended"):
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closing.wait(), EVENT_EVERY)
-            while not closing.is_set():  # the run ended: keep the page's connection quiet
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closing.wait(), KEEPALIVE_EVERY)
-                await resp.write(b": keepalive\n\n")
+        ended = False
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await resp.write(b"retry: 2000\n\n")
+                while not ended:
+                    # the last one goes out after the server was told to close, so that a
+                    # page sees how the run ended however soon after its last tick that was
+                    last = closing.is_set()
+                    try:
+                        snap = await asyncio.to_thread(self.session.snapshot, since)
+                        data = orjson.dumps(snap, option=orjson.OPT_NON_STR_KEYS)
+                    except Exception:
+                        log.exception("dashboard snapshot failed")
+                        break
+                    await resp.write(b"event: snapshot\ndata: " + data + b"\n\n")
+                    rows = snap["timeline"]  # buckets: "dt" seconds from "t" each
+                    end = rows[-1]["t"] + rows[-1].get("dt", 1) if rows \
+                        else snap["timeline_from"]
+                    since = max(int(end) - SETTLE_S, 0)
+                    ended = bool(snap.get("ended"))
+                    if last:
+                        break
+                    if not ended:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(closing.wait(), EVENT_EVERY)
+                while not closing.is_set():  # the run ended: keep the page's connection quiet
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closing.wait(), KEEPALIVE_EVERY)
+                    await resp.write(b": keepalive\n\n")
+        finally:
+            if task is not None:
+                self._streams.discard(task)
         return resp
 
     async def _json_body(self, request: web.Request) -> Any:

@@ -1,8 +1,10 @@
 """End-of-run outputs from an :class:`~pytest_wec.controller.aggregator.Aggregator` (controller).
 
 ``build_summary``         summary.json (schema 1): run, totals, chains, endpoints, phases,
-                          deviations, errors, state, generator, timeline, timeline_by
-``build_tables``          totals, chains, endpoints and errors alone (also the live view's)
+                          deviations, errors, connections, state, generator, timeline,
+                          timeline_by
+``build_tables``          totals, chains, endpoints, errors, connections ... alone (also the
+                          live view's)
 ``timeline``              per second: counts, p50/p95/p99 of chains and of requests
 ``timeline_by``           per chain and per endpoint, the seconds each had: counts and
                           p50/p95/p99, as columns (``t``, ``count``, ``failed``, ``p50``...)

@@ -346,10 +346,10 @@ class WecController(RunStack):
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
+        if self.dashboard is not None:  # first: its pages get the last snapshot of the run
+            self.dashboard.stop()
         if self.load is not None:
             self.load.finish(timeout=5)
-        if self.dashboard is not None:
-            self.dashboard.stop()
         if self.metrics is not None:
             self.metrics.stop()
         if self.otlp is not None:
