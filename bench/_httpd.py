@@ -52,8 +52,10 @@ class StampedTransport:
         except OSError as exc:
             self._lost(exc)
             return
-        if not data:
-            self._lost(None)
+        if not data:  # the client's half-close: the answers due still go out
+            self.loop.remove_reader(self.sock.fileno())
+            if not self.protocol.eof_received():
+                self._lost(None)
             return
         at = time.time()
         for level, kind, raw in ancillary:

@@ -59,7 +59,11 @@ class Http01Server:
         )
         if request.method not in ("GET", "HEAD"):
             return 405, [("Allow", "GET, HEAD"), *_TEXT], b"405 method not allowed\n", None
-        path = unquote(request.target.partition("?")[0])
+        target = request.target
+        if not target.startswith("/"):  # absolute-form (RFC 9112 §3.2.2): the path of it
+            scheme, sep, rest = target.partition("://")
+            target = "/" + rest.partition("/")[2] if sep and scheme.isalpha() else target
+        path = unquote(target.partition("?")[0])
         token = path[len(PREFIX) :] if path.startswith(PREFIX) else None
         if token is not None and (not token or "/" in token):
             token = None

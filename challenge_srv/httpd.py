@@ -80,6 +80,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closing = False  # nothing more is read
         self.failure: tuple[int, bytes] | None = None
+        self.eof = False  # the client half-closed: close once the answers due are written
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -106,6 +107,15 @@ class HttpServerProtocol(asyncio.Protocol):
             else:
                 log.debug("malformed request from %s: %s", self.peer, exc)
                 self._fail(400, f"malformed request: {exc}".encode())
+
+    def eof_received(self) -> bool:
+        """The client sent all it will (a half-close): answer what it asked, then close."""
+        self.eof = True
+        if self.task is None or self.task.done():
+            if self.failure is not None:
+                self._write_failure()
+            self._close()
+        return True  # the transport stays open for the answers due
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -171,6 +181,8 @@ class HttpServerProtocol(asyncio.Protocol):
                 then(sent)
         if self.failure is not None:
             self._write_failure()
+        elif self.eof:
+            self._close()
 
     def _write(self, method: str, status: int, headers: list[tuple[str, str]], body: bytes,
                keep_alive: bool) -> float:

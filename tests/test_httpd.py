@@ -119,3 +119,18 @@ async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
 async def test_bad_requests_get_an_answer(server: Server, data: bytes, status: bytes) -> None:
     out = await raw(server.port, data)
     assert out.startswith(b"HTTP/1.1 " + status), out
+
+
+@pytest.mark.asyncio
+async def test_a_half_closed_connection_still_gets_its_answers(server: Server) -> None:
+    # the client sends its requests and shuts its side down (SHUT_WR): both are answered,
+    # then the server closes
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    writer.write_eof()
+    try:
+        async with asyncio.timeout(5):
+            out = await reader.read(-1)
+    finally:
+        writer.close()
+    assert out.count(b"HTTP/1.1 200 OK") == 2 and out.endswith(b"GET /b 0"), out
