@@ -128,6 +128,9 @@ class StampedTransport:
 def serve_stamped(loop: asyncio.AbstractEventLoop, sock: socket.socket, handler: Handler,
                   backlog: int = 4096, max_body: int = 1 << 20) -> None:
     """Serve plain HTTP on the bound ``sock`` with kernel receive stamps (Linux)."""
+    # on the listener, so that a connection's first bytes, which may arrive before it is
+    # accepted, are stamped too (an accepted socket inherits the option)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.listen(backlog)
     sock.setblocking(False)
 

@@ -134,3 +134,32 @@ async def test_a_half_closed_connection_still_gets_its_answers(server: Server) -
     finally:
         writer.close()
     assert out.count(b"HTTP/1.1 200 OK") == 2 and out.endswith(b"GET /b 0"), out
+
+
+@pytest.mark.asyncio
+async def test_bytes_that_came_before_the_accept_keep_the_kernels_stamp() -> None:
+    # the client writes at once; the server accepts and reads 50 ms later: the request is
+    # stamped when its bytes arrived, not when they were read
+    seen: list[ServerRequest] = []
+
+    async def handle(req: ServerRequest) -> Answer:
+        seen.append(req)
+        return 200, [], b"ok", None
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serve_stamped(loop, sock, handle)
+    client = socket.create_connection(sock.getsockname())
+    try:
+        sent = time.time()
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)  # the loop is held: nothing is accepted or read for 50 ms
+        async with asyncio.timeout(5):
+            while not seen:
+                await asyncio.sleep(0.005)
+        assert sent <= seen[0].received < sent + 0.02, seen[0].received - sent
+    finally:
+        client.close()
+        loop.remove_reader(sock.fileno())
+        sock.close()
