@@ -109,8 +109,9 @@ def test_chains_pass_with_a_key_given_on_two_workers(pytester: pytest.Pytester,
     every account the run made is bound to that key. (Not the contact update variant:
     Pebble 2.4 drops ``externalAccountBinding`` from an account whose contact changed.)"""
     kid = "kid-2"
+    # a base64url key may begin with "-": given as its own argument it would be an option
     result = _run(pytester, "-n", "2", *eab_ca["args"], "--wec-eab-kid", kid,
-                  "--wec-eab-hmac", eab_ca["keys"][kid] + "=",
+                  f"--wec-eab-hmac={eab_ca['keys'][kid]}=",
                   "-k", "new_account and not update_contact")
     assert result.ret == 0, result.stdout.str()[-4000:]
     assert result.parseoutcomes().get("passed", 0) >= 5
@@ -144,7 +145,7 @@ def test_a_wrong_mac_shows_the_cas_problem(pytester: pytest.Pytester,
                                            eab_ca: dict[str, Any]) -> None:
     wrong = _b64(secrets.token_bytes(32))
     result = _run(pytester, "-p", "no:xdist", *eab_ca["args"], "--wec-eab-kid", "kid-3",
-                  "--wec-eab-hmac", wrong, "-k", "test_new_account and not only and not "
+                  f"--wec-eab-hmac={wrong}", "-k", "test_new_account and not only and not "
                   "existing and not contact", target=f"{CHAINS}.test_new_account")
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out[-4000:]
