@@ -5,7 +5,8 @@ fraction of a framework's cost per request (``bench/bench_challenge_srv.py``): k
 pipelined requests answered in order, ``Content-Length`` and chunked bodies,
 ``Expect: 100-continue``, HEAD. A malformed request gets 400 and its connection closes (after
 the answers due before it); a body over ``max_body`` gets 413; a handler that raises gets
-500 and the server goes on.
+500 (and is logged) and the server goes on; a connection that sends nothing for
+``idle_timeout`` seconds (75, aiohttp's keep-alive default) is closed.
 
 A handler is ``async (ServerRequest) -> (status, headers, body, then)``, called for one
 request of a connection at a time; ``then`` (or None) is called with the time
@@ -31,6 +32,9 @@ import httptools
 __all__ = ["Answer", "Handler", "HttpServerProtocol", "ServerRequest"]
 
 log = logging.getLogger(__name__)
+
+#: seconds a connection may send nothing before it is closed
+IDLE_TIMEOUT = 75.0
 
 
 @dataclass(slots=True)
@@ -65,9 +69,12 @@ def _reason(status: int) -> str:
 class HttpServerProtocol(asyncio.Protocol):
     """One connection: parse requests as they arrive, answer them one at a time, in order."""
 
-    def __init__(self, handler: Handler, max_body: int = 1 << 20) -> None:
+    def __init__(self, handler: Handler, max_body: int = 1 << 20,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.idle: asyncio.TimerHandle | None = None
         self.transport: Any = None  # an asyncio.Transport, or one with its write/close
         self.peer: str | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -88,6 +95,18 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._idle_from_now()
+
+    def _idle_from_now(self) -> None:
+        """(Re)start the idle timer: from the last bytes read or the last answer written."""
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.idle_timeout, self._idle_out)
+
+    def _idle_out(self) -> None:
+        self.idle = None
+        log.debug("closing a connection from %s idle for %gs", self.peer, self.idle_timeout)
+        self._close()
 
     def data_received(self, data: bytes) -> None:
         self.received_at(data, time.time())
@@ -97,6 +116,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.now = at
         if self.closing:
             return
+        self._idle_from_now()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -118,6 +138,9 @@ class HttpServerProtocol(asyncio.Protocol):
         return True  # the transport stays open for the answers due
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
         self.closing = True
         self.failure = None
         self.queue.clear()
@@ -172,6 +195,8 @@ class HttpServerProtocol(asyncio.Protocol):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a handler's bug: the client learns it, the server lives
+                log.exception("%s %s from %s: the handler failed", req.method, req.target[:200],
+                              req.peer)
                 status, headers, body, then = 500, [("Content-Type", "text/plain")], \
                     f"{type(exc).__name__}: {exc}".encode(), None
             sent = self._write(req.method, status, headers, body, req.keep_alive)
@@ -179,6 +204,8 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._close()
             if then is not None:
                 then(sent)
+            if not self.closing:
+                self._idle_from_now()
         if self.failure is not None:
             self._write_failure()
         elif self.eof:

@@ -163,3 +163,33 @@ async def test_bytes_that_came_before_the_accept_keep_the_kernels_stamp() -> Non
         client.close()
         loop.remove_reader(sock.fileno())
         sock.close()
+
+
+@pytest.mark.asyncio
+async def test_an_idle_connection_is_closed_and_a_handlers_failure_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def handle(req: ServerRequest) -> Answer:
+        if req.target == "/boom":
+            raise ValueError("a handler's bug")
+        return 200, [], b"ok", None
+
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(
+        lambda: HttpServerProtocol(handle, idle_timeout=0.2), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        # an answer restarts the wait: the connection closes 0.2 s after it, not before
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.1)
+        writer.write(b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n")
+        t0 = time.monotonic()
+        with caplog.at_level("ERROR"):
+            async with asyncio.timeout(5):
+                out = await reader.read(-1)  # until the server closes it
+        writer.close()
+        assert out.startswith(b"HTTP/1.1 500") and b"ValueError" in out
+        assert 0.15 <= time.monotonic() - t0 < 2
+        assert any("GET /boom from 127.0.0.1: the handler failed" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        listener.close()
