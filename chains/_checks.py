@@ -55,6 +55,26 @@ def leaf_der(pem: str) -> bytes:
     return chain_certs(pem)[0].public_bytes(serialization.Encoding.DER)
 
 
+#: (child DER, issuer DER) pairs above the leaf already verified: every certificate of a
+#: CA comes with the same issuer chain, whose signatures need checking once per process
+_VERIFIED: set[tuple[bytes, bytes]] = set()
+
+
+def _verify_issued(child: x509.Certificate, parent: x509.Certificate, *, keep: bool) -> None:
+    """*child*'s signature is *parent*'s (and its issuer *parent*'s subject); with *keep*
+    a pair verified once is not verified again (the same bytes, the same answer)."""
+    if not keep:
+        child.verify_directly_issued_by(parent)
+        return
+    der = serialization.Encoding.DER
+    key = (child.public_bytes(der), parent.public_bytes(der))
+    if key not in _VERIFIED:
+        child.verify_directly_issued_by(parent)
+        if len(_VERIFIED) >= 64:
+            _VERIFIED.clear()
+        _VERIFIED.add(key)
+
+
 async def assert_chains_to_ca_root(wec: ChainContext, pem: str) -> None:
     """Each certificate is signed by the next, and the last by one of the CA's roots.
 
@@ -63,8 +83,8 @@ async def assert_chains_to_ca_root(wec: ChainContext, pem: str) -> None:
     """
     certs = chain_certs(pem)
     assert len(certs) >= 2, "the download must carry the leaf and its issuer chain (§7.4.2)"
-    for child, parent in itertools.pairwise(certs):
-        child.verify_directly_issued_by(parent)
+    for i, (child, parent) in enumerate(itertools.pairwise(certs)):
+        _verify_issued(child, parent, keep=i > 0)
     mgmt = wec.pebble
     if mgmt is None:
         return
@@ -72,7 +92,7 @@ async def assert_chains_to_ca_root(wec: ChainContext, pem: str) -> None:
     for refresh in (False, True):  # the kept roots, then fresh ones (Pebble restarted)
         for root in await mgmt.roots(refresh=refresh):
             if top.issuer == root.subject:
-                top.verify_directly_issued_by(root)
+                _verify_issued(top, root, keep=True)
                 return
     raise AssertionError(f"no root of the CA issued {top.issuer.rfc4514_string()}")
 

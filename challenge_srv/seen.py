@@ -75,10 +75,11 @@ def seen_name(host: str, kind: str = "") -> str:
     name = name.removeprefix("*.")
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        pass
+    if ":" in name or name[-1:].isdigit():  # could be an address (IPv4 ends in a digit)
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
     ip = ip_from_reverse_name(name) if name.endswith(".arpa") else None
     return str(ip) if ip is not None else name
 

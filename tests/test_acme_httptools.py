@@ -256,6 +256,32 @@ async def test_timeout_and_cancellation_drop_the_connection(
 
 
 @pytest.mark.asyncio
+async def test_each_exchange_times_out_at_its_own_deadline(
+        transport: HttptoolsTransport) -> None:
+    """The pool's one timer: a short timeout begun after a long one still fires on time, the
+    long one is not failed with it, and the timer comes back for a later deadline."""
+    delays = {b"/slow": 0.6, b"/never": 30.0}
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(delays[head.split()[1]])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    async with RawServer(handler) as srv:
+        loop = asyncio.get_running_loop()
+        slow = asyncio.ensure_future(get(transport, srv.url + "/slow", timeout=5))
+        await asyncio.sleep(0.05)
+        for timeout in (0.2, 0.15):  # the second after the first's sweep
+            begun = loop.time()
+            with pytest.raises(AcmeTimeout):
+                await get(transport, srv.url + "/never", timeout=timeout)
+            assert timeout <= loop.time() - begun < timeout + 0.1
+        assert await slow == (200, b"{}")
+        with pytest.raises(AcmeTimeout):
+            await get(transport, srv.url + "/never", timeout=0.1)
+
+@pytest.mark.asyncio
 async def test_limit_bounds_connections() -> None:
     slow = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 

@@ -580,6 +580,42 @@ def test_sqlite_errors(tmp_path: Path) -> None:
         make_store(blocker / "state.db")
 
 
+def test_sqlite_hot_statements_on_its_own_connection(tmp_path: Path) -> None:
+    """SQLite runs the pick of an account and the inserts as prepared statements on its own
+    connection: the rows read back through SQLAlchemy are the same, a claimed account is
+    not picked, a foreign key the DB refuses is the same StateError, and a statement with a
+    default computed in Python is refused rather than run without it."""
+    from sqlalchemy import insert
+
+    from pytest_wec.state._models import CERTIFICATES
+    from pytest_wec.state._prepared import Prepared
+
+    with SqlStateStore(tmp_path / "state.db") as store:
+        ids = [store.add_account(DIR_A, f"{DIR_A}/acct/{i}", KEY, "ES256",
+                                 contact=[f"mailto:{i}@a.test"]) for i in range(6)]
+        assert store._fast_picks is None
+        picked = {a.id: a for a in (store.pick_account(DIR_A) for _ in range(100)) if a}
+        assert store._fast_picks and len(store._db._prepared) >= 2  # the fast path ran
+        assert set(picked) <= set(ids) and len(picked) >= 3  # spread (random pivots)
+        for account_id, account in picked.items():
+            assert account == store.get_account(account_id)  # SQLAlchemy's read
+            assert account.contact == (f"mailto:{ids.index(account_id)}@a.test",)
+        claimed = store.claim_account(DIR_A, "holder", 60.0)
+        assert claimed is not None
+        assert claimed.id not in {a.id for a in (store.pick_account(DIR_A) for _ in range(60))
+                                  if a}
+        order = store.add_order(DIR_A, ids[0], f"{DIR_A}/order/1", "valid", ["a.test", "b.test"])
+        got = store.get_order(order)
+        assert got is not None and got.names == ("a.test", "b.test") and got.account_id == ids[0]
+        cert = _cert(store, ids[1])
+        row = store.get_certificate(cert)
+        assert row is not None and not row.revoked and row.names == ("a.example",)
+        with pytest.raises(StateError, match="rejected a write"):
+            store.add_order(DIR_A, 10**9, f"{DIR_A}/order/x", "pending", [])
+        assert store.pick_account(DIR_B) is None
+        with pytest.raises(ValueError, match="default"):
+            Prepared(insert(CERTIFICATES), store._db.engine.dialect, ["directory"])
+
 def test_other_schema_version_is_refused(db_url: str) -> None:
     from sqlalchemy import update
 

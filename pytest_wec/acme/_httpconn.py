@@ -49,6 +49,7 @@ class Connection(asyncio.Protocol):
         self.is_head = False
         self.sent = 0.0  # perf_counter: the exchange's request written (the transport sets it)
         self.connect = 0.0  # seconds the connection took to open; 0.0 once it was reused
+        self.deadline = 0.0  # loop time: the exchange in flight times out then (the pool's)
         self.now = 0.0  # perf_counter: when the bytes being parsed were read
         self._reset()
 

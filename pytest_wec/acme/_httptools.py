@@ -46,9 +46,9 @@ class _Origin(NamedTuple):
     netloc: str  # the Host header
 
 
-def _expire(waiter: asyncio.Future[Response]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+#: seconds: a deadline this close is due when the sweep runs (libuv's timers count whole
+#: milliseconds, so one may fire a fraction early)
+_TIMER_SLACK = 0.001
 
 
 class HttptoolsTransport:
@@ -87,6 +87,11 @@ class HttptoolsTransport:
         self._field_cache: dict[int, tuple[dict[str, str], str]] = {}
         self._sem: asyncio.Semaphore | None = None
         self._closed = False
+        # exchanges in flight, each bounded by its deadline: one timer for all of them, at
+        # the earliest (a timer per request cost more than the rest of the pool's work)
+        self._busy: set[Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
 
     def _split(self, method: str, url: str) -> tuple[_Origin, str]:
         """The origin of ``url`` (parsed once per origin) and its request target."""
@@ -157,6 +162,8 @@ class HttptoolsTransport:
                 raise RuntimeError("HttptoolsTransport used from a second event loop")
             self._idle.clear()
             self._conns.clear()
+            self._busy.clear()
+            self._sweep = None
             self._loop = loop
             self._sem = asyncio.Semaphore(self.limit) if self.limit > 0 else None
         return loop
@@ -173,6 +180,38 @@ class HttptoolsTransport:
             conn.close()
             self._conns.discard(conn)
         return None
+
+    def _bound(self, loop: asyncio.AbstractEventLoop, conn: Connection,
+               deadline: float) -> None:
+        """Time *conn*'s exchange out at *deadline* (:meth:`_expire_due`)."""
+        conn.deadline = deadline
+        self._busy.add(conn)
+        if self._sweep is None or deadline < self._sweep_at:
+            if self._sweep is not None:
+                self._sweep.cancel()
+            self._sweep_at = deadline
+            self._sweep = loop.call_at(deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Fail the exchanges whose deadline has come with TimeoutError; run again at the
+        earliest deadline left."""
+        self._sweep = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        due = loop.time() + _TIMER_SLACK
+        nearest: float | None = None
+        for conn in list(self._busy):
+            if conn.deadline <= due:
+                self._busy.discard(conn)
+                waiter = conn.waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(TimeoutError())
+            elif nearest is None or conn.deadline < nearest:
+                nearest = conn.deadline
+        if nearest is not None:
+            self._sweep_at = nearest
+            self._sweep = loop.call_at(nearest, self._expire_due)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
                        tls: bool) -> Connection:
@@ -236,9 +275,9 @@ class HttptoolsTransport:
                 conn.connect = 0.0
             waiter: asyncio.Future[Response] = loop.create_future()
             conn.begin(waiter, self.max_body, is_head)
-            # a timer on the waiter rather than asyncio.timeout(): the same bound, a
-            # fraction of the cost per request
-            timer = loop.call_at(deadline, _expire, waiter)
+            # the pool's one timer rather than asyncio.timeout() or a timer per request:
+            # the same bound, a fraction of the cost
+            self._bound(loop, conn, deadline)
             assert conn.transport is not None
             conn.sent = _perf()
             conn.transport.write(data)
@@ -257,7 +296,7 @@ class HttptoolsTransport:
                 self._conns.discard(conn)
                 raise
             finally:
-                timer.cancel()
+                self._busy.discard(conn)
             if conn.lost:
                 self._conns.discard(conn)
             else:
@@ -269,6 +308,10 @@ class HttptoolsTransport:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._busy.clear()
         for conn in list(self._conns):
             conn.close()
         self._conns.clear()

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, event, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.sql import ClauseElement
 
 from pytest_wec.state._exceptions import (
     StateError,
@@ -46,6 +47,7 @@ from pytest_wec.state._mysql import (
     check_server,
     schema_lock,
 )
+from pytest_wec.state._prepared import Prepared
 from pytest_wec.state._url import Target, mask_url
 
 __all__ = ["Database", "default_pool_size"]
@@ -236,8 +238,12 @@ class Database:
         create: bool,
         pool_size: int | None = None,
         connect_timeout: float = 10.0,
+        prepared: bool = True,
     ) -> None:
         self.target = target
+        #: SQLite runs its hot statements prepared (:meth:`prepared`); False: all through
+        #: SQLAlchemy's execution (the baseline of ``bench/bench_state_db.py``)
+        self.prepares = prepared and target.is_sqlite
         size = pool_size or default_pool_size()
         if target.is_sqlite:
             _create_sqlite_file(target, create)
@@ -251,6 +257,8 @@ class Database:
         #: claims lock rows (SKIP LOCKED); SQLite serialises writers instead
         self.locks_rows = not target.is_sqlite
         self._batch = threading.local()  # the connection of run_batch(), per thread
+        #: SQLite: the hot statements, compiled once (:meth:`prepared`)
+        self._prepared: dict[Any, Prepared] = {}
         # SQLite may answer "database is locked" at once, without waiting its busy
         # timeout, while another process writes (seen when one xdist worker opened the
         # file while the other was already committing groups): try again, for a while
@@ -346,6 +354,47 @@ class Database:
                 ) from None
             except SQLAlchemyError as exc:
                 raise StateError(f"state DB {self.target.shown}: {_reason(exc)}") from None
+
+    def prepared(self, key: Any, stmt: ClauseElement,
+                 keys: Sequence[str] | None = None) -> Prepared | None:
+        """SQLite: *stmt* (for an INSERT, of the columns *keys*) as a
+        :class:`~pytest_wec.state._prepared.Prepared`, compiled at its first use and kept
+        under *key*; None for PostgreSQL and MySQL, which keep SQLAlchemy's execution."""
+        if not self.prepares:
+            return None
+        found = self._prepared.get(key)
+        if found is None:
+            found = self._prepared[key] = Prepared(stmt, self.engine.dialect, keys)
+        return found
+
+    def first_row(self, statements: Sequence[Prepared],
+                  values: dict[str, Any]) -> dict[str, Any] | None:
+        """SQLite, a read outside any transaction: the first row of the first of
+        *statements* that has one, each on its own snapshot, on a connection of the pool;
+        None when none has a row."""
+        batch: Connection | None = getattr(self._batch, "conn", None)
+        try:
+            if batch is not None:  # inside run_batch: on its connection, in its transaction
+                for stmt in statements:
+                    rows = stmt.run(batch, values)
+                    if rows:
+                        return rows[0]
+                return None
+            conn = self.engine.raw_connection()
+            try:
+                for stmt in statements:
+                    row = stmt.first_on(conn.driver_connection, values)
+                    if row is not None:
+                        return row
+                return None
+            finally:
+                conn.close()
+        except PoolTimeoutError as exc:
+            raise StateUnavailableError(
+                f"state DB {self.target.shown}: no free connection in the pool: "
+                f"{_reason(exc)}") from None
+        except DBAPIError as exc:
+            raise self._translate(exc) from None
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         """Run each of *calls* (functions that make store calls) in one write transaction:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, Select, Table, exists, false, func, or_, select, true
@@ -70,8 +71,10 @@ def serial_hex(serial: str | int) -> str:
     return text.removeprefix("0x").lstrip("0") or "0"
 
 
-def to_account(row: Row[Any]) -> Account:
-    m = row._mapping
+def to_account(row: Row[Any] | Mapping[str, Any]) -> Account:
+    """An account from its row, or from the row as a mapping (a
+    :class:`~pytest_wec.state._prepared.Prepared` read)."""
+    m = row._mapping if isinstance(row, Row) else row
     return Account(
         id=m["id"], directory=m["directory"], url=m["url"], key_pem=m["key_pem"],
         alg=m["alg"], status=AccountStatus(m["status"]), contact=tuple(m["contact"] or ()),

@@ -73,9 +73,18 @@ class AccountRows(SqlBase):
         return self._db.run(tx)
 
     def pick_account(self, directory: str) -> Account | None:
+        params = {"directory": directory, "now": self._clock(),
+                  "pivot": self._rng.getrandbits(31)}
+        fast = self._fast_picks
+        if fast is None and self._db.prepares:
+            fast = self._fast_picks = [
+                p for i, stmt in enumerate(_PICK_ACCOUNT)
+                if (p := self._db.prepared(("pick_account", i), stmt)) is not None]
+        if fast:  # SQLite: each statement on its own snapshot, as pick() reads
+            found = self._db.first_row(fast, params)
+            return None if found is None else to_account(found)
+
         def tx(conn: Connection) -> Account | None:
-            params = {"directory": directory, "now": self._clock(),
-                      "pivot": self._rng.getrandbits(31)}
             for stmt in _PICK_ACCOUNT:  # a random start in the shuffle index, as pick() does
                 row = conn.execute(stmt, params).first()
                 if row is not None:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from pytest_wec.state._engine import Database
 from pytest_wec.state._exceptions import StateError
+from pytest_wec.state._prepared import Prepared
 from pytest_wec.state._rows import ACC, AUTH, CERT, ORD
 from pytest_wec.state._url import resolve_target
 from pytest_wec.state._values import AccountStatus
@@ -46,14 +47,16 @@ class SqlBase:
         pool_size: int | None = None,
         connect_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        prepared: bool = True,
     ) -> None:
         self._db = Database(
             resolve_target(url), create=create, pool_size=pool_size,
-            connect_timeout=connect_timeout,
+            connect_timeout=connect_timeout, prepared=prepared,
         )
         self._clock = clock
         self._rng = random.Random()
         self._inserted = {t.name: itertools.count(1) for t in (ACC, ORD, AUTH, CERT)}
+        self._fast_picks: list[Prepared] | None = None  # SQLite: pick_account's statements
 
     @property
     def url(self) -> str:
@@ -84,6 +87,25 @@ class SqlBase:
                 f"(from add_account or a claim), got {values['account_id']!r}"
             )
 
+        prepared = self._db.prepared
+        if self._db.prepares and self._db.engine.dialect.insert_returning:
+            # SQLite (3.35 on: RETURNING): the statements on its own connection
+            keys = [*values, "account_valid"] if t is not ACC else list(values)
+            fast_insert = prepared((t.name, *keys), _INSERT[t.name], keys)
+            fast_status = prepared("account_status", _ACCOUNT_STATUS)
+            assert fast_insert is not None and fast_status is not None
+
+            def fast(conn: Connection) -> int:
+                if t is not ACC:
+                    found = fast_status.run(conn, values)
+                    values["account_valid"] = bool(found) and \
+                        found[0]["status"] == AccountStatus.VALID.value
+                return int(fast_insert.run(conn, values)[0]["id"])
+
+            row_id = self._db.run(fast)
+            self._count_insert(t)
+            return row_id
+
         def tx(conn: Connection) -> int:
             if t is not ACC:  # copy the account's validity, read under a share lock
                 stmt = _ACCOUNT_STATUS_SHARED if self._db.locks_rows else _ACCOUNT_STATUS
@@ -96,10 +118,13 @@ class SqlBase:
             return int(key[0])
 
         row_id = self._db.run(tx)
+        self._count_insert(t)
+        return row_id
+
+    def _count_insert(self, t: Table) -> None:
         n = next(self._inserted[t.name])
         if self._db.is_postgres and n >= 64 and n & (n - 1) == 0:
             self._analyze(t)
-        return row_id
 
     def _analyze(self, t: Table) -> None:
         """Refresh the planner's statistics while a table grows fast (64, 128, 256... rows
