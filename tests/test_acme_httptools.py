@@ -5,6 +5,9 @@ chunked bodies and interim responses, on both event loops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,6 +24,7 @@ from pytest_wec.acme import (
     make_transport,
 )
 from pytest_wec.acme._httpconn import MAX_HEAD, Connection
+from pytest_wec.acme._stamped import KERNEL_STAMPS
 from pytest_wec.worker.runner import new_event_loop
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -356,13 +360,13 @@ async def test_responses_carry_when_the_request_went_out_and_the_answer_came_in(
             writer.write(OK)
             await writer.drain()
 
-    received = Connection.data_received
+    received = Connection.received
 
-    def busy_after(self: Connection, data: bytes) -> None:
+    def busy_after(self: Connection, data: bytes, at: float) -> None:
         asyncio.get_running_loop().call_soon(time.sleep, 0.03)
-        received(self, data)
+        received(self, data, at)
 
-    monkeypatch.setattr(Connection, "data_received", busy_after)
+    monkeypatch.setattr(Connection, "received", busy_after)
     srv = RawServer(late)
     ref.append(srv)
     async with srv:
@@ -376,3 +380,58 @@ async def test_responses_carry_when_the_request_went_out_and_the_answer_came_in(
             # the connect is timed apart, before the write
             assert (0 < resp.connect <= resp.sent - before) if opened else resp.connect == 0
         assert srv.connections == 1
+
+
+class _ThreadServer:
+    """An HTTP server on a thread of its own (it answers while the client's loop is
+    blocked): each request answered *delay* seconds after it arrived."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                while True:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            return
+                        head += chunk
+                    time.sleep(self.delay)
+                    conn.sendall(OK)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("stamps", [True, False], ids=["kernel stamps", "the read's time"])
+@pytest.mark.asyncio
+async def test_an_answer_that_arrived_while_the_loop_was_busy_ends_at_its_arrival(
+        stamps: bool) -> None:
+    """The server answers 50 ms after the request; the client's loop is blocked for 250 ms
+    meanwhile. With the kernel's receive stamps (Linux) the exchange ends at the answer's
+    arrival; stamped at the read, it ends when the loop got back to the socket."""
+    if stamps and not KERNEL_STAMPS:
+        pytest.skip("the kernel's receive stamps are Linux's")
+    srv = _ThreadServer(0.05)
+    transport = HttptoolsTransport(ssl=False, kernel_stamps=stamps)
+    try:
+        await transport.request("GET", srv.url, headers={}, body=None, timeout=5)  # connect
+        loop = asyncio.get_running_loop()
+        loop.call_soon(time.sleep, 0.25)  # runs right after the request is written
+        resp = await transport.request("GET", srv.url, headers={}, body=None, timeout=5)
+        took = resp.arrived - resp.sent
+        if stamps:
+            assert 0.05 <= took < 0.15, took
+        else:
+            assert took >= 0.25, took
+    finally:
+        await transport.aclose()
+        srv.close()

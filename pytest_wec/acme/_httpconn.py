@@ -75,7 +75,12 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.now = _perf()
+        self.received(data, _perf())
+
+    def received(self, data: bytes, at: float) -> None:
+        """*data* read at *at* (``time.perf_counter()``: the kernel's receive time on a
+        :class:`~pytest_wec.acme._stamped.StampedTransport`, else the read's)."""
+        self.now = at
         waiter = self.waiter
         if waiter is None or waiter.done():
             # bytes nobody asked for: the stream is out of step, never reuse it

@@ -13,7 +13,10 @@ nothing of its response arrived. Every exchange is bounded by its ``timeout`` (c
 included); a connection whose exchange failed, timed out or was cancelled is closed,
 never reused. One connection and the parsing of its responses are
 :mod:`pytest_wec.acme._httpconn`; this module is the pool: origins, request heads, reuse,
-limits and timeouts.
+limits and timeouts. On Linux (``kernel_stamps``) a connection is read with ``recvmsg`` and
+the kernel's receive time of each read (:mod:`pytest_wec.acme._stamped`), so that a
+response's arrival is when its bytes reached the machine, not when the loop got to them;
+elsewhere, or with ``kernel_stamps=False``, through the event loop's own transport.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from urllib.parse import urlsplit
 
 from ._errors import AcmeConnectError, AcmeHttpError, AcmeTimeout, AcmeTransportError
 from ._httpconn import Connection, ConnectionLost
+from ._stamped import KERNEL_STAMPS, open_stamped
 from ._transport import DEFAULT_MAX_BODY, USER_AGENT, Response, make_ssl_context
 
 __all__ = ["HttptoolsTransport"]
@@ -59,7 +63,8 @@ class HttptoolsTransport:
     for one within its timeout. ``max_body``: the largest response body read, in
     bytes; larger ones fail fast with :class:`AcmeBodyTooLarge` (from Content-Length
     when given). ``keepalive_timeout``: idle connections older than this are closed
-    rather than reused.
+    rather than reused. ``kernel_stamps``: read connections with the kernel's receive
+    stamps (the default on Linux; module doc).
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class HttptoolsTransport:
         max_body: int = DEFAULT_MAX_BODY,
         *,
         keepalive_timeout: float = 30.0,
+        kernel_stamps: bool = KERNEL_STAMPS,
     ) -> None:
         if ssl is True:
             ctx: _ssl.SSLContext = make_ssl_context()
@@ -80,6 +86,7 @@ class HttptoolsTransport:
         self.limit = limit
         self.max_body = max_body
         self.keepalive_timeout = keepalive_timeout
+        self.kernel_stamps = kernel_stamps
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[str, list[Connection]] = {}
         self._conns: set[Connection] = set()
@@ -215,10 +222,14 @@ class HttptoolsTransport:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
                        tls: bool) -> Connection:
-        _, conn = await loop.create_connection(
-            Connection, host, port,
-            ssl=self.ssl if tls else None, server_hostname=host if tls else None,
-        )
+        if self.kernel_stamps:
+            conn = Connection()
+            await open_stamped(loop, conn, host, port, self.ssl if tls else None)
+        else:
+            _, conn = await loop.create_connection(
+                Connection, host, port,
+                ssl=self.ssl if tls else None, server_hostname=host if tls else None,
+            )
         self._conns.add(conn)
         return conn
 

@@ -130,10 +130,12 @@ class Response:
 
     ``sent`` and ``arrived`` (``time.perf_counter()``; 0.0 when the transport does not
     stamp them): just before the request was written and when the bytes that completed the
-    response were read, before they were parsed. A request's latency is from the one to the
-    other when both are there, so that what the client does around the exchange is not in
-    it. ``connect``: the seconds it took to open the connection the request went on (TCP,
-    and TLS for https), for a request that opened one; 0.0 otherwise.
+    response arrived (the kernel's receive time of the read that brought them, on Linux:
+    :mod:`pytest_wec.acme._stamped`; else that read's), before they were parsed. A
+    request's latency is from the one to the other when both are there, so that what the
+    client does around the exchange is not in it. ``connect``: the seconds it took to open
+    the connection the request went on (TCP, and TLS for https), for a request that opened
+    one; 0.0 otherwise.
     """
 
     status: int

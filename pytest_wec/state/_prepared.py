@@ -1,9 +1,10 @@
 """Statements the chains run most, executed on SQLite's own connection.
 
 Against the default state DB, a SQLite file, SQLAlchemy's execution of one short statement
-(its connection and transaction objects, events, the result's machinery) costs five to ten
-times what SQLite spends on it: the pick of an account 103 µs against 19, the three rows a
-certificate adds 383 µs against about 60 (``bench/bench_state_db.py``, docs/performance.md).
+(its connection and transaction objects, events, the result's machinery) costs several
+times what SQLite spends on it. ``bench/bench_state_db.py`` (docs/performance.md, o): the
+pick of an account 146 µs of CPU through SQLAlchemy against 37 prepared, the three rows a
+certificate adds 315 µs against 170.
 A :class:`Prepared` statement is compiled by SQLAlchemy once, for the engine's dialect, with
 its type conversions (JSON, booleans) taken from the same columns; each execution binds the
 values and runs the SQL text on the DBAPI connection: inside the transaction of a

@@ -8,7 +8,8 @@ msgpack or JSON, never pickled objects (DESIGN.md, "Results").
 
 Times: ``started`` and ``scheduled`` are epoch seconds (``time.time()``);
 ``took`` is seconds measured with ``time.perf_counter()``: from the request's write to the
-read of its answer's last bytes where the transport stamps them
+arrival of its answer's last bytes (the kernel's receive time on Linux) where the transport
+stamps them
 (:class:`pytest_wec.acme._transport.Response`), else around the call. ``connect`` (optional):
 for a request that opened its connection, the seconds that took (TCP, and TLS for https),
 which a stamping transport leaves out of ``took``.
