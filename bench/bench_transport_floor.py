@@ -5,7 +5,10 @@
 Sequential POSTs of a JWS-sized body (600 bytes) to the stub CA (bench/stubca.py, which
 answers its ~400-byte directory JSON), no JWS and no ACME logic:
 
-    HttptoolsTransport      the product's default transport (asyncio protocol + httptools)
+    HttptoolsTransport      the product's default transport (asyncio protocol + httptools;
+                            on Linux read with the kernel's receive stamps)
+    ..., loop reads         the same with ``kernel_stamps=False``: read through the event
+                            loop's own TLS transport (what the stamps cost)
     AiohttpTransport        the product's aiohttp transport (ClientSession underneath)
     aiohttp session         a bare ``session.post(...)`` + ``read()``
     asyncio streams         a minimal HTTP/1.1 exchange over ``asyncio.open_connection``
@@ -67,6 +70,7 @@ async def run(url: str, ca: str | None, n: int, rounds: int,
     parts = urlsplit(url)
     transport = AiohttpTransport(ssl=ctx)
     lean = HttptoolsTransport(ssl=ctx)
+    unstamped = HttptoolsTransport(ssl=ctx, kernel_stamps=False)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=ctx)
     head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: bench\r\n"
@@ -75,6 +79,9 @@ async def run(url: str, ca: str | None, n: int, rounds: int,
 
     async def ours() -> None:
         await lean.request("POST", url, headers=HEADERS, body=BODY, timeout=10)
+
+    async def loop_reads() -> None:
+        await unstamped.request("POST", url, headers=HEADERS, body=BODY, timeout=10)
 
     async def aio() -> None:
         await transport.request("POST", url, headers=HEADERS, body=BODY, timeout=10)
@@ -94,7 +101,8 @@ async def run(url: str, ca: str | None, n: int, rounds: int,
         Response(status, headers, await reader.readexactly(size) if size else b"")
 
     variants: dict[str, Callable[[], Awaitable[None]]] = {
-        "HttptoolsTransport": ours, "AiohttpTransport": aio, "aiohttp session": bare,
+        "HttptoolsTransport": ours, "HttptoolsTransport, loop reads": loop_reads,
+        "AiohttpTransport": aio, "aiohttp session": bare,
         "asyncio streams": streams}
     if with_jws:
         # the floor of a request with its JWS: an ES256 signature (cryptography, the
@@ -122,6 +130,7 @@ async def run(url: str, ca: str | None, n: int, rounds: int,
         await net.aclose()
     await transport.aclose()
     await lean.aclose()
+    await unstamped.aclose()
     await session.close()
     writer.close()
     return best
