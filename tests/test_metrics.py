@@ -70,6 +70,9 @@ def test_families_are_the_aggregators_figures() -> None:
     agg = Aggregator(T0)
     for r in synthetic(300):
         agg.add(r)
+    opens = [0.0004, 0.0021, 0.0021, 0.0150, 0.2500]  # seconds: connections opened
+    for s in opens:
+        agg.connects.record(int(s * 1e6))
     server = MetricsServer("127.0.0.1", 0)
     server.attach(FakeSession(agg), "run-1")
     url = server.start()
@@ -99,6 +102,12 @@ def test_families_are_the_aggregators_figures() -> None:
                      type=kind.rsplit(":", 1)[-1]) == count
     assert value("wec_in_flight") == 7 and value("wec_target") == 12
     assert value("wec_certificates_issued_total") == agg.certificates
+    assert value("wec_connections_opened_total") == len(opens) == agg.connects.total
+    assert value("wec_connection_open_seconds_count") == len(opens)
+    assert value("wec_connection_open_seconds_sum") == pytest.approx(sum(opens), rel=1e-3)
+    for bound in (0.001, 0.0025, 0.025, 0.5):  # bounds of BUCKETS_S
+        assert value("wec_connection_open_seconds_bucket", le=f"{bound:g}") == \
+            sum(s <= bound for s in opens), bound
     assert value("wec_ca_events_total", kind="deadlock") == 2
     assert value("wec_ca_events_total", kind="restart") == 1
 

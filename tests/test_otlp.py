@@ -148,6 +148,8 @@ def test_an_export_is_the_families_of_metrics(receiver: Receiver) -> None:
     agg = Aggregator(T0)
     for r in synthetic(300):
         agg.add(r)
+    for opened_us in (400, 2100, 2100, 15000, 250000):  # connections opened
+        agg.connects.record(opened_us)
     session = FakeSession(agg)
     exporter = OtlpExporter(receiver.url, 60.0)
     exporter.attach(session, "run-1")
@@ -195,6 +197,11 @@ def test_an_export_is_the_families_of_metrics(receiver: Receiver) -> None:
     assert number(points(got["wec_in_flight"])[key("run-1")]) == 7
     assert number(points(got["wec_target"])[key("run-1")]) == 12
     assert number(points(got["wec_certificates_issued"])[key("run-1")]) == agg.certificates
+    assert number(points(got["wec_connections_opened"])[key("run-1")]) == 5
+    opened = points(got["wec_connection_open_seconds"])[key("run-1")]
+    assert tuple(opened.bucket_counts) == samples.bucket_counts(agg.connects)
+    assert opened.count == 5 == sum(opened.bucket_counts)
+    assert (opened.min, opened.max) == (0.0004, 0.25)
     ev = points(got["wec_ca_events"])
     assert (number(ev[key("run-1", kind="deadlock")]),
             number(ev[key("run-1", kind="restart")])) == (2, 1)
@@ -386,6 +393,13 @@ def test_a_load_run_pushes_its_figures(pytester: pytest.Pytester, receiver: Rece
         assert p.max * 1e3 == pytest.approx(e["latency_ms"]["max"], rel=1e-3, abs=0.01)
     assert number(points(got["wec_certificates_issued"])[key(run_id)]) == \
         summary["totals"]["certificates_issued"]
+    # the connections the requests opened (at least one per worker), as summary.json says
+    opened = summary["connections"]["opened"]
+    assert opened >= 1 and number(points(got["wec_connections_opened"])[key(run_id)]) == opened
+    p = points(got["wec_connection_open_seconds"])[key(run_id)]
+    assert p.count == opened == sum(p.bucket_counts)
+    assert p.max * 1e3 == pytest.approx(summary["connections"]["latency_ms"]["max"],
+                                        rel=1e-3, abs=0.01)
 
 
 @pytest.mark.timeout(150)

@@ -13,6 +13,8 @@ custom collector; the optional extra ``metrics``), every one labelled with the r
                                              class (``timeout``, ``connect``, ``status``...)
 ``wec_chain_latency_seconds{chain}``         histograms: a chain from its start to its end,
 ``wec_request_latency_seconds{endpoint}``    a request from its send to its answer
+``wec_connections_opened_total``             connections the requests opened, and a
+``wec_connection_open_seconds``              histogram of how long opening one took
 ``wec_in_flight``, ``wec_target``            chains in flight; the target (in flight, or
                                              starts per second in the open model)
 ``wec_dropped_starts_total``                 starts the open model could not make in time
