@@ -63,7 +63,9 @@ def test_the_report_is_what_the_ca_did(tmp_path: Path) -> None:
             # sent its request and before the CA read the answer (the truth's end)
             if key[1] == "first_validation_request":
                 true = rank(sent_first, p)
-            assert reported >= true - 0.001, (key, p, reported, true)
+            # (a percentile of an HDR histogram of 3 significant digits is its bucket's,
+            # within 0.1% below the value)
+            assert reported >= true - max(0.001, true * 0.001), (key, p, reported, true)
             assert reported < true + max(0.5 * true, 30.0), (key, p, reported, true)
     # every authorization is seen validated 1 to 3 times, as programmed
     counts = summary["phases"]["validation_requests"]["values"]

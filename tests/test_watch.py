@@ -74,3 +74,17 @@ def test_a_worker_is_silent_only_with_chains_in_flight() -> None:
     assert [w["worker"] for w in watch.workers_lost] == ["gw1"]
     assert watch.workers_lost[0]["in_flight"] == 2
     assert any(n.startswith("wec: worker gw1 went silent") for n in notes)
+
+
+def test_no_worker_is_judged_silent_while_the_reader_is_behind() -> None:
+    """A worker unheard for longer than the silence bound, with chains in flight, is lost;
+    not while the controller's reader works through a backlog of the stream (what the
+    worker said since is unread), and it is once the reader has caught up."""
+    watch, notes = _watch()
+    watch.silent_after = 0.5
+    now = time.monotonic()
+    watch.status(_status("gw0", 2, time.time(), {}), now)
+    watch.tick(now + 5, behind=True)
+    assert watch.workers_lost == [] and not any("silent" in n for n in notes)
+    watch.tick(now + 6)
+    assert [w["worker"] for w in watch.workers_lost] == ["gw0"]

@@ -207,7 +207,8 @@ class LoadSession(StackWatch, LiveControl, ResultIntake):
                 now = time.monotonic()
                 with self._lock:
                     self._stack_state(now)
-                    self.watch.tick(now)
+                    source = self._source
+                    self.watch.tick(now, behind=source is not None and source.backlogged)
                     for doctor in self.doctors:
                         shards = self.ledger.shards
                         if shards == 1:

@@ -3,7 +3,8 @@
 :class:`Watch` is fed every batch and status the workers send and ticks with the live line:
 
 - a worker that sent nothing for ``silent_after`` seconds while it had chains in flight
-  went silent (``workers_lost``); one that reports again recovered;
+  went silent (``workers_lost``); one that reports again recovered; none is judged while
+  the controller's reader has a backlog of the stream, where what it said since waits;
 - ``CA stalled``: chains in flight, and no answer from the CA for ``stall_after`` seconds,
   neither in a chain that ended nor in any worker's latest answer (``last_answer`` in its
   status): the CA is the one not answering (``stalls``);
@@ -238,9 +239,12 @@ class Watch:
             seen = min(seen, max(time.time() - newest, 0.0))
         return seen
 
-    def tick(self, now: float) -> None:
-        """Silent workers, then a stalled CA or chains that wait on something else."""
-        blind = now < self._blind_until  # results cannot arrive: Redis is (was) away
+    def tick(self, now: float, *, behind: bool = False) -> None:
+        """Silent workers, then a stalled CA or chains that wait on something else.
+        *behind*: the controller's reader has a backlog of the stream to work through, so
+        what the workers said since is not read yet: none is judged silent meanwhile."""
+        # results cannot arrive (Redis is, or was, away), or are not read yet
+        blind = now < self._blind_until or behind
         for name, w in self.workers.items():
             # silent with chains in flight: a worker that said it has none (its sink closed,
             # its end record still behind in the stream) has nothing to lose

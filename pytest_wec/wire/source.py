@@ -59,6 +59,8 @@ class ResultSource:
         self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
                                             socket_timeout=30.0, retry=Retry(NoBackoff(), 1))
         self._count = count
+        #: the last read took as many entries as it asks for: the stream has more, unread
+        self.backlogged = False
         self._last_id: bytes | str = "0-0"
         self._failures = 0
         self.workers: dict[str, WorkerStatus] = {}  # "worker/session" -> latest status
@@ -104,13 +106,17 @@ class ResultSource:
             self._failures = 0
         self.failing = False
         out: list[Record] = []
+        read = 0
         with self._mutex:
             for _key, entries in resp or []:
+                read += len(entries)
                 for entry_id, fields in entries:
                     self._last_id = entry_id
                     rec = self._decode(fields)
                     if rec is not None:
                         out.append(rec)
+        # a full read: more is waiting behind it (what the workers said since is unread)
+        self.backlogged = read >= self._count
         return out
 
     def _decode(self, fields: dict[bytes, bytes]) -> Record | None:
