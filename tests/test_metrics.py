@@ -15,6 +15,7 @@ from test_aggregator import T0, synthetic
 
 from pytest_wec.controller.aggregator import Aggregator, Histogram
 from pytest_wec.controller.metrics import BUCKETS_S, MetricsServer, _buckets
+from pytest_wec.controller.outputs import build_tables
 
 
 class FakeLedger:
@@ -108,6 +109,15 @@ def test_families_are_the_aggregators_figures() -> None:
     for bound in (0.001, 0.0025, 0.025, 0.5):  # bounds of BUCKETS_S
         assert value("wec_connection_open_seconds_bucket", le=f"{bound:g}") == \
             sum(s <= bound for s in opens), bound
+    # as summary.json's connections say them: the count is its opened, the buckets add up
+    conn = build_tables(agg, 1.0)["connections"]
+    assert value("wec_connections_opened_total") == conn["opened"]
+    assert value("wec_connection_open_seconds_count") == conn["opened"]
+    cumulative = [value("wec_connection_open_seconds_bucket", le=le)
+                  for le in (*(f"{b:g}" for b in BUCKETS_S), "+Inf")]
+    assert cumulative == sorted(cumulative) and cumulative[-1] == conn["opened"]
+    assert value("wec_connection_open_seconds_sum") * 1e3 == pytest.approx(
+        conn["latency_ms"]["mean"] * conn["opened"], rel=1e-3)
     assert value("wec_ca_events_total", kind="deadlock") == 2
     assert value("wec_ca_events_total", kind="restart") == 1
 
